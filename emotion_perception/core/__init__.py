@@ -1,0 +1,1 @@
+"""ROS-free core: nothing below this package imports rclpy or ROS messages."""

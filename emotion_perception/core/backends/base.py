@@ -1,0 +1,226 @@
+"""The one small interface every emotion backend implements.
+
+A backend turns an RGB image and person boxes into one ``EmotionResult`` per box, in three
+stages (as transformers pipelines and ultralytics predictors do):
+
+* ``preprocess(image, boxes)``: crops, resizing, prompts, tensors. No model calls.
+* ``forward(batch)``: model calls only (this is what runs on the GPU).
+* ``postprocess(outputs, batch)``: scores, VAD, text parsing -> ``EmotionResult`` per box.
+
+``predict`` (implemented here, not by backends) validates the inputs, clips boxes, runs the
+three stages with per-stage timings, isolates per-person failures and fills labels from the
+per-category thresholds. Adding a model family means adding one module and one line in
+``emotion_perception.core.backends.BACKENDS``; nodes and tools never change.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+from ..categories import EMOTIC_CATEGORIES, NUM_CATEGORIES, labels_from_scores, thresholds_array
+from ..types import BBox, BoxError, EmotionResult, Status, Timings
+
+
+class BackendError(RuntimeError):
+    """A backend failed at run time (the message says what and, where possible, what to do)."""
+
+
+class ModelLoadError(BackendError):
+    """The model could not be loaded: wrong id/path, no network, unsupported model, bad weights."""
+
+
+class ImageError(ValueError):
+    """An image the core cannot use (wrong dtype, shape or size)."""
+
+
+def validate_image(image: Any) -> np.ndarray:
+    """Check that ``image`` is an RGB uint8 array of shape (H, W, 3) with H, W > 0.
+
+    Raises:
+        ImageError: with the offending property in the message.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f'image must be a numpy array, got {type(image).__name__}')
+    if image.dtype != np.uint8:
+        raise ImageError(f'image must be uint8, got {image.dtype}')
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f'image must have shape (H, W, 3) (RGB), got {image.shape}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f'image has zero size: {image.shape}')
+    return image
+
+
+@dataclasses.dataclass
+class BackendOptions:
+    """Options every backend understands; backends subclass this with their own fields.
+
+    Attributes:
+        model: model id or path ('' = the backend's offline default).
+        device: torch device ('cpu', 'cuda', 'cuda:0'); 'auto' picks cuda when available.
+        thresholds: per-category decision thresholds: a number, 26 numbers, a mapping
+            name -> value, or the path of a JSON file holding one of those (as written by
+            ``emotion-perception evaluate --tune-thresholds``).
+    """
+
+    model: str = ''
+    device: str = 'auto'
+    thresholds: Any = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> 'BackendOptions':
+        """Build the options from a mapping, refusing unknown keys with the list of valid ones."""
+        values = dict(values or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f'{cls.__name__}: unknown option(s) {unknown}; valid: {sorted(names)}')
+        return cls(**values)
+
+
+def load_thresholds(spec: Any) -> np.ndarray:
+    """Thresholds array (26,) from a number, sequence, mapping, or JSON file path (see above)."""
+    if isinstance(spec, (str, Path)) and str(spec):
+        path = Path(spec)
+        if not path.is_file():
+            raise ValueError(f'thresholds file {path} does not exist')
+        data = json.loads(path.read_text())
+        if isinstance(data, Mapping) and 'thresholds' in data:
+            data = data['thresholds']
+        return thresholds_array(data)
+    if isinstance(spec, str):  # ''
+        return thresholds_array(None)
+    return thresholds_array(spec)
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' if a GPU is available, else 'cpu'; anything else unchanged."""
+    if device in ('', 'auto'):
+        import torch
+        return 'cuda' if torch.cuda.is_available() else 'cpu'
+    return device
+
+
+class EmotionBackend(abc.ABC):
+    """Base class of all emotion backends (see the module docstring for the contract).
+
+    Subclasses set ``name`` and ``Options`` and implement ``load``, ``preprocess``, ``forward``
+    and ``postprocess``. ``sets_labels`` is True when ``postprocess`` decides the label set
+    itself (text generation) instead of thresholding the scores.
+    """
+
+    name: ClassVar[str] = ''
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+
+    def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
+        if not isinstance(options, BackendOptions):
+            options = self.Options.from_mapping(options)
+        self.options = options
+        self.thresholds = load_thresholds(options.thresholds)
+        self.sets_labels = False
+        self._loaded = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """What produced the scores (model id or path), for messages and logs."""
+        return self.options.model
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Load weights. Raises ``ModelLoadError`` with the reason; must be idempotent."""
+
+    def unload(self) -> None:
+        """Free the model (and GPU memory). Safe to call when not loaded."""
+        self._loaded = False
+
+    # -- the three stages --------------------------------------------------------------------
+    @abc.abstractmethod
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> Any:
+        """Prepare a batch for ``boxes`` (clipped, valid) on ``image`` (H, W, 3) RGB uint8."""
+
+    @abc.abstractmethod
+    def forward(self, batch: Any) -> Any:
+        """Model calls only."""
+
+    @abc.abstractmethod
+    def postprocess(self, outputs: Any, batch: Any) -> list[EmotionResult]:
+        """One ``EmotionResult`` per box of the batch, in order."""
+
+    # -- the entry point ---------------------------------------------------------------------
+    def predict(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[EmotionResult]:
+        """Emotions of the persons in ``boxes`` (xyxy pixels) on ``image`` (H, W, 3) RGB uint8.
+
+        Returns one result per box, in order. Boxes partly outside the image are clipped;
+        unusable boxes (NaN, inverted, zero area, outside) get ``Status.ERROR`` with the reason,
+        and the other persons are still evaluated.
+
+        Raises:
+            ImageError: the image is unusable (every person would fail the same way).
+            BackendError: the backend is not loaded or the model call failed.
+        """
+        if not self._loaded:
+            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
+        validate_image(image)
+        h, w = image.shape[:2]
+        results: list[EmotionResult | None] = [None] * len(boxes)
+        valid_idx: list[int] = []
+        valid_boxes: list[BBox] = []
+        for i, box in enumerate(boxes):
+            try:
+                valid_boxes.append(box.clipped(w, h))
+                valid_idx.append(i)
+            except BoxError as exc:
+                results[i] = EmotionResult.failed(Status.ERROR, f'bad box: {exc}',
+                                                  self.name, self.model_id)
+        if valid_boxes:
+            t0 = time.perf_counter()
+            timings = Timings()
+            with timings.measure('preprocess'):
+                batch = self.preprocess(image, valid_boxes)
+            with timings.measure('inference'):
+                outputs = self.forward(batch)
+            with timings.measure('postprocess'):
+                produced = self.postprocess(outputs, batch)
+            if len(produced) != len(valid_boxes):
+                raise BackendError(f'backend {self.name!r} returned {len(produced)} results '
+                                   f'for {len(valid_boxes)} boxes')
+            share = (time.perf_counter() - t0) * 1e3 / len(valid_boxes)
+            for i, res in zip(valid_idx, produced):
+                res.backend = res.backend or self.name
+                res.model = res.model or self.model_id
+                res.latency_ms = share
+                res.timings = timings
+                self._finish(res)
+                results[i] = res
+        return [r for r in results if r is not None]
+
+    def _finish(self, res: EmotionResult) -> None:
+        """Sanity-check scores and fill labels from the thresholds."""
+        if res.status not in (Status.OK, Status.CACHED):
+            res.scores = np.full(NUM_CATEGORIES, np.nan, dtype=np.float32)
+            return
+        scores = np.asarray(res.scores, dtype=np.float32).reshape(-1)
+        if scores.shape != (NUM_CATEGORIES,) or not np.isfinite(scores).all():
+            res.status, res.reason = Status.ERROR, (
+                f'backend returned invalid scores (shape {scores.shape}, '
+                f'{int((~np.isfinite(scores)).sum())} non-finite values)')
+            res.scores = np.full(NUM_CATEGORIES, np.nan, dtype=np.float32)
+            res.labels = []
+            return
+        res.scores = np.clip(scores, 0.0, 1.0)
+        if not self.sets_labels:
+            res.labels = labels_from_scores(res.scores, self.thresholds)
+
+
+__all__ = ['BackendError', 'BackendOptions', 'EmotionBackend', 'ImageError', 'ModelLoadError',
+           'EMOTIC_CATEGORIES', 'load_thresholds', 'resolve_device', 'validate_image']

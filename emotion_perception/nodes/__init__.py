@@ -1,0 +1,1 @@
+"""ROS 2 lifecycle nodes: thin adapters between topics and the ROS-free core."""

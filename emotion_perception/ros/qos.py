@@ -1,0 +1,43 @@
+"""QoS profiles for images, and a subscription option that warns on QoS mismatches.
+
+The most common failure of perception nodes is silent: a camera publishing best-effort and a
+subscriber asking for reliable (or the reverse for some drivers) never connect. Every image
+subscription here registers an ``incompatible_qos`` callback that logs which policy is wrong.
+"""
+from __future__ import annotations
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
+                       DurabilityPolicy)
+
+RELIABILITY = {'best_effort': ReliabilityPolicy.BEST_EFFORT,
+               'reliable': ReliabilityPolicy.RELIABLE}
+
+
+def image_qos(reliability: str = 'best_effort', depth: int = 5) -> QoSProfile:
+    """Sensor-data-like QoS (keep last ``depth``, volatile) with the given reliability."""
+    if reliability not in RELIABILITY:
+        raise ValueError(f'image_reliability must be one of {sorted(RELIABILITY)}, '
+                         f'got {reliability!r}')
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=RELIABILITY[reliability],
+                      durability=DurabilityPolicy.VOLATILE)
+
+
+#: Detections/emotions are small and every array matters: reliable, a deeper queue.
+RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30,
+                         reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.VOLATILE)
+
+SENSOR_DATA = qos_profile_sensor_data
+
+
+def warn_on_incompatible_qos(logger, topic: str) -> SubscriptionEventCallbacks:
+    """Event callbacks that log a clear warning when a publisher's QoS cannot match ours."""
+    def on_incompatible(event) -> None:
+        logger.warning(
+            f'QoS mismatch on {topic}: a publisher is incompatible with this subscription '
+            f'(policy {event.last_policy_kind.name}, {event.total_count} incompatible so far); '
+            'no messages will arrive. Set the image_reliability parameter to match the '
+            "publisher (e.g. 'reliable' or 'best_effort').")
+    return SubscriptionEventCallbacks(incompatible_qos=on_incompatible)

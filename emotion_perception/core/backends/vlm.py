@@ -1,0 +1,463 @@
+"""Contextual emotion with a vision-language model (approach 2 of Etesam et al., IROS 2024).
+
+Any Hugging Face image-text-to-text model (``AutoModelForImageTextToText`` + ``AutoProcessor``
++ the processor's chat template), from a hub id or a local folder, optionally with a LoRA
+adapter (PEFT), sees the full frame with the target person in a red box (``marking``) and is
+asked about the 26 EMOTIC categories. Two modes:
+
+``score`` (default): one yes/no question per category, all sharing the image and the category
+    list as a prefix (``emotion_perception.core.backends._prefix_scoring``: one prefix pass, then
+    the 26 + 3 question suffixes as one batch on the prefix's KV cache). The score of a category
+    is the normalised yes probability at the answer position (first generated token)::
+
+        score = P(yes) / (P(yes) + P(no))
+
+    where P(yes) is the summed next-token probability (softmax over the full vocabulary) of the
+    single-token spellings of 'yes', 'Yes', 'YES', ' yes', ' Yes', ' YES' in the model's
+    tokenizer, and P(no) likewise for 'no', 'No', 'NO', ' no', ' No', ' NO' (spellings that the
+    tokenizer splits into several tokens are not used). Valence, arousal and dominance are asked
+    on a 0-9 scale ("Answer with one digit"); the value is ``1 + E[d]`` with
+    ``E[d] = sum_d d * P(d) / sum_d P(d)`` over the digits 0..9 (P(d) summed over the
+    single-token spellings 'd' and ' d'), which maps 0..9 linearly onto EMOTIC's 1..10 and needs
+    no multi-token "10". Labels come from the per-category thresholds.
+``generate``: the paper's protocol: greedy generation (``max_new_tokens``) of an answer to the
+    question listing the 26 categories, parsed with ``label_parsing.parse_labels``; scores are
+    1.0 for the labels found and 0.0 otherwise; ``result.text`` holds the answer. An answer
+    with no known label gives status OK with no labels and reason 'no known label in answer'
+    (the model did answer; for the metrics that is a prediction of the empty set). VAD is NaN.
+
+Persons of one frame go through the model together, ``batch_size`` at a time (left-padded).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .. import prompts
+from ..categories import NUM_CATEGORIES
+from ..label_parsing import labels_to_scores, parse_labels
+from ..model_files import ModelFileError, resolve_model_path
+from ..types import NAN_VAD, BBox, EmotionResult, Status
+from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
+
+LOG = logging.getLogger(__name__)
+
+#: the paper's model (LLaVA-1.5); it needs the hub or a local copy
+DEFAULT_VLM = 'llava-hf/llava-1.5-7b-hf'
+MODES = ('score', 'generate')
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+NO_LABEL_REASON = 'no known label in answer'
+#: marks where the per-question suffix starts in the rendered chat template
+_QUERY_MARK = '<<<EMOTION_QUERY>>>'
+
+
+# -- loading (shared with caption_llm) --------------------------------------------------------
+def torch_dtype(name: str, device: str) -> Any:
+    """'auto' -> float32 on CPU, bfloat16 on CUDA (float16 where bf16 is unsupported)."""
+    import torch
+    if name not in DTYPES:
+        raise ValueError(f'unknown dtype {name!r}; choose one of {", ".join(DTYPES)}')
+    if name == 'auto':
+        if not str(device).startswith('cuda'):
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return getattr(torch, name)
+
+
+def _load_error(src: str, what: str, exc: BaseException) -> ModelLoadError:
+    """A ModelLoadError naming ``src`` and saying whether it was read as a folder or a hub id."""
+    # hub ids are 'name' or 'org/name'; anything else is read as a folder
+    looks_local = src.startswith(('/', '.', '~')) or src.count('/') > 1 or Path(src).exists()
+    if looks_local and not Path(src).exists():
+        return ModelLoadError(f'{what} {src!r}: no such folder')
+    if not Path(src).exists():
+        offline = os.environ.get('HF_HUB_OFFLINE', '') not in ('', '0')
+        hint = ('HF_HUB_OFFLINE is set, so only models already in the local cache load'
+                if offline else 'the hub is unreachable or the id is wrong')
+        return ModelLoadError(f'cannot load {what} {src!r} from the Hugging Face hub: {hint}; '
+                              f'download it or give a local folder ({type(exc).__name__}: {exc})')
+    return ModelLoadError(f'cannot load {what} from {src!r}: {type(exc).__name__}: {exc}')
+
+
+def apply_adapter(model: Any, adapter: str) -> Any:
+    """Load a PEFT (LoRA) adapter folder onto ``model`` and merge it into the weights."""
+    try:
+        from peft import PeftModel
+        src = resolve_model_path(adapter)
+        if not Path(src).exists():
+            raise FileNotFoundError(f'no such folder {src}')
+        return PeftModel.from_pretrained(model, src).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - peft raises many types; all mean "cannot load"
+        raise ModelLoadError(f'cannot load adapter {adapter!r}: {type(exc).__name__}: {exc}'
+                             ) from exc
+
+
+def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto',
+                          device_map: str = '', trust_remote_code: bool = False,
+                          adapter: str = '', require_chat_template: bool = True
+                          ) -> tuple[Any, Any]:
+    """Load an image-text-to-text model and its processor.
+
+    Args:
+        model_id: hub id, local folder or ``pkg://`` path.
+        device: torch device (ignored when ``device_map`` is set).
+        dtype: 'auto' | 'float32' | 'bfloat16' | 'float16' (see ``torch_dtype``).
+        device_map: passed to ``from_pretrained`` (e.g. 'auto' to shard over GPUs); '' = none.
+        trust_remote_code: passed to ``from_pretrained`` (allow code shipped with the model).
+        adapter: optional PEFT adapter folder, merged into the weights.
+        require_chat_template: refuse processors without a chat template.
+
+    Returns:
+        (model in eval mode, processor).
+
+    Raises:
+        ModelLoadError: wrong path or id, hub unreachable, not an image-text model, no chat
+            template, or weights that do not load.
+    """
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+    try:
+        src = resolve_model_path(model_id)
+    except ModelFileError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    try:
+        config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, HTTP errors
+        raise _load_error(src, 'model', exc) from exc
+    auto_map = getattr(config, 'auto_map', None) or {}
+    if (config.model_type not in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            and not (trust_remote_code and 'AutoModelForImageTextToText' in auto_map)):
+        raise ModelLoadError(
+            f'{src!r} is not an image-text model (model_type {config.model_type!r} has no '
+            'AutoModelForImageTextToText class); give a vision-language model such as '
+            f'{DEFAULT_VLM!r}')
+    try:
+        processor = AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(src, 'processor', exc) from exc
+    if not getattr(processor, 'chat_template', None):
+        tok_template = getattr(getattr(processor, 'tokenizer', None), 'chat_template', None)
+        if tok_template and hasattr(processor, 'tokenizer'):
+            processor.chat_template = tok_template
+        elif require_chat_template:
+            raise ModelLoadError(
+                f'{src!r} has no chat template (neither the processor nor the tokenizer defines '
+                'one); the prompts are built with it: add chat_template.jinja to the folder')
+    if not hasattr(processor, 'tokenizer'):
+        raise ModelLoadError(f'{src!r}: the processor has no tokenizer')
+    dev = resolve_device(device)
+    kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype, dev),
+                                  trust_remote_code=trust_remote_code)
+    if device_map:
+        kwargs['device_map'] = device_map
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(src, **kwargs)
+    except Exception as exc:  # noqa: BLE001
+        raise _load_error(src, 'model weights', exc) from exc
+    if adapter:
+        model = apply_adapter(model, adapter)
+    if not device_map:
+        try:
+            model = model.to(dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f'cannot move {src!r} to {dev}: {exc}') from exc
+    model.eval()
+    return model, processor
+
+
+def model_device(model: Any) -> Any:
+    """Device of the model's input embeddings (where inputs must go, also with device_map)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
+def release(*objects: Any) -> None:
+    """Drop references, collect, and empty the CUDA cache when CUDA is in use."""
+    del objects
+    gc.collect()
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
+def split_chat_prompt(render: Any, prefix_text: str) -> tuple[str, str]:
+    """Render a one-turn chat with the template and split it where the question goes.
+
+    Args:
+        render: ``text -> rendered chat string`` (user turn holding the image and ``text``,
+            with the assistant turn start appended).
+        prefix_text: the shared part of the user text.
+
+    Returns:
+        (head, tail): ``head`` = everything up to and including ``prefix_text + '\\n'``;
+        ``tail`` = what follows the question (end of user turn + assistant turn start).
+        The full prompt of question q is ``head + q + tail``.
+    """
+    rendered = render(prefix_text + '\n' + _QUERY_MARK)
+    if rendered.count(_QUERY_MARK) != 1:
+        raise ModelLoadError('the chat template does not reproduce the user text verbatim; '
+                             'score mode cannot split the prompt (use mode=generate)')
+    head, tail = rendered.split(_QUERY_MARK)
+    return head, tail
+
+
+# -- options and batch ------------------------------------------------------------------------
+@dataclass
+class VLMOptions(BackendOptions):
+    """Options of the ``vlm`` backend (plus ``model``, ``device``, ``thresholds``).
+
+    Attributes:
+        model: hub id or local folder of an image-text-to-text model ('' = ``DEFAULT_VLM``).
+        dtype: 'auto' (float32 on CPU, bfloat16 on CUDA) | 'float32' | 'bfloat16' | 'float16'.
+        device_map: ``from_pretrained`` device map (e.g. 'auto'); '' = load on ``device``.
+        adapter: PEFT/LoRA adapter folder ('' = none), merged into the weights at load.
+        trust_remote_code: allow model code shipped with the weights (off by default).
+        mode: 'score' (yes/no probability per category, VAD) or 'generate' (paper protocol).
+        marking: 'red_box' (paper) | 'crop' | 'crop_context' (see ``prompts.mark_image``).
+        definitions: put a short definition of each category in the prompt.
+        num_labels: generate mode: ask for exactly this many labels (paper "*": 6); 0 = any.
+        max_new_tokens: generate mode: answer length bound.
+        batch_size: most persons per model call.
+    """
+
+    dtype: str = 'auto'
+    device_map: str = ''
+    adapter: str = ''
+    trust_remote_code: bool = False
+    mode: str = 'score'
+    marking: str = 'red_box'
+    definitions: bool = False
+    num_labels: int = 0
+    max_new_tokens: int = 64
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
+        if self.marking not in prompts.MARKINGS:
+            raise ValueError(f'marking must be one of {prompts.MARKINGS}, got {self.marking!r}')
+        if self.dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+        if int(self.batch_size) < 1 or int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
+            raise ValueError('batch_size and max_new_tokens must be >= 1, num_labels >= 0')
+
+
+@dataclass
+class VLMBatch:
+    """What ``preprocess`` prepared: one processor output per person (CPU tensors, batch 1)."""
+
+    items: list[dict[str, Any]]
+    mode: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- the backend ------------------------------------------------------------------------------
+class VLMBackend(EmotionBackend):
+    """Emotions from an image-text-to-text model (see the module docstring)."""
+
+    name = 'vlm'
+    Options = VLMOptions
+
+    def __init__(self, options: VLMOptions | dict | None = None) -> None:
+        super().__init__(options)
+        self.options: VLMOptions
+        self.sets_labels = self.options.mode == 'generate'
+        self.model: Any = None
+        self.processor: Any = None
+        self._device: Any = None
+        self._prefix_ok = True
+
+    @property
+    def model_id(self) -> str:
+        return self.options.model or DEFAULT_VLM
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> None:
+        if self._loaded:
+            return
+        o = self.options
+        self.model, self.processor = load_image_text_model(
+            self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code, o.adapter)
+        self._device = model_device(self.model)
+        self._dtype = self.model.dtype
+        tok = self.processor.tokenizer
+        self._pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        if self._pad_id is None:
+            self._pad_id = 0
+        try:
+            self._prepare_prompts()
+        except (ValueError, ModelLoadError) as exc:
+            self.unload()
+            raise ModelLoadError(f'{self.model_id!r}: {exc}') from exc
+        self._loaded = True
+
+    def _render(self, text: str) -> str:
+        messages = [{'role': 'user', 'content': [{'type': 'image'}, {'type': 'text', 'text': text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True,
+                                                  tokenize=False)
+
+    def _prepare_prompts(self) -> None:
+        """Token ids that never change: question suffixes, readout ids, prompt texts."""
+        from ._prefix_scoring import readout_tokens
+        o, tok = self.options, self.processor.tokenizer
+        if o.mode == 'score':
+            self._readout = readout_tokens(tok)
+            self._head, tail = split_chat_prompt(self._render,
+                                                 prompts.score_prefix(o.marking, o.definitions))
+            self._suffixes = [tok.encode(q + tail, add_special_tokens=False)
+                              for q in prompts.score_queries(o.marking)]
+        else:
+            self._head = self._render(prompts.build_prompt(o.marking, o.definitions,
+                                                           o.num_labels or None))
+
+    def unload(self) -> None:
+        self.model = None
+        self.processor = None
+        release()
+        super().unload()
+
+    # -- stages ------------------------------------------------------------------------------
+    def _encode(self, image: np.ndarray, text: str) -> dict[str, Any]:
+        """Processor output for one marked image and one rendered prompt (batch 1, CPU)."""
+        from PIL import Image
+        bos = getattr(self.processor.tokenizer, 'bos_token', None)
+        add_special = not (bos and text.startswith(bos))
+        enc = self.processor(text=text, images=Image.fromarray(image), return_tensors='pt',
+                             add_special_tokens=add_special)
+        return dict(enc)
+
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
+        """Mark each person on the image and encode image + prompt prefix per person."""
+        marking = self.options.marking
+        items = [self._encode(prompts.mark_image(image, b, marking), self._head) for b in boxes]
+        return VLMBatch(items=items, mode=self.options.mode)
+
+    def forward(self, batch: VLMBatch) -> Any:
+        """Score mode: readout log-probs (P, 29, K) numpy; generate mode: list of P answers."""
+        try:
+            if batch.mode == 'score':
+                return self._score_logprobs(batch.items)
+            return self._generate(batch.items, **batch.extra)
+        except (RuntimeError, ValueError) as exc:
+            raise BackendError(f'{self.model_id!r}: model call failed: '
+                               f'{type(exc).__name__}: {exc}') from exc
+
+    def postprocess(self, outputs: Any, batch: VLMBatch) -> list[EmotionResult]:
+        if batch.mode == 'score':
+            return [self._score_result(lp) for lp in outputs]
+        return [self._generate_result(text) for text in outputs]
+
+    # -- score mode --------------------------------------------------------------------------
+    def _chunks(self, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        n = int(self.options.batch_size)
+        return [items[i:i + n] for i in range(0, len(items), n)]
+
+    def _score_logprobs(self, items: list[dict[str, Any]]) -> np.ndarray:
+        from ._prefix_scoring import (PrefixCacheUnsupported, collate_left, naive_logprobs,
+                                      shared_prefix_logprobs, to_device)
+        out = []
+        for chunk in self._chunks(items):
+            if self._prefix_ok:
+                prefix = to_device(collate_left(chunk, self._pad_id), self._device, self._dtype)
+                try:
+                    out.append(shared_prefix_logprobs(self.model, prefix, self._suffixes,
+                                                      self._readout.ids, self._pad_id).cpu())
+                    continue
+                except PrefixCacheUnsupported as exc:
+                    LOG.warning('%s: %s; falling back to re-encoding the prompt per question',
+                                self.model_id, exc)
+                    self._prefix_ok = False
+            for it in chunk:
+                one = to_device(it, self._device, self._dtype)
+                out.append(naive_logprobs(self.model, one, self._suffixes,
+                                          self._readout.ids)[None].cpu())
+        import torch
+        return torch.cat(out).numpy()
+
+    def _score_result(self, logp: np.ndarray) -> EmotionResult:
+        import torch
+        from ._prefix_scoring import digit_expectation, yes_probability
+        lp = torch.from_numpy(logp)
+        scores = yes_probability(lp[:NUM_CATEGORIES], self._readout).numpy().astype(np.float32)
+        vad = (1.0 + digit_expectation(lp[NUM_CATEGORIES:], self._readout)).tolist()
+        return EmotionResult(scores=scores, vad=tuple(float(v) for v in vad), status=Status.OK)
+
+    def naive_scores(self, image: np.ndarray, boxes: Sequence[BBox]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """The reference for score mode: the full prompt re-encoded for every question.
+
+        Same prompts, marking and readout as ``predict`` in score mode, but each of the 29
+        questions of each person is a separate full forward pass (no cache, no padding).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: person boxes, xyxy pixels (valid, inside the image).
+
+        Returns:
+            scores (P, 26) float32 in [0, 1] and VAD (P, 3) float32 in [1, 10].
+        """
+        from ._prefix_scoring import naive_logprobs, to_device
+        if not self._loaded or self.options.mode != 'score':
+            raise BackendError('naive_scores needs a loaded backend in score mode')
+        h, w = image.shape[:2]
+        batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
+        results = []
+        for it in batch.items:
+            lp = naive_logprobs(self.model, to_device(it, self._device, self._dtype),
+                                self._suffixes, self._readout.ids).cpu().numpy()
+            results.append(self._score_result(lp))
+        return (np.stack([r.scores for r in results]),
+                np.array([r.vad for r in results], dtype=np.float32))
+
+    # -- generate mode -----------------------------------------------------------------------
+    def _generate(self, items: list[dict[str, Any]], min_new_tokens: int = 0) -> list[str]:
+        import torch
+        from ._prefix_scoring import collate_left, to_device
+        tok = self.processor.tokenizer
+        texts: list[str] = []
+        for chunk in self._chunks(items):
+            inputs = to_device(collate_left(chunk, self._pad_id), self._device, self._dtype)
+            if hasattr(self.model, 'model') and hasattr(self.model.model, 'rope_deltas'):
+                self.model.model.rope_deltas = None
+            kwargs: dict[str, Any] = dict(max_new_tokens=int(self.options.max_new_tokens),
+                                          do_sample=False, pad_token_id=self._pad_id)
+            if min_new_tokens:
+                kwargs['min_new_tokens'] = int(min_new_tokens)
+            with torch.inference_mode():
+                out = self.model.generate(**inputs, **kwargs)
+            new = out[:, inputs['input_ids'].shape[1]:]
+            texts += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        return texts
+
+    def generate_answers(self, image: np.ndarray, boxes: Sequence[BBox],
+                         min_new_tokens: int = 0) -> list[str]:
+        """Generate-mode answers for ``boxes`` (the bench forces ``min_new_tokens``)."""
+        if not self._loaded or self.options.mode != 'generate':
+            raise BackendError('generate_answers needs a loaded backend in generate mode')
+        h, w = image.shape[:2]
+        batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
+        return self._generate(batch.items, min_new_tokens=min_new_tokens)
+
+    @staticmethod
+    def _generate_result(text: str) -> EmotionResult:
+        parsed = parse_labels(text)
+        return EmotionResult(scores=labels_to_scores(parsed.labels), labels=parsed.labels,
+                             vad=NAN_VAD, status=Status.OK, text=text,
+                             reason='' if parsed.found else NO_LABEL_REASON)
+
+
+__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'VLMBackend', 'VLMBatch', 'VLMOptions',
+           'apply_adapter', 'load_image_text_model', 'model_device', 'release',
+           'split_chat_prompt', 'torch_dtype']

@@ -27,12 +27,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='emotion-perception', description=__doc__.split('\n')[0])
     parser.add_argument('-v', '--verbose', action='store_true', help='debug logging')
     sub = parser.add_subparsers(dest='command', metavar='COMMAND')
-    registered: set[str] = set()
-    for name, (module, help_text) in COMMANDS.items():
-        if command == name and module not in registered:
-            importlib.import_module(f'emotion_perception.tools.{module}').register(sub)
-            registered.add(module)
-        elif command != name:
+    if command in COMMANDS:  # its module may register several sub-commands (bags: 3)
+        importlib.import_module(f'emotion_perception.tools.{COMMANDS[command][0]}').register(sub)
+    for name, (_, help_text) in COMMANDS.items():
+        if name not in sub.choices:
             sub.add_parser(name, help=help_text, add_help=False)
     return parser
 

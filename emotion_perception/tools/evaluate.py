@@ -446,7 +446,7 @@ def write_report(path: Path, metrics: dict[str, Any], plots: Sequence[str]) -> N
         lines.append(f'| {label} | ' + ' | '.join(_pct(m[k]) for k in M.LABEL_METRICS)
                      + f' | {_fmt(metrics["mAP"])} |')
     lines += ['', f'**mAP** over categories with positives: {_fmt(metrics["mAP"])} % '
-              f'(scores: {metrics["labels_from"]}-based labels). Earlier EMOTIC mAP: '
+              f'(labels from: {metrics["labels_from"]}). Earlier EMOTIC mAP: '
               + '; '.join(f'{n} {v:.2f}' for n, v in MAP_ANCHORS) + '.']
     if metrics['labels_from'] != 'scores':
         lines += ['', 'Note: this backend chooses labels from generated text; its scores are '
@@ -598,7 +598,10 @@ def main(args: argparse.Namespace) -> int:
         tuned_thresholds = None
         tuning_summary: dict[str, Any] = {}
         if args.tune_thresholds_on:
-            tuned_thresholds, tuning_summary = _tune(args, out_dir, backend)
+            try:
+                tuned_thresholds, tuning_summary = _tune(args, out_dir, backend)
+            except ValueError as exc:  # still report the metrics at the given thresholds
+                LOG.error('threshold tuning skipped: %s', exc)
     finally:
         backend.close()
     t0 = time.perf_counter()

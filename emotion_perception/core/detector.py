@@ -147,9 +147,11 @@ class PersonDetector:
         h, w = image.shape[:2]
         opts = self.options
         bgr = np.ascontiguousarray(image[..., ::-1])  # ultralytics expects BGR numpy arrays
-        kwargs = dict(conf=opts.confidence, iou=opts.iou, imgsz=opts.image_size, half=opts.half,
+        kwargs = dict(conf=opts.confidence, iou=opts.iou, imgsz=opts.image_size,
                       classes=self.class_ids, device=self.device, max_det=opts.max_detections,
                       verbose=False)
+        if opts.half:  # passed only when set: ultralytics warns about the argument itself
+            kwargs['half'] = True
         if opts.tracker:
             result = self.model.track(bgr, persist=True, tracker=opts.tracker, **kwargs)[0]
         else:

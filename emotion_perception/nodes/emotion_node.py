@@ -160,7 +160,7 @@ class EmotionNode(LifecycleNode):
                                  max_size_change=p['reuse.max_size_change'])
             backend.load()
             self.pipeline = EmotionPipeline(backend, reuse)
-        except (ValueError, ImportError, ModelLoadError, BackendError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
             self.get_logger().error(f'configure failed, staying unconfigured: '
                                     f'{type(exc).__name__}: {exc}')
             self.pipeline = None

@@ -100,8 +100,8 @@ class PersonDetectorNode(LifecycleNode):
                 max_detections=p['max_detections'])
             self.detector = PersonDetector(options)
             self.detector.load()
-        except (ValueError, ModelLoadError) as exc:
-            self.get_logger().error(f'configure failed, staying unconfigured: {exc}')
+        except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
+            self.get_logger().error(f'configure failed, staying unconfigured: {type(exc).__name__}: {exc}')
             self.detector = None
             return TransitionCallbackReturn.FAILURE
         self._pub = self.create_lifecycle_publisher(PersonDetectionArray, 'detections',

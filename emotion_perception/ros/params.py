@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any, Callable, Sequence
 
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
 #: Parameters whose default is an empty list need an explicit type.
@@ -67,7 +68,10 @@ def read_params(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
     """Current values (validated; an empty typed list reads as [])."""
     out = {}
     for spec in specs:
-        value = node.get_parameter(spec.name).value
+        try:
+            value = node.get_parameter(spec.name).value
+        except ParameterUninitializedException:  # typed empty list left unset
+            value = None
         if value is None:
             value = [] if isinstance(spec.default, list) else spec.default
         if isinstance(value, (list, tuple)) or type(value).__name__ == 'array':

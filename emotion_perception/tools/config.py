@@ -1,0 +1,84 @@
+"""Reading the nodes' YAML parameter files for the offline tools (same files as on a robot)."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core.backends import backend_class
+from ..core.detector import DetectorOptions
+from ..core.pipeline import ReuseOptions
+
+
+def config_dir() -> Path:
+    """The package's config/ folder: installed share dir, else the source tree."""
+    for candidate in (Path(sys.prefix) / 'share' / 'emotion_perception' / 'config',
+                      Path(__file__).resolve().parents[2] / 'config'):
+        if (candidate / 'emotion_node.yaml').is_file():
+            return candidate
+    raise FileNotFoundError('config/emotion_node.yaml not found (is emotion_perception installed?)')
+
+
+def _flatten(d: dict, prefix: str = '') -> dict[str, Any]:
+    out = {}
+    for key, value in d.items():
+        name = f'{prefix}{key}'
+        if isinstance(value, dict):
+            out.update(_flatten(value, f'{name}.'))
+        else:
+            out[name] = value
+    return out
+
+
+def node_params(path: Path, node: str) -> dict[str, Any]:
+    """Flattened ``ros__parameters`` of ``node`` in a ROS 2 parameter file ({} if absent).
+
+    Keys match the node name exactly, with a namespace (``/ns/node``) or with wildcards
+    (``/**/node``, ``/**``).
+    """
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    out: dict[str, Any] = {}
+    for key, section in data.items():
+        name = str(key).rstrip('/').split('/')[-1]
+        if name in (node, '**', '*') and isinstance(section, dict):
+            out.update(_flatten(section.get('ros__parameters', {}) or {}))
+    return out
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    detector: DetectorOptions
+    backend_name: str
+    backend_options: dict[str, Any]
+    reuse: ReuseOptions
+
+
+def load_pipeline_config(path: str | Path | None = None,
+                         overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Detector, backend and reuse settings from the default YAML files, then ``path`` (a file
+    with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides`` (emotion node
+    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'})."""
+    cdir = config_dir()
+    det = node_params(cdir / 'person_detector.yaml', 'person_detector')
+    emo = node_params(cdir / 'emotion_node.yaml', 'emotion_node')
+    if path is not None:
+        det.update(node_params(Path(path), 'person_detector'))
+        emo.update(node_params(Path(path), 'emotion_node'))
+    emo.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    det_fields = {f.name for f in dataclasses.fields(DetectorOptions)}
+    detector = DetectorOptions(**{k: (tuple(v) if isinstance(v, list) else v)
+                                  for k, v in det.items() if k in det_fields})
+    name = emo.get('backend.name', 'face_baseline')
+    fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
+    options = {}
+    for key, value in emo.items():
+        if key.startswith('backend.') and key != 'backend.name':
+            short = key.split('.', 1)[1]
+            if short in fields and value != '':
+                options[short] = value
+    reuse = ReuseOptions(**{k.split('.', 1)[1]: v for k, v in emo.items()
+                            if k.startswith('reuse.')})
+    return PipelineConfig(detector, name, options, reuse)

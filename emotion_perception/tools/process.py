@@ -1,0 +1,248 @@
+"""``emotion-perception process``: detector + emotion core in-process (no DDS) over files.
+
+INPUT is an image file, a folder of images, a video file or a rosbag2 (folder or .mcap/.db3).
+Writes ``DIR/emotions.jsonl`` (one JSON object per person per frame) and annotated images in
+``DIR/annotated/``. Still images are independent scenes: they are processed without tracking
+(``track_id`` is ''); videos and bags are tracked, and per-track reuse applies.
+
+JSON object per person: frame (file name for images, index for video/bag), stamp (seconds),
+track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels, vad
+(valence, arousal, dominance on 1-10, null when not given), status, reason, backend, model,
+latency_ms, cache_age_s, text (a generated answer, when any).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+LOG = logging.getLogger('emotion_perception.process')
+
+IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
+VIDEO_EXTS = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg'}
+BAG_EXTS = {'.mcap', '.db3'}
+
+
+def input_kind(path: Path) -> str:
+    """'image', 'folder', 'video' or 'bag'. Raises ValueError for anything else."""
+    if path.is_dir():
+        if (path / 'metadata.yaml').is_file() or any(p.suffix in BAG_EXTS for p in path.iterdir()):
+            return 'bag'
+        return 'folder'
+    if not path.exists():
+        raise ValueError(f'input {path} does not exist')
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTS:
+        return 'image'
+    if suffix in VIDEO_EXTS:
+        return 'video'
+    if suffix in BAG_EXTS:
+        return 'bag'
+    raise ValueError(f'cannot tell what {path} is: expected an image ({sorted(IMAGE_EXTS)}), a '
+                     f'video ({sorted(VIDEO_EXTS)}), a folder of images, or a rosbag2')
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f'cannot decode image {path}')
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def iter_frames(path: Path, kind: str, topic: str | None = None
+                ) -> Iterator[tuple[str | int, float, np.ndarray | Exception]]:
+    """Yields (frame, stamp_s, rgb or the decoding error) in input order."""
+    if kind == 'image':
+        files = [path]
+    elif kind == 'folder':
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        if not files:
+            raise ValueError(f'folder {path} holds no images ({sorted(IMAGE_EXTS)})')
+    if kind in ('image', 'folder'):
+        for i, f in enumerate(files):
+            try:
+                yield f.name, float(i), read_rgb(f)
+            except ValueError as exc:
+                yield f.name, float(i), exc
+    elif kind == 'video':
+        cap = cv2.VideoCapture(str(path))
+        if not cap.isOpened():
+            raise ValueError(f'cannot open video {path}')
+        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
+        i = 0
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    break
+                yield i, i / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                i += 1
+        finally:
+            cap.release()
+    else:
+        from .bags import iter_bag_images
+        for index, stamp_ns, _frame_id, rgb in iter_bag_images(path, topic=topic):
+            yield index, stamp_ns * 1e-9, rgb
+
+
+def frame_count(path: Path, kind: str) -> int | None:
+    if kind == 'image':
+        return 1
+    if kind == 'folder':
+        return sum(1 for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    if kind == 'video':
+        cap = cv2.VideoCapture(str(path))
+        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        cap.release()
+        return n or None
+    return None
+
+
+def person_record(frame, stamp_s, det, res) -> dict:
+    d = res.to_dict()
+    return {'frame': frame, 'stamp': round(stamp_s, 9), 'track_id': det.track_id,
+            'bbox_xyxy': [round(v, 2) for v in det.bbox.xyxy()],
+            'confidence': round(det.confidence, 4), 'scores': d['scores'], 'labels': d['labels'],
+            'vad': d['vad'], 'status': d['status'], 'reason': d['reason'],
+            'backend': d['backend'], 'model': d['model'], 'latency_ms': d['latency_ms'],
+            'cache_age_s': d['cache_age_s'], 'text': d['text']}
+
+
+def run_process(input_path: Path, output: Path, config: str | None = None,
+                overrides: dict | None = None, save_images: bool = True,
+                max_frames: int | None = None, topic: str | None = None,
+                progress: bool = True) -> dict:
+    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings)."""
+    from ..core.backends import create_backend
+    from ..core.detector import PersonDetector
+    from ..core.drawing import draw_persons
+    from ..core.pipeline import EmotionPipeline
+    from ..core.types import EmotionResult, Status
+    from .config import load_pipeline_config
+
+    kind = input_kind(input_path)
+    cfg = load_pipeline_config(config, overrides)
+    det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
+    detector = PersonDetector(det_opts)
+    backend = create_backend(cfg.backend_name, cfg.backend_options)
+    t_load = time.perf_counter()
+    detector.load()
+    backend.load()
+    load_s = time.perf_counter() - t_load
+    pipeline = EmotionPipeline(backend, cfg.reuse)
+    output.mkdir(parents=True, exist_ok=True)
+    if save_images:
+        (output / 'annotated').mkdir(exist_ok=True)
+    summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
+               'bad_frames': 0, 'model_calls': 0, 'cache_hits': 0, 'backend': backend.name,
+               'model': backend.model_id, 'load_s': round(load_s, 3),
+               'detector_ms': 0.0, 'emotion_ms': 0.0}
+    total = frame_count(input_path, kind)
+    if max_frames is not None and total is not None:
+        total = min(total, max_frames)
+    from tqdm import tqdm
+    bar = tqdm(total=total, unit='frame', disable=not progress or (total or 2) < 2)
+    with open(output / 'emotions.jsonl', 'w') as out:
+        for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
+            if max_frames is not None and n >= max_frames:
+                break
+            bar.update(1)
+            summary['frames'] += 1
+            if isinstance(rgb, Exception):
+                summary['bad_frames'] += 1
+                LOG.warning('frame %s skipped: %s', frame, rgb)
+                continue
+            t0 = time.perf_counter()
+            detected = detector.detect(rgb)
+            t1 = time.perf_counter()
+            try:
+                fr = pipeline.process(rgb, detected.detections, stamp_s)
+                results = fr.results
+                summary['model_calls'] += fr.model_calls
+                summary['cache_hits'] += fr.cache_hits
+            except Exception as exc:  # noqa: BLE001 - reported per person, processing goes on
+                LOG.warning('frame %s: backend failed: %s', frame, exc)
+                results = [EmotionResult.failed(Status.ERROR, f'backend error: {exc}',
+                                                backend.name, backend.model_id)
+                           for _ in detected.detections]
+            t2 = time.perf_counter()
+            summary['detector_ms'] += (t1 - t0) * 1e3
+            summary['emotion_ms'] += (t2 - t1) * 1e3
+            for det, res in zip(detected.detections, results):
+                out.write(json.dumps(person_record(frame, stamp_s, det, res)) + '\n')
+                summary['persons'] += 1
+            out.flush()
+            if save_images:
+                name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
+                drawn = draw_persons(rgb, detected.detections, results)
+                cv2.imwrite(str(output / 'annotated' / f'{name}.jpg'),
+                            cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+    bar.close()
+    backend.unload()
+    detector.unload()
+    frames = max(1, summary['frames'] - summary['bad_frames'])
+    summary['detector_ms_per_frame'] = round(summary.pop('detector_ms') / frames, 2)
+    summary['emotion_ms_per_frame'] = round(summary.pop('emotion_ms') / frames, 2)
+    (output / 'summary.json').write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """Backend selection options shared by process, evaluate and finetune."""
+    p.add_argument('--backend', help='face_baseline | vlm | caption_llm | module:Class '
+                   '(default: from the config, face_baseline)')
+    p.add_argument('--model', help='model id or path (pkg://package/file for shipped weights)')
+    p.add_argument('--llm', help='caption_llm: the text LLM id or path')
+    p.add_argument('--mode', choices=['score', 'generate'], help='score (default) or generate')
+    p.add_argument('--adapter', help='LoRA adapter folder (peft) for the VLM')
+    p.add_argument('--batch-size', type=int, help='max persons per model call')
+    p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:1'")
+    p.add_argument('--dtype', help="'auto', 'float32', 'bfloat16', 'float16'")
+    p.add_argument('--marking', choices=['red_box', 'crop', 'crop_context'])
+    p.add_argument('--definitions', action='store_true', default=None,
+                   help='add category definitions to the prompt')
+    p.add_argument('--max-new-tokens', type=int)
+    p.add_argument('--thresholds', help='per-category thresholds JSON file')
+    p.add_argument('--trust-remote-code', action='store_true', default=None,
+                   help='allow the model repo to run its own code (off by default)')
+
+
+def backend_overrides(args: argparse.Namespace) -> dict:
+    """CLI options -> emotion node parameter names (None = not given)."""
+    return {'backend.name': args.backend, 'backend.model': args.model, 'backend.llm': args.llm,
+            'backend.mode': args.mode, 'backend.adapter': args.adapter,
+            'backend.batch_size': args.batch_size, 'backend.device': args.device,
+            'backend.dtype': args.dtype, 'backend.marking': args.marking,
+            'backend.definitions': args.definitions,
+            'backend.max_new_tokens': args.max_new_tokens, 'backend.thresholds': args.thresholds,
+            'backend.trust_remote_code': args.trust_remote_code}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser('process', help=__doc__.split('\n')[0],
+                              description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('input', type=Path, help='image, folder of images, video file, or rosbag2')
+    p.add_argument('--output', '-o', type=Path, required=True, help='output folder')
+    p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
+                   'emotion_node sections (defaults: the package config/)')
+    add_backend_arguments(p)
+    p.add_argument('--topic', help='bag input: the image topic (default: the first Image topic)')
+    p.add_argument('--max-frames', type=int, help='stop after this many frames')
+    p.add_argument('--no-images', action='store_true', help='do not write annotated images')
+    p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    summary = run_process(args.input, args.output, args.config, backend_overrides(args),
+                          save_images=not args.no_images, max_frames=args.max_frames,
+                          topic=args.topic, progress=not args.no_progress)
+    print(json.dumps(summary, indent=2))
+    return 0

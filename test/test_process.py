@@ -1,0 +1,97 @@
+"""`emotion-perception process` over an image folder, a video and a bag (in-process, no DDS)."""
+import json
+import shutil
+
+import cv2
+import pytest
+
+from emotion_perception.core.categories import EMOTIC_CATEGORIES
+from emotion_perception.core.model_files import sample_image_paths
+from emotion_perception.tools.cli import main as cli_main
+
+REQUIRED = {'frame', 'stamp', 'track_id', 'bbox_xyxy', 'scores', 'labels', 'vad', 'status',
+            'backend', 'model'}
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_process_image_folder(tmp_path):
+    src = tmp_path / 'images'
+    src.mkdir()
+    photos = sample_image_paths()
+    for name in ('astronaut', 'bus'):
+        shutil.copy(photos[name], src / photos[name].name)
+    (src / 'broken.jpg').write_bytes(b'not a jpeg')
+    out = tmp_path / 'out'
+    assert cli_main(['process', str(src), '--output', str(out), '--no-progress']) == 0
+    rows = read_jsonl(out / 'emotions.jsonl')
+    assert rows and all(REQUIRED <= set(r) for r in rows)
+    by_frame = {}
+    for r in rows:
+        by_frame.setdefault(r['frame'], []).append(r)
+    assert set(by_frame) == {'astronaut.png', 'bus.jpg'}  # the broken file is skipped
+    assert len(by_frame['bus.jpg']) == 4
+    for r in rows:
+        assert list(r['scores']) == list(EMOTIC_CATEGORIES)
+        assert set(r['vad']) == {'valence', 'arousal', 'dominance'}
+        assert r['status'] in ('ok', 'skipped', 'error')
+        assert r['track_id'] == ''  # still images: no tracking
+    ok = [r for r in by_frame['astronaut.png'] if r['status'] == 'ok']
+    assert ok and all(r['labels'][0] == 'Happiness' for r in ok)  # her smiling face
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['frames'] == 3 and summary['bad_frames'] == 1
+    assert summary['persons'] == len(rows)
+    assert (out / 'annotated' / 'bus.jpg').is_file()
+
+
+@pytest.fixture(scope='module')
+def astronaut_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp('video') / 'clip.avi'
+    frame = cv2.imread(str(sample_image_paths()['astronaut']))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10.0,
+                             (frame.shape[1], frame.shape[0]))
+    for _ in range(4):
+        writer.write(frame)
+    writer.release()
+    return path
+
+
+def test_process_video_tracks_and_reuses(tmp_path, astronaut_video):
+    out = tmp_path / 'out'
+    assert cli_main(['process', str(astronaut_video), '--output', str(out), '--no-images',
+                     '--no-progress']) == 0
+    rows = read_jsonl(out / 'emotions.jsonl')
+    assert [r['frame'] for r in rows] == sorted(r['frame'] for r in rows)
+    assert all(isinstance(r['frame'], int) for r in rows)
+    tracks = {}
+    for r in rows:
+        if r['track_id']:
+            tracks.setdefault(r['track_id'], []).append(r)
+    steady = [t for t in tracks.values() if t[0]['status'] == 'ok' and len(t) > 1]
+    assert steady, tracks
+    for track in steady:
+        # a steady person: the model runs once, later frames reuse the track's result
+        assert [r['status'] for r in track[1:]] == ['cached'] * (len(track) - 1)
+        assert track[1]['cache_age_s'] == pytest.approx(track[1]['stamp'] - track[0]['stamp'])
+        assert track[1]['scores'] == track[0]['scores']
+
+
+def test_process_bag(tmp_path, astronaut_video):
+    from emotion_perception.tools.bags import make_bag
+    bag = tmp_path / 'bag'
+    make_bag([astronaut_video], bag, rate_hz=5.0, progress=False)
+    out = tmp_path / 'out'
+    assert cli_main(['process', str(bag), '--output', str(out), '--no-progress',
+                     '--max-frames', '3']) == 0
+    rows = read_jsonl(out / 'emotions.jsonl')
+    assert rows and {r['frame'] for r in rows} <= {0, 1, 2}
+    assert json.loads((out / 'summary.json').read_text())['frames'] == 3
+
+
+def test_process_rejects_unknown_input(tmp_path):
+    bad = tmp_path / 'notes.txt'
+    bad.write_text('x')
+    with pytest.raises(ValueError, match='cannot tell what'):
+        cli_main(['process', str(bad), '--output', str(tmp_path / 'o')])

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# Proves the robot build path: colcon (colcon-common-extensions from PyPI) builds this package
+# as ros.ament_cmake in a fresh workspace, with the venv's ROS 2 wheels as the underlay, then
+# checks the install tree and runs `colcon test` (the light test of the INSTALLED package,
+# test/colcon/test_installed_package.py, registered in CMakeLists.txt).
+#
+# Usage: bash test/colcon/run_colcon.sh        (called by `make colcon-test`)
+# Env:   VIRTUAL_ENV       underlay venv (default: <repo>/.venv)
+#        EP_KEEP_COLCON_WS=1  keep the temporary workspace (its path is printed)
+# Exits non-zero on the first failure.
+set -euo pipefail
+
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VENV=${VIRTUAL_ENV:-$SRC/.venv}
+PKG=emotion_perception
+
+if [[ ! -x $VENV/bin/colcon ]]; then
+  echo "run_colcon: $VENV/bin/colcon not found (make venv installs colcon-common-extensions)" >&2
+  exit 2
+fi
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/ep_colcon.XXXXXX")
+cleanup() {
+  if [[ ${EP_KEEP_COLCON_WS:-0} == 1 ]]; then echo "run_colcon: workspace kept in $TMP/ws"
+  else rm -rf "$TMP"; fi
+}
+trap cleanup EXIT
+WS=$TMP/ws
+step() { echo "=== run_colcon: $* ($(( SECONDS - T0 )) s)"; }
+T0=$SECONDS
+
+# -- 1. a fresh workspace with a copy of the package (no venv, build outputs, generated code) --
+mkdir -p "$WS/src/$PKG"
+tar -C "$SRC" -cf - \
+  --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./install --exclude=./log \
+  --exclude=./out --exclude=./.whl --exclude="./$PKG/msg" --exclude='*.so' \
+  --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude=.pytest_cache \
+  --exclude='*.pt' --exclude='*.mcap' --exclude='*.db3' . \
+  | tar -C "$WS/src/$PKG" -xf -
+step "copied $SRC to $WS/src/$PKG"
+
+# -- 2. the venv as underlay, DDS on loopback in a random domain --
+export VIRTUAL_ENV=$VENV
+export PATH=$VENV/bin:$PATH
+export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV
+unset PYTHONPATH COLCON_PREFIX_PATH PYTHONHOME
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+export ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-$(( RANDOM % 200 + 10 ))}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1
+export COLCON_HOME=$TMP/colcon_home   # no user colcon defaults/mixins leak in
+cd "$WS"
+
+# -- 3. build --
+T=$SECONDS
+colcon build --event-handlers console_cohesion+ \
+  --cmake-args -DCMAKE_BUILD_TYPE=Release -DPython3_EXECUTABLE="$VENV/bin/python"
+step "colcon build took $(( SECONDS - T )) s"
+
+# -- 4. the install tree --
+INST=$WS/install/$PKG
+fail() { echo "run_colcon: FAIL: $*" >&2; exit 1; }
+for exe in person_detector emotion_node; do
+  [[ -f $INST/lib/$PKG/$exe && -x $INST/lib/$PKG/$exe ]] \
+    || fail "$INST/lib/$PKG/$exe missing or not executable"
+done
+for d in launch config msg; do
+  [[ -d $INST/share/$PKG/$d ]] || fail "$INST/share/$PKG/$d missing"
+done
+[[ -f $INST/share/$PKG/launch/$PKG.launch.py ]] || fail "launch file not installed"
+step "install tree: executables and share/{launch,config,msg} present"
+
+# -- 5. the messages import from the INSTALLED tree (not the source, not the venv's pip -e) --
+set +u   # colcon's setup scripts read unset variables
+# shellcheck disable=SC1091
+source "$WS/install/setup.bash"
+set -u
+# ros_wheels_bootstrapper (in the venv) re-execs Python with LD_LIBRARY_PATH built from a set, in
+# random order, so libemotion_perception__*.so would load from the venv's `pip install -e` or
+# from this install tree at random. Fix the order (overlay first) and skip the re-exec.
+export LD_LIBRARY_PATH=$INST/lib:$VENV/lib:$(printf '%s:' "$VENV"/lib/python3*/site-packages/ros_*.libs)$LD_LIBRARY_PATH
+export _ROS_WHEELS_BOOTSTRAP_COMPLETE=1
+(cd "$TMP" && python - "$INST" <<'PY'
+import sys
+from pathlib import Path
+
+inst = Path(sys.argv[1]).resolve()
+import emotion_perception
+import emotion_perception.msg as m
+from emotion_perception.msg import PersonDetectionArray, PersonEmotion, PersonEmotionArray
+from rclpy.serialization import deserialize_message, serialize_message
+
+for mod in (emotion_perception, m):
+    where = Path(mod.__file__).resolve()
+    assert inst in where.parents, f'{mod.__name__} imported from {where}, not from {inst}'
+assert PersonEmotion.NUM_CATEGORIES == 26 == len(PersonEmotion.CATEGORY_NAMES.split(','))
+msg = PersonEmotionArray()
+msg.header.frame_id = 'camera'
+msg.persons.append(PersonEmotion())
+assert deserialize_message(serialize_message(msg), PersonEmotionArray) == msg
+PersonDetectionArray()
+libs = {Path(line.split()[-1]) for line in open('/proc/self/maps')
+        if 'libemotion_perception__' in line}
+assert libs and all(inst in lib.parents for lib in libs), f'C libraries from {sorted(libs)}'
+print(f'messages OK from {Path(m.__file__).parent} ({len(libs)} C libraries from {inst}/lib)')
+PY
+) || fail "importing the messages from the install tree"
+step "messages import and round-trip from the install tree"
+
+# -- 6. the installed executables (what `ros2 run` runs) come up as lifecycle nodes --
+pids=()
+for exe in person_detector emotion_node; do
+  "$INST/lib/$PKG/$exe" --ros-args --params-file "$INST/share/$PKG/config/$exe.yaml" \
+    > "$TMP/$exe.log" 2>&1 &
+  pids+=($!)
+done
+stop_nodes() { kill -INT "${pids[@]}" 2>/dev/null || true; }
+(cd "$TMP" && python - <<'PY'
+import time
+
+import rclpy
+from lifecycle_msgs.srv import GetState
+
+rclpy.init()
+probe = rclpy.create_node('run_colcon_probe')
+deadline = time.monotonic() + 60  # imports + discovery; seconds on an idle machine
+states = {}
+for name in ('person_detector', 'emotion_node'):
+    client = probe.create_client(GetState, f'/{name}/get_state')
+    while not client.service_is_ready():
+        if time.monotonic() > deadline:
+            raise SystemExit(f'{name}: no /{name}/get_state service after 60 s')
+        rclpy.spin_once(probe, timeout_sec=0.2)
+    future = client.call_async(GetState.Request())
+    rclpy.spin_until_future_complete(probe, future, timeout_sec=10)
+    states[name] = future.result().current_state.label if future.done() else None
+probe.destroy_node()
+rclpy.shutdown()
+assert states == {'person_detector': 'unconfigured', 'emotion_node': 'unconfigured'}, states
+print(f'lifecycle states: {states}')
+PY
+) || { stop_nodes; tail -n 20 "$TMP"/*.log >&2; fail "the installed executables did not come up"; }
+stop_nodes
+for i in "${!pids[@]}"; do
+  status=0; wait "${pids[$i]}" || status=$?
+  if (( status == 130 )); then  # KeyboardInterrupt escaped the node's shutdown path
+    echo "run_colcon: WARNING: pid ${pids[$i]} exited 130 on SIGINT (shutdown race):" >&2
+    tail -n 8 "$TMP"/*.log >&2
+  elif (( status != 0 )); then
+    tail -n 20 "$TMP"/*.log >&2; fail "an installed executable exited $status on SIGINT"
+  fi
+done
+step "installed executables start as unconfigured lifecycle nodes and stop on SIGINT"
+
+# -- 7. colcon test (only the light installed-package test is registered) --
+T=$SECONDS
+colcon test --event-handlers console_cohesion+ --return-code-on-test-failure \
+  || fail "colcon test"
+colcon test-result --verbose || fail "colcon test-result reports failures"
+step "colcon test took $(( SECONDS - T )) s"
+echo "run_colcon: OK (total $(( SECONDS - T0 )) s)"

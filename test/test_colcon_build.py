@@ -1,0 +1,31 @@
+"""The robot build path: colcon builds, installs and tests the package (test/colcon/run_colcon.sh).
+
+About 1-2 minutes on 2 cores; `make colcon-test` runs the same script.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'test' / 'colcon' / 'run_colcon.sh'
+COLCON = Path(sys.prefix) / 'bin' / 'colcon'
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+@pytest.mark.skipif(not COLCON.is_file(),
+                    reason=f'colcon is not installed in this environment ({COLCON} missing; '
+                           'requirements/base.txt pins colcon-common-extensions)')
+@pytest.mark.skipif(os.environ.get('EP_COLCON_TEST') == '1',
+                    reason='already running inside `colcon test`')
+def test_colcon_build_install_and_test():
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    result = subprocess.run(['bash', str(SCRIPT)], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, (
+        f'run_colcon.sh exited {result.returncode}\n--- stdout (tail) ---\n'
+        f'{result.stdout[-6000:]}\n--- stderr (tail) ---\n{result.stderr[-4000:]}')
+    assert 'run_colcon: OK' in result.stdout

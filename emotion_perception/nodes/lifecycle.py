@@ -1,6 +1,8 @@
 """Running a lifecycle node as a process: init, optional autostart, spin, clean exit."""
 from __future__ import annotations
 
+import signal
+
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
@@ -35,6 +37,9 @@ def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> i
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        # A second SIGINT/SIGTERM during clean-up must not abort it (exit code stays 0).
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if node is not None:
             try:
                 node._teardown()

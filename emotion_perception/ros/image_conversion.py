@@ -39,7 +39,16 @@ _NATIVE_BIG_ENDIAN = sys.byteorder == 'big'
 
 
 class ImageConversionError(ValueError):
-    """An image message or array that cannot be converted; the message says why."""
+    """An image message or array that cannot be converted; the message says why.
+
+    ``kind`` names the problem for counters and throttled logs: 'unknown_encoding',
+    'zero_size', 'too_large', 'step_too_small', 'data_too_short', 'no_data', 'corrupt',
+    'shape_mismatch' or 'encode_failed'.
+    """
+
+    def __init__(self, message: str, kind: str = 'invalid') -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -79,16 +88,18 @@ def encoding_info(encoding: str) -> EncodingInfo:
     except KeyError:
         raise ImageConversionError(
             f'unknown or unsupported image encoding {encoding!r}; supported: '
-            f'{", ".join(ENCODINGS)}') from None
+            f'{", ".join(ENCODINGS)}', 'unknown_encoding') from None
 
 
 def _check_size(width: int, height: int, max_pixels: int | None) -> None:
     if width <= 0 or height <= 0:
-        raise ImageConversionError(f'image has zero width or height ({width}x{height})')
+        raise ImageConversionError(f'image has zero width or height ({width}x{height})',
+                                   'zero_size')
     if max_pixels is not None and width * height > max_pixels:
         raise ImageConversionError(
             f'image of {width}x{height} = {width * height} pixels exceeds max_pixels='
-            f'{max_pixels}; refusing to convert it (raise max_pixels if this size is intended)')
+            f'{max_pixels}; refusing to convert it (raise max_pixels if this size is intended)',
+            'too_large')
 
 
 def _as_byte_array(data: Any) -> np.ndarray:
@@ -129,12 +140,12 @@ def image_msg_to_numpy(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
     if step < row_bytes:
         raise ImageConversionError(
             f'step {step} is smaller than one row of {width} px x {info.channels} ch x '
-            f'{itemsize} B = {row_bytes} bytes ({msg.encoding})')
+            f'{itemsize} B = {row_bytes} bytes ({msg.encoding})', 'step_too_small')
     buf = _as_byte_array(msg.data)
     if buf.size < step * height:
         raise ImageConversionError(
             f'image data has {buf.size} bytes, shorter than step * height = {step} * {height} = '
-            f'{step * height}')
+            f'{step * height}', 'data_too_short')
     dtype = info.dtype
     if itemsize > 1:
         dtype = dtype.newbyteorder('>' if msg.is_bigendian else '<')
@@ -252,7 +263,7 @@ def compressed_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, i
     head = buf[:32].tobytes()
     if head.startswith(_PNG_SIGNATURE):
         if len(head) < 24 or head[12:16] != b'IHDR':
-            raise ImageConversionError('corrupt PNG: missing or truncated IHDR header')
+            raise ImageConversionError('corrupt PNG: missing or truncated IHDR header', 'corrupt')
         width, height = struct.unpack('>II', head[16:24])
         return int(width), int(height)
     if head.startswith(b'\xff\xd8'):
@@ -260,7 +271,7 @@ def compressed_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, i
         pos = 2
         while pos + 4 <= len(raw):
             if raw[pos] != 0xFF:
-                raise ImageConversionError(f'corrupt JPEG: no marker at byte {pos}')
+                raise ImageConversionError(f'corrupt JPEG: no marker at byte {pos}', 'corrupt')
             marker = raw[pos + 1]
             if marker == 0xFF:  # fill byte
                 pos += 1
@@ -277,7 +288,7 @@ def compressed_image_size(data: bytes | memoryview | np.ndarray) -> tuple[int, i
             if marker == 0xDA or length < 2:  # start of scan before any frame header
                 break
             pos += 2 + length
-        raise ImageConversionError('corrupt JPEG: no frame header (SOF) found')
+        raise ImageConversionError('corrupt JPEG: no frame header (SOF) found', 'corrupt')
     return None
 
 
@@ -297,7 +308,7 @@ def compressed_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
 
     buf = _as_byte_array(msg.data)
     if buf.size == 0:
-        raise ImageConversionError('compressed image has no data')
+        raise ImageConversionError('compressed image has no data', 'no_data')
     size = compressed_image_size(buf)
     if size is not None:
         _check_size(size[0], size[1], max_pixels)
@@ -306,7 +317,7 @@ def compressed_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
         fmt = getattr(msg, 'format', '')
         raise ImageConversionError(
             f'corrupt or unsupported compressed image ({buf.size} bytes, format {fmt!r}): '
-            'OpenCV could not decode it')
+            'OpenCV could not decode it', 'corrupt')
     if size is None:
         _check_size(int(bgr.shape[1]), int(bgr.shape[0]), max_pixels)
     return np.ascontiguousarray(bgr[..., ::-1])

@@ -48,19 +48,47 @@ def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
 
 
 def subscribe_image(node, topic: str, transport: str, reliability: str, depth: int,
-                    callback: Callable, callback_group=None):
-    """Image subscription with the configured QoS and a clear warning on QoS mismatch."""
+                    callback: Callable, callback_group=None,
+                    on_incompatible_qos: Callable[[object], None] | None = None):
+    """Image subscription with the configured QoS and a clear warning on QoS mismatch
+    (``on_incompatible_qos(event)`` is called too, e.g. to count it)."""
     name, msg_type = image_topic_and_type(topic, transport)
     return node.create_subscription(
         msg_type, name, callback, image_qos(reliability, depth), callback_group=callback_group,
-        event_callbacks=warn_on_incompatible_qos(node.get_logger(), name))
+        event_callbacks=warn_on_incompatible_qos(node.get_logger(), name, on_incompatible_qos))
+
+
+def with_message_info(callback: Callable[[object, dict | None], None]) -> Callable:
+    """A subscription callback that receives ``(msg, message_info)`` where rclpy supports it
+    (message_info is a dict with 'publication_sequence_number', ...), else ``(msg, None)``."""
+    try:
+        from rclpy.subscription import Subscription
+        supported = hasattr(Subscription, 'CallbackType')
+    except ImportError:  # pragma: no cover
+        supported = False
+    if supported:
+        return lambda msg, info: callback(msg, info)
+    return lambda msg: callback(msg, None)
 
 
 def decode_image(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
-    """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises ImageConversionError."""
+    """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises ImageConversionError (its
+    ``kind`` names the problem); oversized images are refused before anything is allocated."""
     if isinstance(msg, CompressedImage):
         return compressed_to_rgb(msg, max_pixels=max_pixels)
     return image_msg_to_rgb(msg, max_pixels=max_pixels)
+
+
+def reason_kind(reason: str) -> str:
+    """A short counter name for a result's reason: the text before the first ':' or '(',
+    as an identifier ('bad box: box is inverted ...' -> 'bad_box')."""
+    head = reason
+    for sep in (':', '('):
+        head = head.split(sep, 1)[0]
+    slug = ''.join(c if c.isalnum() else '_' for c in head.strip().lower()).strip('_')
+    while '__' in slug:
+        slug = slug.replace('__', '_')
+    return slug[:40] or 'unspecified'
 
 
 class WorkerThread:

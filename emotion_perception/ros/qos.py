@@ -6,6 +6,8 @@ subscription here registers an ``incompatible_qos`` callback that logs which pol
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.qos import (HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data,
                        DurabilityPolicy)
@@ -32,9 +34,18 @@ RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=30,
 SENSOR_DATA = qos_profile_sensor_data
 
 
-def warn_on_incompatible_qos(logger, topic: str) -> SubscriptionEventCallbacks:
-    """Event callbacks that log a clear warning when a publisher's QoS cannot match ours."""
+def warn_on_incompatible_qos(logger, topic: str,
+                             on_event: Callable[[object], None] | None = None
+                             ) -> SubscriptionEventCallbacks:
+    """Event callbacks that log a clear warning when a publisher's QoS cannot match ours.
+
+    Args:
+        on_event: also called with each ``QoSRequestedIncompatibleQoSInfo`` event (e.g. to
+            count it in the node's diagnostics).
+    """
     def on_incompatible(event) -> None:
+        if on_event is not None:
+            on_event(event)
         logger.warning(
             f'QoS mismatch on {topic}: a publisher is incompatible with this subscription '
             f'(policy {event.last_policy_kind.name}, {event.total_count} incompatible so far); '

@@ -5,11 +5,20 @@ tracked person, the backend runs again only when the box moved or changed size b
 threshold, or when the last result is older than ``max_age_s``; otherwise the last result is
 returned with ``Status.CACHED`` and its age. Times are the frames' stamps (sensor time), so
 replaying a bag behaves as the live camera did.
+
+Duplicate track ids within one frame (a confused tracker, or two detectors on one topic): the
+cache cannot tell the persons apart, so those persons are evaluated without the cache, their
+results are not stored, and the id's cached entry is forgotten.
+
+Thread safety: ``TrackCache`` is guarded by a lock (a node answers dropped frames from one
+thread while its worker processes another frame).
 """
 from __future__ import annotations
 
+import collections
 import copy
 import dataclasses
+import threading
 import time
 from collections import OrderedDict
 from typing import Sequence
@@ -58,12 +67,20 @@ class TrackCache:
     def __init__(self, options: ReuseOptions) -> None:
         self.options = options
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._entries)
+        with self._lock:
+            return len(self._entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
+
+    def forget(self, track_id: str) -> None:
+        """Drop the entry of ``track_id`` (if any)."""
+        with self._lock:
+            self._entries.pop(track_id, None)
 
     def lookup(self, track_id: str, bbox: BBox, stamp_s: float, *, any_box: bool = False
                ) -> EmotionResult | None:
@@ -74,7 +91,8 @@ class TrackCache:
                 evaluated at all, e.g. dropped under load); the age limit still applies.
         """
         opts = self.options
-        entry = self._entries.get(track_id) if (opts.enabled and track_id) else None
+        with self._lock:
+            entry = self._entries.get(track_id) if (opts.enabled and track_id) else None
         if entry is None:
             return None
         age = stamp_s - entry.stamp_s
@@ -86,7 +104,9 @@ class TrackCache:
             for now, then in ((bbox.width, entry.bbox.width), (bbox.height, entry.bbox.height)):
                 if then <= 0 or abs(now - then) / then > opts.max_size_change:
                     return None
-        self._entries.move_to_end(track_id)
+        with self._lock:
+            if track_id in self._entries:
+                self._entries.move_to_end(track_id)
         out = copy.copy(entry.result)
         out.scores = entry.result.scores.copy()
         out.labels = list(entry.result.labels)
@@ -96,10 +116,11 @@ class TrackCache:
     def store(self, track_id: str, bbox: BBox, stamp_s: float, result: EmotionResult) -> None:
         if not (self.options.enabled and track_id) or result.status != Status.OK:
             return
-        self._entries[track_id] = _Entry(bbox, stamp_s, result)
-        self._entries.move_to_end(track_id)
-        while len(self._entries) > self.options.max_tracks:
-            self._entries.popitem(last=False)
+        with self._lock:
+            self._entries[track_id] = _Entry(bbox, stamp_s, result)
+            self._entries.move_to_end(track_id)
+            while len(self._entries) > self.options.max_tracks:
+                self._entries.popitem(last=False)
 
 
 @dataclasses.dataclass
@@ -110,6 +131,13 @@ class FrameEmotions:
     model_calls: int = 0      # persons sent to the backend
     cache_hits: int = 0       # persons answered from the track cache
     latency_ms: float = 0.0   # wall time of process()
+    duplicate_ids: int = 0    # track ids that occurred more than once in the frame
+
+
+def duplicate_track_ids(detections: Sequence[PersonDetection]) -> set[str]:
+    """Non-empty track ids that occur more than once among ``detections``."""
+    counts = collections.Counter(d.track_id for d in detections if d.track_id)
+    return {tid for tid, n in counts.items() if n > 1}
 
 
 class EmotionPipeline:
@@ -129,10 +157,14 @@ class EmotionPipeline:
         problems (bad box, no face) come back as results with status ERROR/SKIPPED.
         """
         t0 = time.perf_counter()
+        dups = duplicate_track_ids(detections)
+        for tid in dups:
+            self.cache.forget(tid)
         results: list[EmotionResult | None] = [None] * len(detections)
         todo: list[int] = []
         for i, det in enumerate(detections):
-            hit = self.cache.lookup(det.track_id, det.bbox, stamp_s)
+            hit = (None if det.track_id in dups
+                   else self.cache.lookup(det.track_id, det.bbox, stamp_s))
             if hit is not None:
                 results[i] = hit
             else:
@@ -141,18 +173,26 @@ class EmotionPipeline:
             fresh = self.backend.predict(image, [detections[i].bbox for i in todo])
             for i, res in zip(todo, fresh):
                 results[i] = res
-                self.cache.store(detections[i].track_id, detections[i].bbox, stamp_s, res)
+                if detections[i].track_id not in dups:
+                    self.cache.store(detections[i].track_id, detections[i].bbox, stamp_s, res)
         return FrameEmotions([r for r in results if r is not None], model_calls=len(todo),
                              cache_hits=len(detections) - len(todo),
-                             latency_ms=(time.perf_counter() - t0) * 1e3)
+                             latency_ms=(time.perf_counter() - t0) * 1e3,
+                             duplicate_ids=len(dups))
 
     def answer_unprocessed(self, detections: Sequence[PersonDetection], stamp_s: float,
                            status: Status, reason: str) -> list[EmotionResult]:
         """Results for a frame that is not evaluated (dropped, no image): the track's cached
-        result where one is recent enough, else ``status`` with ``reason``."""
+        result where one is recent enough (status CACHED, with ``reason`` saying why the frame
+        was not evaluated), else ``status`` with ``reason``. Persons sharing a track id in the
+        frame get no cached result (the cache cannot tell them apart)."""
+        dups = duplicate_track_ids(detections)
         out = []
         for det in detections:
-            hit = self.cache.lookup(det.track_id, det.bbox, stamp_s, any_box=True)
+            hit = (None if det.track_id in dups
+                   else self.cache.lookup(det.track_id, det.bbox, stamp_s, any_box=True))
+            if hit is not None:
+                hit.reason = reason
             out.append(hit if hit is not None else EmotionResult.failed(
                 status, reason, self.backend.name, self.backend.model_id))
         return out

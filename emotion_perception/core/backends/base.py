@@ -9,7 +9,9 @@ stages (as transformers pipelines and ultralytics predictors do):
 
 ``predict`` (implemented here, not by backends) validates the inputs, clips boxes, runs the
 three stages with per-stage timings, isolates per-person failures and fills labels from the
-per-category thresholds. Adding a model family means adding one module and one line in
+per-category thresholds. A CUDA out-of-memory error during a batch is retried with the batch
+split in halves, down to single persons; a person that still does not fit gets
+``Status.ERROR`` with the reason :data:`OUT_OF_GPU_MEMORY`. Adding a model family means adding one module and one line in
 ``emotion_perception.core.backends.BACKENDS``; nodes and tools never change.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
@@ -37,6 +40,38 @@ class ModelLoadError(BackendError):
 
 class ImageError(ValueError):
     """An image the core cannot use (wrong dtype, shape or size)."""
+
+
+#: Reason of a person that did not fit in GPU memory even alone.
+OUT_OF_GPU_MEMORY = 'out of GPU memory'
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it was raised from) is a CUDA out-of-memory error:
+    ``torch.cuda.OutOfMemoryError``, or a RuntimeError saying 'out of memory' (older torch,
+    other accelerators)."""
+    torch = sys.modules.get('torch')
+    oom_type = getattr(getattr(torch, 'cuda', None), 'OutOfMemoryError', None)
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if oom_type is not None and isinstance(e, oom_type):
+            return True
+        if isinstance(e, RuntimeError) and 'out of memory' in str(e).lower():
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def free_gpu_cache() -> None:
+    """Release cached GPU blocks (no-op without torch or CUDA)."""
+    torch = sys.modules.get('torch')
+    try:
+        if torch is not None and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # noqa: BLE001 - best effort
+        pass
 
 
 def validate_image(image: Any) -> np.ndarray:
@@ -124,6 +159,8 @@ class EmotionBackend(abc.ABC):
         self.thresholds = load_thresholds(options.thresholds)
         self.sets_labels = False
         self._loaded = False
+        #: number of batches split because of CUDA out-of-memory (for diagnostics)
+        self.oom_retries = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     @property
@@ -183,26 +220,46 @@ class EmotionBackend(abc.ABC):
                 results[i] = EmotionResult.failed(Status.ERROR, f'bad box: {exc}',
                                                   self.name, self.model_id)
         if valid_boxes:
-            t0 = time.perf_counter()
-            timings = Timings()
-            with timings.measure('preprocess'):
-                batch = self.preprocess(image, valid_boxes)
-            with timings.measure('inference'):
-                outputs = self.forward(batch)
-            with timings.measure('postprocess'):
-                produced = self.postprocess(outputs, batch)
-            if len(produced) != len(valid_boxes):
-                raise BackendError(f'backend {self.name!r} returned {len(produced)} results '
-                                   f'for {len(valid_boxes)} boxes')
-            share = (time.perf_counter() - t0) * 1e3 / len(valid_boxes)
-            for i, res in zip(valid_idx, produced):
-                res.backend = res.backend or self.name
-                res.model = res.model or self.model_id
-                res.latency_ms = share
-                res.timings = timings
-                self._finish(res)
+            for i, res in zip(valid_idx, self._predict_split(image, valid_boxes)):
                 results[i] = res
         return [r for r in results if r is not None]
+
+    def _predict_split(self, image: np.ndarray, boxes: list[BBox]) -> list[EmotionResult]:
+        """The three stages on ``boxes``; on CUDA out-of-memory, the two halves separately
+        (recursively), and ERROR ``OUT_OF_GPU_MEMORY`` for a single box that does not fit."""
+        try:
+            return self._run_stages(image, boxes)
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        self.oom_retries += 1
+        free_gpu_cache()
+        if len(boxes) == 1:
+            return [EmotionResult.failed(Status.ERROR, OUT_OF_GPU_MEMORY, self.name,
+                                         self.model_id)]
+        mid = len(boxes) // 2
+        return self._predict_split(image, boxes[:mid]) + self._predict_split(image, boxes[mid:])
+
+    def _run_stages(self, image: np.ndarray, boxes: list[BBox]) -> list[EmotionResult]:
+        t0 = time.perf_counter()
+        timings = Timings()
+        with timings.measure('preprocess'):
+            batch = self.preprocess(image, boxes)
+        with timings.measure('inference'):
+            outputs = self.forward(batch)
+        with timings.measure('postprocess'):
+            produced = self.postprocess(outputs, batch)
+        if len(produced) != len(boxes):
+            raise BackendError(f'backend {self.name!r} returned {len(produced)} results '
+                               f'for {len(boxes)} boxes')
+        share = (time.perf_counter() - t0) * 1e3 / len(boxes)
+        for res in produced:
+            res.backend = res.backend or self.name
+            res.model = res.model or self.model_id
+            res.latency_ms = share
+            res.timings = timings
+            self._finish(res)
+        return produced
 
     def _finish(self, res: EmotionResult) -> None:
         """Sanity-check scores and fill labels from the thresholds."""
@@ -223,4 +280,5 @@ class EmotionBackend(abc.ABC):
 
 
 __all__ = ['BackendError', 'BackendOptions', 'EmotionBackend', 'ImageError', 'ModelLoadError',
-           'EMOTIC_CATEGORIES', 'load_thresholds', 'resolve_device', 'validate_image']
+           'EMOTIC_CATEGORIES', 'OUT_OF_GPU_MEMORY', 'free_gpu_cache', 'is_out_of_memory',
+           'load_thresholds', 'resolve_device', 'validate_image']

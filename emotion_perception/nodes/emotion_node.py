@@ -17,6 +17,14 @@ detections array; older pending arrays are answered at once from the track cache
 SKIPPED 'dropped: stale frame under load' (latest-wins; every drop is counted). The executor
 thread never runs the model.
 
+Robustness: every problem is answered, counted and logged once per kind (throttled): bad
+images (``errors.bad_image.<kind>``), a stamp with no image (``errors.no_image``) or whose image
+was evicted (``errors.image_evicted``), per-person errors/skips by reason
+(``errors.<kind>``, ``skipped.<kind>``), duplicate track ids, stamps going backwards and a
+restarted detections publisher (both clear the track cache), an incompatible image publisher
+(``qos_incompatible``). ``/diagnostics`` turns ERROR when a frame has been in processing (or
+waiting) longer than ``stall_timeout_s``.
+
 Lifecycle: configure validates parameters and loads the backend (FAILURE, staying
 unconfigured with the reason logged, when the model cannot be loaded); activate subscribes and
 starts the worker (reloading the model if deactivate freed it); deactivate stops the worker and
@@ -36,7 +44,7 @@ from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
 
-from ..core.backends import BACKENDS, BackendError, ImageError, ModelLoadError, backend_class
+from ..core.backends import BACKENDS, BackendError, ImageError, backend_class
 from ..core.drawing import draw_persons
 from ..core.pipeline import EmotionPipeline, ReuseOptions
 from ..core.types import EmotionResult, Status
@@ -44,7 +52,7 @@ from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_
 from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
 from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, KindLogger, WorkerThread, decode_image,
-                              subscribe_image)
+                              reason_kind, subscribe_image, with_message_info)
 from ..ros.params import ParamSpec, declare_params, in_range, one_of, read_params
 from ..ros.qos import RESULTS_QOS
 from .lifecycle import spin_node
@@ -131,6 +139,12 @@ class EmotionNode(LifecycleNode):
         self._images: collections.OrderedDict = collections.OrderedDict()  # stamp -> msg
         self._pending: collections.deque[_Pending] = collections.deque()
         self._last_stamp: float | None = None
+        self._evicted: collections.OrderedDict = collections.OrderedDict()  # stamps evicted
+        self._last_det_seq: int | None = None  # publication sequence number of detections
+        self._reset_tracks = False  # set by the executor thread, applied by the worker
+        self._busy_since: float | None = None  # when the worker started the current frame
+        #: why the last configure/activate failed ('' when it did not)
+        self.failure_reason = ''
         self._worker = WorkerThread('emotion_worker', self._work_loop)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -161,10 +175,12 @@ class EmotionNode(LifecycleNode):
             backend.load()
             self.pipeline = EmotionPipeline(backend, reuse)
         except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
+            self.failure_reason = f'{type(exc).__name__}: {exc}'
             self.get_logger().error(f'configure failed, staying unconfigured: '
-                                    f'{type(exc).__name__}: {exc}')
+                                    f'{self.failure_reason}')
             self.pipeline = None
             return TransitionCallbackReturn.FAILURE
+        self.failure_reason = ''
         self._pub = self.create_lifecycle_publisher(PersonEmotionArray, 'emotions', RESULTS_QOS)
         self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
@@ -175,15 +191,16 @@ class EmotionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.pipeline.backend.load()
-        except (ModelLoadError, BackendError) as exc:
-            self.get_logger().error(f'activate failed: {exc}')
+        except Exception as exc:  # noqa: BLE001 - ModelLoadError, GPU out of memory, ...
+            self.failure_reason = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'activate failed: {self.failure_reason}')
             return TransitionCallbackReturn.FAILURE
         p = self.params
         self._subs = [
             subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                            5, self._on_image),
-            self.create_subscription(PersonDetectionArray, 'detections', self._on_detections,
-                                     RESULTS_QOS),
+                            5, self._on_image, on_incompatible_qos=self._on_incompatible_qos),
+            self.create_subscription(PersonDetectionArray, 'detections',
+                                     with_message_info(self._on_detections), RESULTS_QOS),
         ]
         self._worker.start()
         self.get_logger().info('active')
@@ -211,6 +228,7 @@ class EmotionNode(LifecycleNode):
             # Answer what is still pending so that no detections array goes unanswered.
             pending, self._pending = list(self._pending), collections.deque()
             self._images.clear()
+            self._evicted.clear()
         for item in pending:
             self._answer_unprocessed(item, Status.SKIPPED, 'node deactivated before processing',
                                      'deactivated')
@@ -238,14 +256,30 @@ class EmotionNode(LifecycleNode):
         with self._cond:
             self._images[stamp_key(msg.header)] = msg
             while len(self._images) > self.params['image_cache_size']:
-                self._images.popitem(last=False)
+                key, _ = self._images.popitem(last=False)
                 self.stats.count('images_evicted')
+                self._evicted[key] = None  # remembered (bounded) to answer late detections
+                while len(self._evicted) > 4 * self.params['image_cache_size']:
+                    self._evicted.popitem(last=False)
             self._cond.notify()
 
-    def _on_detections(self, msg: PersonDetectionArray) -> None:
+    def _on_incompatible_qos(self, event) -> None:
+        self.stats.count('qos_incompatible')
+
+    def _on_detections(self, msg: PersonDetectionArray, info: dict | None = None) -> None:
         self.stats.count('detections_in')
+        seq = (info or {}).get('publication_sequence_number')
         overflow = None
         with self._cond:
+            if seq is not None:
+                if self._last_det_seq is not None and seq <= self._last_det_seq:
+                    # A new publisher starts again at 1: the detector restarted, its track ids
+                    # start over and may name other people than the cached ones.
+                    self._reset_tracks = True
+                    self.stats.count('detector_restarts')
+                    self.kind_log.warn('detector_restart', 'the detections publisher restarted '
+                                       '(sequence numbers started over): track cache cleared')
+                self._last_det_seq = seq
             self._pending.append(_Pending(msg, time.monotonic()))
             if len(self._pending) > self.params['max_pending']:
                 overflow = self._pending.popleft()
@@ -270,9 +304,11 @@ class EmotionNode(LifecycleNode):
                     while len(self._pending) > 1:  # latest wins
                         stale.append(self._pending.popleft())
                     job = self._pending[0]
-                    image = self._images.get(stamp_key(job.msg.header))
+                    key = stamp_key(job.msg.header)
+                    image = self._images.get(key)
                     waited = time.monotonic() - job.received
-                    if image is not None or waited >= self.params['pair_timeout_s']:
+                    if (image is not None or key in self._evicted
+                            or waited >= self.params['pair_timeout_s']):
                         self._pending.popleft()
                         return job, image, stale
                     if stale:
@@ -293,14 +329,21 @@ class EmotionNode(LifecycleNode):
                                          '(a newer one was waiting)', 'stale_frame')
             if job is None:
                 continue
+            self._busy_since = time.monotonic()
             try:
                 self._process(job, image)
             except Exception as exc:  # never let the worker die; the array is still answered
                 self.stats.count('errors.internal')
                 self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
                 self._answer_unprocessed(job, Status.ERROR, f'internal error: {exc}', None)
+            finally:
+                self._busy_since = None
 
     def _check_stamp(self, stamp_s: float) -> None:
+        with self._cond:
+            reset, self._reset_tracks = self._reset_tracks, False
+        if reset:
+            self.pipeline.cache.clear()
         if self._last_stamp is not None and stamp_s < self._last_stamp:
             self.stats.count('stamps_backwards')
             self.kind_log.warn('stamps_backwards', 'detection stamps went backwards (bag loop '
@@ -317,18 +360,32 @@ class EmotionNode(LifecycleNode):
             self._publish(job, [], None)
             return
         if image_msg is None:
-            self.stats.count('errors.no_image')
-            self.kind_log.warn('no_image', f'no image with stamp {stamp_s:.6f} (never received, '
-                               f'or evicted from the cache of {self.params["image_cache_size"]})')
-            self._answer_unprocessed(job, Status.ERROR, 'no image with this stamp (not received '
-                                     'or evicted)', None)
+            with self._cond:
+                evicted = stamp_key(msg.header) in self._evicted
+            size = self.params['image_cache_size']
+            if evicted:
+                self.stats.count('errors.image_evicted')
+                self.kind_log.warn('image_evicted', f'image with stamp {stamp_s:.6f} was evicted '
+                                   f'from the image cache ({size} images) before its detections '
+                                   'arrived (detector too slow? raise image_cache_size)')
+                reason = (f'image evicted: detections arrived after {size} newer images '
+                          '(image_cache_size)')
+            else:
+                self.stats.count('errors.no_image')
+                self.kind_log.warn('no_image', f'no image with stamp {stamp_s:.6f} arrived within '
+                                   f'pair_timeout_s={self.params["pair_timeout_s"]} (image topic '
+                                   'or QoS wrong? detector fed from another camera?)')
+                reason = 'no image with this stamp: not received within pair_timeout_s'
+            self._answer_unprocessed(job, Status.ERROR, reason, None)
             return
         try:
             rgb = decode_image(image_msg, self.params['max_image_pixels'])
         except (ImageConversionError, ImageError) as exc:
+            kind = getattr(exc, 'kind', 'invalid')
             self.stats.count('errors.bad_image')
-            self.kind_log.warn('bad_image', f'cannot use image: {exc}')
-            self._answer_unprocessed(job, Status.ERROR, f'bad image: {exc}', None)
+            self.stats.count(f'errors.bad_image.{kind}')
+            self.kind_log.warn(f'bad_image.{kind}', f'cannot use image: {exc}')
+            self._answer_unprocessed(job, Status.ERROR, f'bad image ({kind}): {exc}', None)
             return
         try:
             frame = self.pipeline.process(rgb, detections, stamp_s)
@@ -336,14 +393,24 @@ class EmotionNode(LifecycleNode):
             self.stats.count('errors.backend')
             self.kind_log.warn('backend', f'backend failed: {type(exc).__name__}: {exc}',
                                error=True)
-            self._answer_unprocessed(job, Status.ERROR, f'backend error: {exc}', None)
+            self._answer_unprocessed(job, Status.ERROR,
+                                     f'backend error: {type(exc).__name__}: {exc}', None)
             return
         self.stats.count('model_calls', frame.model_calls)
         self.stats.count('cache_hits', frame.cache_hits)
+        if frame.duplicate_ids:
+            self.stats.count('duplicate_track_ids', frame.duplicate_ids)
+            self.kind_log.warn('duplicate_track_ids', f'{frame.duplicate_ids} track id(s) occur '
+                               'more than once in one detections array: those persons are '
+                               'evaluated without the track cache')
         for res in frame.results:
-            if res.status in (Status.ERROR, Status.SKIPPED):
-                kind = res.reason.split(':')[0].strip().replace(' ', '_')[:40]
-                self.stats.count(f'{"errors" if res.status == Status.ERROR else "skipped"}.{kind}')
+            if res.status in (Status.ERROR, Status.SKIPPED) or res.reason:
+                kind = reason_kind(res.reason)
+                group = {Status.ERROR: 'errors', Status.SKIPPED: 'skipped'}.get(res.status,
+                                                                                 'answers')
+                self.stats.count(f'{group}.{kind}')
+                if kind != 'no_face_found_in_person_box':  # routine, not a fault
+                    self.kind_log.warn(f'{group}.{kind}', f'person {group}: {res.reason}')
         self._publish(job, frame.results, rgb)
 
     def _answer_unprocessed(self, job: _Pending, status: Status, reason: str,
@@ -372,20 +439,45 @@ class EmotionNode(LifecycleNode):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        level, message, values = self.diagnostics()
+        status = make_status(f'{self.get_name()}: emotion perception',
+                             self.get_fully_qualified_name(), level, message, values)
+        if self._diag_pub is not None:
+            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+
+    def diagnostics(self) -> tuple[int, str, dict]:
+        """(level, message, key values) of the node now; what ``/diagnostics`` carries."""
         counts = self.stats.snapshot()
         pct = self.stats.percentiles()
         det_rate = self.stats.rate('detections_in')
-        level, message = OK, 'ok'
-        if det_rate > 0 and (time.monotonic() - self.stats.last_output_time
-                             > self.params['stall_timeout_s']):
-            level, message = ERROR, 'detections arrive but no emotions are published (stalled)'
-        elif pct[90] == pct[90] and pct[90] > self.params['slow_latency_ms']:
-            level, message = WARN, f'slow: p90 latency {pct[90]:.0f} ms'
-        elif any(k.startswith('errors.') for k in counts):
-            level, message = WARN, 'some persons could not be evaluated (see errors.*)'
-        backend = self.pipeline.backend if self.pipeline else None
+        img_rate = self.stats.rate('images_in')
+        now = time.monotonic()
+        busy_since = self._busy_since
         with self._cond:
             depth, cached_images = len(self._pending), len(self._images)
+            oldest = self._pending[0].received if self._pending else None
+        busy_s = now - busy_since if busy_since is not None else 0.0
+        waiting_s = now - oldest if oldest is not None else 0.0
+        stall = self.params['stall_timeout_s']
+        recent_errors = sum(self.stats.rate(k) for k in counts if k.startswith('errors.')
+                            and k.count('.') == 1)
+        level, message = OK, 'ok'
+        if busy_s > stall:
+            level, message = ERROR, (f'stalled: the model has been processing one frame for '
+                                     f'{busy_s:.1f} s (stall_timeout_s={stall})')
+        elif waiting_s > stall + self.params['pair_timeout_s']:
+            level, message = ERROR, (f'stalled: detections have waited {waiting_s:.1f} s '
+                                     'without an answer')
+        elif pct[90] == pct[90] and pct[90] > self.params['slow_latency_ms']:
+            level, message = WARN, f'slow: p90 latency {pct[90]:.0f} ms'
+        elif counts.get('qos_incompatible', 0):
+            level, message = WARN, ('QoS mismatch: an image publisher is incompatible with '
+                                    'image_reliability (no images from it)')
+        elif img_rate > 0 and det_rate == 0:
+            level, message = WARN, 'images arrive but no detections (is the detector running?)'
+        elif recent_errors > 0:
+            level, message = WARN, 'some persons could not be evaluated (see errors.*)'
+        backend = self.pipeline.backend if self.pipeline else None
         values = {
             'images_in_hz': f'{self.stats.rate("images_in"):.2f}',
             'detections_in_hz': f'{det_rate:.2f}',
@@ -395,13 +487,13 @@ class EmotionNode(LifecycleNode):
             'image_cache': cached_images,
             'backend': backend.name if backend else '', 'model': backend.model_id if backend else '',
             'device': getattr(backend, 'device', '') if backend else '',
+            'model_loaded': bool(backend and backend.loaded),
+            'oom_retries': getattr(backend, 'oom_retries', 0) if backend else 0,
             'tracks_cached': len(self.pipeline.cache) if self.pipeline else 0,
+            'busy_s': f'{busy_s:.2f}',
         }
         values.update({k: v for k, v in sorted(counts.items())})
-        status = make_status(f'{self.get_name()}: emotion perception',
-                             self.get_fully_qualified_name(), level, message, values)
-        if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+        return level, message, values
 
 
 def main(args: list[str] | None = None) -> int:

@@ -8,6 +8,12 @@ Concurrency: the image callback only stores the newest frame (latest-wins, overw
 are counted as drops 'stale_frame'); a worker thread runs the detector, so the executor thread
 never blocks on inference and a slow model drops stale frames instead of queueing them.
 
+Robustness: an image that cannot be decoded is dropped and counted (``errors.bad_image`` and
+``errors.bad_image.<kind>``: unknown_encoding, step_too_small, data_too_short, zero_size,
+too_large (refused before allocating, ``max_image_pixels``), corrupt, ...), logged once per kind
+(throttled); an incompatible image publisher is counted (``qos_incompatible``); ``/diagnostics``
+turns ERROR when one image has been in the detector longer than ``stall_timeout_s``.
+
 Lifecycle:
   configure  reads and validates parameters and loads the model. FAILURE (stays unconfigured,
              the reason is logged) when a parameter is invalid or the model cannot be loaded.
@@ -27,7 +33,7 @@ from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray
 
-from ..core.backends.base import ImageError, ModelLoadError
+from ..core.backends.base import ImageError
 from ..core.detector import TRACKERS, DetectorOptions, PersonDetector
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
@@ -86,6 +92,9 @@ class PersonDetectorNode(LifecycleNode):
         self._pub = self._debug_pub = self._diag_pub = self._sub = self._diag_timer = None
         self._slot_lock = threading.Condition()
         self._slot = None  # newest unprocessed image message
+        self._busy_since: float | None = None  # when the worker started the current image
+        #: why the last configure/activate failed ('' when it did not)
+        self.failure_reason = ''
         self._worker = WorkerThread('person_detector_worker', self._work_loop)
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -101,9 +110,12 @@ class PersonDetectorNode(LifecycleNode):
             self.detector = PersonDetector(options)
             self.detector.load()
         except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
-            self.get_logger().error(f'configure failed, staying unconfigured: {type(exc).__name__}: {exc}')
+            self.failure_reason = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'configure failed, staying unconfigured: '
+                                    f'{self.failure_reason}')
             self.detector = None
             return TransitionCallbackReturn.FAILURE
+        self.failure_reason = ''
         self._pub = self.create_lifecycle_publisher(PersonDetectionArray, 'detections',
                                                     RESULTS_QOS)
         self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
@@ -116,12 +128,14 @@ class PersonDetectorNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             self.detector.load()  # no-op unless deactivate freed it
-        except ModelLoadError as exc:
-            self.get_logger().error(f'activate failed: {exc}')
+        except Exception as exc:  # noqa: BLE001 - ModelLoadError, GPU out of memory, ...
+            self.failure_reason = f'{type(exc).__name__}: {exc}'
+            self.get_logger().error(f'activate failed: {self.failure_reason}')
             return TransitionCallbackReturn.FAILURE
         p = self.params
         self._sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                                    p['image_queue_depth'], self._on_image)
+                                    p['image_queue_depth'], self._on_image,
+                                    on_incompatible_qos=self._on_incompatible_qos)
         self._worker.start()
         self.get_logger().info('active')
         return super().on_activate(state)
@@ -174,6 +188,9 @@ class PersonDetectorNode(LifecycleNode):
             self._slot = msg
             self._slot_lock.notify()
 
+    def _on_incompatible_qos(self, event) -> None:
+        self.stats.count('qos_incompatible')
+
     def _wake(self) -> None:
         with self._slot_lock:
             self._slot_lock.notify_all()
@@ -187,19 +204,24 @@ class PersonDetectorNode(LifecycleNode):
                 msg, self._slot = self._slot, None
             if msg is None:
                 continue
+            self._busy_since = time.monotonic()
             try:
                 self._process(msg)
             except Exception as exc:  # never let the worker die; count and report
                 self.stats.count('errors.internal')
                 self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+            finally:
+                self._busy_since = None
 
     def _process(self, msg) -> None:
         t0 = time.perf_counter()
         try:
             rgb = decode_image(msg, self.params['max_image_pixels'])
         except (ImageConversionError, ImageError) as exc:
+            kind = getattr(exc, 'kind', 'invalid')
             self.stats.count('errors.bad_image')
-            self.kind_log.warn('bad_image', f'image dropped: {exc}')
+            self.stats.count(f'errors.bad_image.{kind}')
+            self.kind_log.warn(f'bad_image.{kind}', f'image dropped: {exc}')
             return
         stamp = msg.header.stamp
         last = getattr(self, '_last_stamp', None)
@@ -223,26 +245,41 @@ class PersonDetectorNode(LifecycleNode):
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
+        level, message, values = self.diagnostics()
+        status = make_status(f'{self.get_name()}: person detection', self.get_fully_qualified_name(),
+                             level, message, values)
+        if self._diag_pub is not None:
+            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+
+    def diagnostics(self) -> tuple[int, str, dict]:
+        """(level, message, key values) of the node now; what ``/diagnostics`` carries."""
         counts = self.stats.snapshot()
         pct = self.stats.percentiles()
         in_rate, out_rate = self.stats.rate('images_in'), self.stats.rate('detections_out')
+        busy_since = self._busy_since
+        busy_s = time.monotonic() - busy_since if busy_since is not None else 0.0
+        stall = self.params['stall_timeout_s']
+        recent_errors = sum(self.stats.rate(k) for k in counts if k.startswith('errors.')
+                            and k.count('.') == 1)
         level, message = OK, 'ok'
-        stalled = (in_rate > 0 and time.monotonic() - self.stats.last_output_time
-                   > self.params['stall_timeout_s'])
-        if stalled:
-            level, message = ERROR, 'images arrive but no detections are published (stalled)'
-        elif any(k.startswith('errors.') for k in counts):
+        if busy_s > stall:
+            level, message = ERROR, (f'stalled: the detector has been processing one image for '
+                                     f'{busy_s:.1f} s (stall_timeout_s={stall})')
+        elif counts.get('qos_incompatible', 0):
+            level, message = WARN, ('QoS mismatch: an image publisher is incompatible with '
+                                    'image_reliability (no images from it)')
+        elif recent_errors > 0:
             level, message = WARN, 'some images could not be processed (see errors.*)'
         values = {'images_in_hz': f'{in_rate:.2f}', 'detections_out_hz': f'{out_rate:.2f}',
                   'latency_ms_p50': f'{pct[50]:.1f}', 'latency_ms_p90': f'{pct[90]:.1f}',
                   'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': int(self._slot is not None),
                   'model': self.params.get('model', ''),
-                  'device': self.detector.device if self.detector else ''}
+                  'device': self.detector.device if self.detector else '',
+                  'model_loaded': bool(self.detector is not None
+                                       and getattr(self.detector, 'model', None) is not None),
+                  'busy_s': f'{busy_s:.2f}'}
         values.update({k: v for k, v in sorted(counts.items())})
-        status = make_status(f'{self.get_name()}: person detection', self.get_fully_qualified_name(),
-                             level, message, values)
-        if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+        return level, message, values
 
 
 def main(args: list[str] | None = None) -> int:

@@ -248,6 +248,37 @@ def naive_logprobs(model: Any, prefix: Mapping[str, torch.Tensor],
     return torch.stack(rows)
 
 
+def score_items(model: Any, items: Sequence[Mapping[str, torch.Tensor]],
+                suffixes: Sequence[Sequence[int]], readout_ids: Sequence[int], pad_id: int,
+                device: Any, dtype: Any, batch_size: int, shared: bool = True
+                ) -> tuple[torch.Tensor, bool]:
+    """Readout log-probs for every person, ``batch_size`` persons per shared-prefix call.
+
+    Args:
+        items: one prefix input per person (batch dimension 1, any device).
+        shared: try ``shared_prefix_logprobs``; on ``PrefixCacheUnsupported`` (or when False)
+            use ``naive_logprobs`` person by person.
+
+    Returns:
+        (log-probs (P, Q, K) float32 on the CPU, whether the shared prefix could be used).
+    """
+    out = []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start:start + batch_size]
+        if shared:
+            prefix = to_device(collate_left(chunk, pad_id), device, dtype)
+            try:
+                out.append(shared_prefix_logprobs(model, prefix, suffixes, readout_ids,
+                                                  pad_id).cpu())
+                continue
+            except PrefixCacheUnsupported:
+                shared = False
+        for it in chunk:
+            one = to_device(it, device, dtype)
+            out.append(naive_logprobs(model, one, suffixes, readout_ids)[None].cpu())
+    return torch.cat(out), shared
+
+
 # -- readout tokens and scores ----------------------------------------------------------------
 YES_VARIANTS = ('yes', 'Yes', 'YES', ' yes', ' Yes', ' YES')
 NO_VARIANTS = ('no', 'No', 'NO', ' no', ' No', ' NO')
@@ -349,6 +380,6 @@ def digit_expectation(logp: torch.Tensor, tokens: ReadoutTokens) -> torch.Tensor
 
 
 __all__ = ['PrefixCacheUnsupported', 'ReadoutTokens', 'SharedPrefixCache', 'collate_left',
-           'digit_expectation', 'extend_inputs', 'naive_logprobs', 'readout_tokens',
+           'digit_expectation', 'extend_inputs', 'naive_logprobs', 'readout_tokens', 'score_items',
            'shared_prefix_logprobs', 'single_token_ids', 'to_device', 'uses_mrope',
            'yes_probability']

@@ -213,6 +213,36 @@ def split_chat_prompt(render: Any, prefix_text: str) -> tuple[str, str]:
     return head, tail
 
 
+def generate_texts(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], pad_id: int,
+                   device: Any, dtype: Any, batch_size: int, max_new_tokens: int,
+                   min_new_tokens: int = 0) -> list[str]:
+    """Greedy answers for per-person inputs, ``batch_size`` persons per (left-padded) call.
+
+    Args:
+        items: one processor/tokenizer output per person (batch dimension 1, CPU).
+        max_new_tokens: answer length bound; ``min_new_tokens`` forces a length (benchmarks).
+
+    Returns:
+        One decoded answer per item (new tokens only, special tokens skipped, stripped).
+    """
+    import torch
+    from ._prefix_scoring import collate_left, to_device, uses_mrope
+    texts: list[str] = []
+    for start in range(0, len(items), batch_size):
+        inputs = to_device(collate_left(items[start:start + batch_size], pad_id), device, dtype)
+        if uses_mrope(model):
+            model.model.rope_deltas = None  # stale deltas of an earlier call must not leak in
+        kwargs: dict[str, Any] = dict(max_new_tokens=int(max_new_tokens), do_sample=False,
+                                      pad_token_id=pad_id)
+        if min_new_tokens:
+            kwargs['min_new_tokens'] = int(min_new_tokens)
+        with torch.inference_mode():
+            out = model.generate(**inputs, **kwargs)
+        new = out[:, inputs['input_ids'].shape[1]:]
+        texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
+    return texts
+
+
 # -- options and batch ------------------------------------------------------------------------
 @dataclass
 class VLMOptions(BackendOptions):
@@ -360,31 +390,16 @@ class VLMBackend(EmotionBackend):
         return [self._generate_result(text) for text in outputs]
 
     # -- score mode --------------------------------------------------------------------------
-    def _chunks(self, items: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        n = int(self.options.batch_size)
-        return [items[i:i + n] for i in range(0, len(items), n)]
-
     def _score_logprobs(self, items: list[dict[str, Any]]) -> np.ndarray:
-        from ._prefix_scoring import (PrefixCacheUnsupported, collate_left, naive_logprobs,
-                                      shared_prefix_logprobs, to_device)
-        out = []
-        for chunk in self._chunks(items):
-            if self._prefix_ok:
-                prefix = to_device(collate_left(chunk, self._pad_id), self._device, self._dtype)
-                try:
-                    out.append(shared_prefix_logprobs(self.model, prefix, self._suffixes,
-                                                      self._readout.ids, self._pad_id).cpu())
-                    continue
-                except PrefixCacheUnsupported as exc:
-                    LOG.warning('%s: %s; falling back to re-encoding the prompt per question',
-                                self.model_id, exc)
-                    self._prefix_ok = False
-            for it in chunk:
-                one = to_device(it, self._device, self._dtype)
-                out.append(naive_logprobs(self.model, one, self._suffixes,
-                                          self._readout.ids)[None].cpu())
-        import torch
-        return torch.cat(out).numpy()
+        from ._prefix_scoring import score_items
+        logp, shared = score_items(self.model, items, self._suffixes, self._readout.ids,
+                                   self._pad_id, self._device, self._dtype,
+                                   int(self.options.batch_size), self._prefix_ok)
+        if self._prefix_ok and not shared:
+            LOG.warning('%s: its KV cache cannot be shared across questions; re-encoding the '
+                        'prompt per question (slower, same scores)', self.model_id)
+        self._prefix_ok = shared
+        return logp.numpy()
 
     def _score_result(self, logp: np.ndarray) -> EmotionResult:
         import torch
@@ -423,23 +438,9 @@ class VLMBackend(EmotionBackend):
 
     # -- generate mode -----------------------------------------------------------------------
     def _generate(self, items: list[dict[str, Any]], min_new_tokens: int = 0) -> list[str]:
-        import torch
-        from ._prefix_scoring import collate_left, to_device
-        tok = self.processor.tokenizer
-        texts: list[str] = []
-        for chunk in self._chunks(items):
-            inputs = to_device(collate_left(chunk, self._pad_id), self._device, self._dtype)
-            if hasattr(self.model, 'model') and hasattr(self.model.model, 'rope_deltas'):
-                self.model.model.rope_deltas = None
-            kwargs: dict[str, Any] = dict(max_new_tokens=int(self.options.max_new_tokens),
-                                          do_sample=False, pad_token_id=self._pad_id)
-            if min_new_tokens:
-                kwargs['min_new_tokens'] = int(min_new_tokens)
-            with torch.inference_mode():
-                out = self.model.generate(**inputs, **kwargs)
-            new = out[:, inputs['input_ids'].shape[1]:]
-            texts += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-        return texts
+        return generate_texts(self.model, self.processor.tokenizer, items, self._pad_id,
+                              self._device, self._dtype, int(self.options.batch_size),
+                              int(self.options.max_new_tokens), min_new_tokens)
 
     def generate_answers(self, image: np.ndarray, boxes: Sequence[BBox],
                          min_new_tokens: int = 0) -> list[str]:
@@ -459,5 +460,5 @@ class VLMBackend(EmotionBackend):
 
 
 __all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'VLMBackend', 'VLMBatch', 'VLMOptions',
-           'apply_adapter', 'load_image_text_model', 'model_device', 'release',
+           'apply_adapter', 'generate_texts', 'load_image_text_model', 'model_device', 'release',
            'split_chat_prompt', 'torch_dtype']

@@ -38,6 +38,8 @@ os.environ['ROS_DOMAIN_ID'] = str(random.SystemRandom().randint(10, 200))
 os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['TRANSFORMERS_OFFLINE'] = '1'
 os.environ['YOLO_OFFLINE'] = '1'
+#: ultralytics sets OMP_NUM_THREADS=1 on import when unset; the node processes get the original.
+OMP_AT_START = os.environ.get('OMP_NUM_THREADS')
 
 import argparse  # noqa: E402
 import gc  # noqa: E402
@@ -424,8 +426,11 @@ def bench_latency_inprocess(args, frames, core, pipeline, report: dict) -> list[
 def _spawn(module: str, params_file: str, extra: list[str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, '-m', module, '--ros-args', '--params-file',
            str(REPO / 'config' / params_file), *extra]
+    env = dict(os.environ)
+    if OMP_AT_START is None:
+        env.pop('OMP_NUM_THREADS', None)  # as a node started from a shell would have it
     return subprocess.Popen(cmd, stdout=log.open('wb'), stderr=subprocess.STDOUT,
-                            cwd=str(REPO), env=dict(os.environ))
+                            cwd=str(REPO), env=env)
 
 
 def bench_latency_processes(args, frames, core, pipeline, report: dict) -> list[str]:

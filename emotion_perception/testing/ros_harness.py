@@ -70,11 +70,12 @@ class RosHarness:
                     teardown()
                 except Exception:  # noqa: BLE001
                     pass
-        self.executor.shutdown(timeout_sec=2.0)
+        # Stop spinning and wait for the spin thread before destroying what it may still use.
+        self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=10.0)
         for node in [*self._nodes, self.node]:
             node.destroy_node()
         rclpy.shutdown(context=self.context)
-        self._thread.join(timeout=5.0)
 
     def __enter__(self) -> 'RosHarness':
         return self

@@ -242,3 +242,26 @@ def test_options_are_validated():
         create_backend('vlm', {'marking': 'blue_box'})
     with pytest.raises(ValueError, match='unknown option'):
         create_backend('vlm', {'temperature': 0.2})
+
+
+# -- the bench runs to the end (no timing asserts) ----------------------------------------------
+@pytest.mark.slow
+def test_bench_vlm_smoke(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [sys.executable, str(repo / 'bench' / 'bench_vlm.py'), '--frames', '1', '--persons', '1,2',
+         '--new-tokens', '4', '--hidden', '32', '--layers', '2', '--device', 'cpu',
+         '--json', str(out)],
+        cwd=repo, env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='2'),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for title in ('### 1. score vs generate', '### 2. shared-prefix score vs naive',
+                  '### 3. persons of one frame'):
+        assert title in proc.stdout
+    report = json.loads(out.read_text())
+    assert report['naive_max_abs_diff'] < 1e-4
+    assert [b['persons'] for b in report['batching']] == [1, 2]

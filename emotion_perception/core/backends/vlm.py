@@ -318,8 +318,18 @@ class VLMBackend(EmotionBackend):
         if self._loaded:
             return
         o = self.options
-        self.model, self.processor = load_image_text_model(
+        model, processor = load_image_text_model(
             self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code, o.adapter)
+        self.attach(model, processor)
+
+    def attach(self, model: Any, processor: Any) -> None:
+        """Use an already loaded model and processor (e.g. one shared by two backends, or a
+        model built in memory by a benchmark) instead of ``load``.
+
+        Raises:
+            ModelLoadError: the tokenizer cannot be used for this mode (see ``load``).
+        """
+        self.model, self.processor = model, processor
         self._device = model_device(self.model)
         self._dtype = self.model.dtype
         tok = self.processor.tokenizer

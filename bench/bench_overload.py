@@ -29,6 +29,7 @@ import random
 import sys
 import threading
 import time
+import types
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.SystemRandom().randint(10, 200)))
@@ -51,6 +52,26 @@ DROP_REASONS = {'dropped: stale frame': 'drops.stale_frame',
 MB = 1 / (1 << 20)
 
 
+class Answer:
+    """What the bench keeps of one emotions array (not the message: 1800 messages would grow
+    the process's RSS by ~20 MB and hide the node's own memory behaviour)."""
+
+    __slots__ = ('header', 'persons')
+
+    def __init__(self, msg) -> None:
+        self.header = types.SimpleNamespace(stamp=types.SimpleNamespace(
+            sec=msg.header.stamp.sec, nanosec=msg.header.stamp.nanosec))
+        self.persons = tuple(Person(p) for p in msg.persons)
+
+
+class Person:
+    __slots__ = ('status', 'status_reason')
+
+    def __init__(self, p) -> None:
+        self.status = p.status
+        self.status_reason = sys.intern(p.status_reason)
+
+
 def rss_mb() -> float:
     return psutil.Process().memory_info().rss * MB
 
@@ -60,7 +81,7 @@ def run(seconds: float = 60.0, rate_hz: float = 30.0, persons: int = 5, delay_s:
     """Run the overload scenario; returns the figures (see the module docstring)."""
     frames = int(round(seconds * rate_hz))
     with RosHarness('overload_bench', threads=4) as harness:
-        rig = EmotionRig(harness, fb.SlowBackend, diagnostics_period_s=1.0,
+        rig = EmotionRig(harness, fb.SlowBackend, diagnostics_period_s=1.0, keep=Answer,
                          **{'backend.model': f'delay={delay_s}', 'reuse.enabled': True,
                             'pair_timeout_s': 1.0})
         node = rig.node
@@ -79,21 +100,26 @@ def run(seconds: float = 60.0, rate_hz: float = 30.0, persons: int = 5, delay_s:
 
         peaks = collections.Counter()
         stop = threading.Event()
+        rss_trace: list[tuple[float, float]] = []  # (seconds since start, MB)
 
         def monitor() -> None:
+            last_rss = -1.0
             while not stop.is_set():
+                t = time.monotonic() - t0
+                if t - last_rss >= 1.0:
+                    rss_trace.append((t, rss_mb()))
+                    last_rss = t
                 with node._cond:
                     sizes = {'image_cache': len(node._images), 'pending': len(node._pending)}
                 sizes['track_cache'] = len(node.pipeline.cache)
                 for k, v in sizes.items():
                     peaks[k] = max(peaks[k], v)
                 stop.wait(0.05)
-        mon = threading.Thread(target=monitor, daemon=True)
-        mon.start()
-
         sent: list[tuple[int, int]] = []
         rss_start = None
         t0 = time.monotonic()
+        mon = threading.Thread(target=monitor, daemon=True)
+        mon.start()
         base_sec = 1_000
         for i in range(frames):
             target = t0 + i / rate_hz
@@ -152,7 +178,12 @@ def run(seconds: float = 60.0, rate_hz: float = 30.0, persons: int = 5, delay_s:
         'rss_mb_start': round(rss_start, 1), 'rss_mb_end': round(rss_end, 1),
         'peak_image_cache': peaks['image_cache'], 'peak_pending': peaks['pending'],
         'peak_track_cache': peaks['track_cache'],
+        'rss_mb_quarters': [round(_rss_at(rss_trace, stream_s * q), 1) for q in (0.25, 0.5, 0.75)],
     }
+
+
+def _rss_at(trace: list[tuple[float, float]], t: float) -> float:
+    return min(trace, key=lambda s: abs(s[0] - t))[1] if trace else float('nan')
 
 
 def check(r: dict, max_rss_growth_mb: float = 50.0) -> list[str]:
@@ -198,6 +229,7 @@ def table(r: dict) -> str:
         ('errors (node counters)', ', '.join(f'{k} {v}' for k, v in errors.items()) or 'none'),
         ('RSS start (after warm-up) / end, MB', f"{r['rss_mb_start']} / {r['rss_mb_end']} "
                                                 f"({r['rss_mb_end'] - r['rss_mb_start']:+.1f})"),
+        ('RSS at 25% / 50% / 75% of the run, MB', ' / '.join(map(str, r['rss_mb_quarters']))),
         ('peak image cache / pending / track cache',
          f"{r['peak_image_cache']} / {r['peak_pending']} / {r['peak_track_cache']}"),
         ('images evicted from the cache', c.get('images_evicted', 0)),

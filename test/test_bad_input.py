@@ -28,7 +28,7 @@ from emotion_perception.ros.image_conversion import (ENCODINGS, ImageConversionE
                                                      compressed_to_rgb, image_msg_to_rgb,
                                                      numpy_to_image_msg, rgb_to_compressed)
 from emotion_perception.ros.messages import bbox_to_roi, roi_to_bbox
-from emotion_perception.ros.node_utils import decode_image
+from emotion_perception.ros.node_utils import KindLogger, decode_image
 from emotion_perception.ros.qos import RESULTS_QOS, image_qos
 from emotion_perception.testing import fake_backends as fb
 from emotion_perception.testing.node_rig import EmotionRig, det_array, header
@@ -429,3 +429,42 @@ def test_compressed_conversion_never_fails_otherwise(data, prefix):
         assert exc.kind in KINDS
         return
     assert rgb.ndim == 3 and rgb.shape[2] == 3 and rgb.shape[0] * rgb.shape[1] <= 10_000
+
+
+# -- logging once per kind -------------------------------------------------------------------------
+class _Recorder:
+    def __init__(self):
+        self.lines = []
+
+    def warning(self, text):
+        self.lines.append(text)
+
+    error = warning
+
+
+def test_each_kind_of_problem_is_logged_once_with_throttling(harness):
+    rig = EmotionRig(harness)
+    recorder = _Recorder()
+    rig.node.kind_log = KindLogger(recorder, period_s=3600)
+    for stamp in (1, 2, 3):
+        rig.send(det_array(header(stamp), PERSONS), image_msg(stamp, encoding='yuv422_weird'))
+    rig.send(det_array(header(4), PERSONS), image_msg(4, step=1))
+    rig.send(det_array(header(5), [('1', (1000, 0, 5, 5)), ('2', (2000, 0, 5, 5))]),
+             image_msg(5))
+    kinds = [line.split(']')[0] + ']' for line in recorder.lines]
+    assert kinds == ['[bad_image.unknown_encoding]', '[bad_image.step_too_small]',
+                     '[errors.bad_box]'], recorder.lines
+    assert rig.counts()['errors.bad_image.unknown_encoding'] == 3
+    assert rig.counts()['errors.bad_box'] == 2
+
+
+def test_kind_logger_reports_the_suppressed_count():
+    recorder = _Recorder()
+    log = KindLogger(recorder, period_s=0.0)
+    log.warn('a', 'first')
+    log._period_s = 3600
+    log.warn('a', 'again')
+    log.warn('a', 'again')
+    log._period_s = 0.0
+    log.warn('a', 'later')
+    assert recorder.lines == ['[a] first', '[a] later (2 more since last report)']

@@ -8,7 +8,7 @@ The caller must have set ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and a ROS_DOMAI
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter
@@ -48,7 +48,11 @@ class EmotionRig:
     """Emotion node + publishers + collectors on one harness."""
 
     def __init__(self, harness: RosHarness, backend: type[FakeBackend] | str = FakeBackend,
-                 name: str = 'emotion_node', activate: bool = True, **params: Any) -> None:
+                 name: str = 'emotion_node', activate: bool = True,
+                 keep: Callable[[PersonEmotionArray], Any] | None = None, **params: Any) -> None:
+        """``keep`` turns each received emotions array into what ``out`` stores (default: the
+        message itself; a long run keeps a compact summary so the collector does not grow the
+        process's memory)."""
         self.harness = harness
         params.setdefault('backend.name', backend if isinstance(backend, str) else spec(backend))
         params.setdefault('image_reliability', 'reliable')
@@ -56,8 +60,9 @@ class EmotionRig:
         params.setdefault('pair_timeout_s', 0.3)
         self.node = harness.add(EmotionNode(name, context=harness.context, parameter_overrides=[
             Parameter(k, value=v) for k, v in params.items()]))
-        self.out: list[PersonEmotionArray] = harness.collect(PersonEmotionArray, 'emotions',
-                                                             RESULTS_QOS)
+        self.out: list = []
+        store = self.out.append if keep is None else (lambda m: self.out.append(keep(m)))
+        harness.node.create_subscription(PersonEmotionArray, 'emotions', store, RESULTS_QOS)
         self.diagnostics: list[DiagnosticArray] = harness.collect(DiagnosticArray,
                                                                   '/diagnostics')
         transport = params.get('image_transport', 'raw')

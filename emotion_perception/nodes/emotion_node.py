@@ -38,8 +38,6 @@ import sys
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
@@ -48,13 +46,14 @@ from ..core.backends import BACKENDS, BackendError, ImageError, backend_class
 from ..core.drawing import draw_persons
 from ..core.pipeline import EmotionPipeline, ReuseOptions
 from ..core.types import EmotionResult, Status
-from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_status
+from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
-from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, KindLogger, WorkerThread, decode_image,
-                              reason_kind, subscribe_image, with_message_info)
-from ..ros.params import ParamSpec, declare_params, in_range, one_of, read_params
+from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kind,
+                              subscribe_image, with_message_info)
+from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
+from .base import PerceptionNode
 from .lifecycle import spin_node
 
 #: Backend options settable as node parameters ('backend.<name>'); each backend uses those
@@ -123,18 +122,16 @@ class _Pending:
     received: float  # time.monotonic()
 
 
-class EmotionNode(LifecycleNode):
-    """See the module docstring."""
+class EmotionNode(PerceptionNode):
+    """See the module docstring; lifecycle plumbing in ``PerceptionNode``."""
+
+    PARAMS = PARAMS
+    WORKER_NAME = 'emotion_worker'
+    DIAGNOSTIC_NAME = 'emotion perception'
 
     def __init__(self, node_name: str = 'emotion_node', **kwargs) -> None:
-        super().__init__(node_name, **kwargs)
-        declare_params(self, PARAMS)
-        self.kind_log = KindLogger(self.get_logger())
-        self.stats = NodeStats()
         self.pipeline: EmotionPipeline | None = None
-        self.params: dict = {}
-        self._pub = self._debug_pub = self._diag_pub = self._diag_timer = None
-        self._subs: list = []
+        self._pub = self._debug_pub = None
         self._cond = threading.Condition()
         self._images: collections.OrderedDict = collections.OrderedDict()  # stamp -> msg
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -142,12 +139,8 @@ class EmotionNode(LifecycleNode):
         self._evicted: collections.OrderedDict = collections.OrderedDict()  # stamps evicted
         self._last_det_seq: int | None = None  # publication sequence number of detections
         self._reset_tracks = False  # set by the executor thread, applied by the worker
-        self._busy_since: float | None = None  # when the worker started the current frame
-        #: why the last configure/activate failed ('' when it did not)
-        self.failure_reason = ''
-        self._worker = WorkerThread('emotion_worker', self._work_loop)
+        super().__init__(node_name, **kwargs)
 
-    # -- lifecycle ----------------------------------------------------------------------------
     def _backend_options(self, name: str) -> dict:
         fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
         opts, unused = {}, []
@@ -165,65 +158,41 @@ class EmotionNode(LifecycleNode):
             self.get_logger().warning(f'parameters {unused} are not used by backend {name!r}')
         return opts
 
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self.params = p = read_params(self, PARAMS)
-            backend = backend_class(p['backend.name'])(self._backend_options(p['backend.name']))
-            reuse = ReuseOptions(enabled=p['reuse.enabled'], max_age_s=p['reuse.max_age_s'],
-                                 min_iou=p['reuse.min_iou'],
-                                 max_size_change=p['reuse.max_size_change'])
-            backend.load()
-            self.pipeline = EmotionPipeline(backend, reuse)
-        except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
-            self.failure_reason = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'configure failed, staying unconfigured: '
-                                    f'{self.failure_reason}')
-            self.pipeline = None
-            return TransitionCallbackReturn.FAILURE
-        self.failure_reason = ''
-        self._pub = self.create_lifecycle_publisher(PersonEmotionArray, 'emotions', RESULTS_QOS)
-        self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._diag_timer = self.create_timer(p['diagnostics_period_s'], self._publish_diagnostics)
-        self.get_logger().info(f'configured: backend {backend.name} model {backend.model_id}')
-        return TransitionCallbackReturn.SUCCESS
+    # -- PerceptionNode hooks ------------------------------------------------------------------
+    def _configure_model(self, p: dict) -> str:
+        backend = backend_class(p['backend.name'])(self._backend_options(p['backend.name']))
+        reuse = ReuseOptions(enabled=p['reuse.enabled'], max_age_s=p['reuse.max_age_s'],
+                             min_iou=p['reuse.min_iou'],
+                             max_size_change=p['reuse.max_size_change'])
+        backend.load()
+        self.pipeline = EmotionPipeline(backend, reuse)
+        return f'backend {backend.name} model {backend.model_id}'
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self.pipeline.backend.load()
-        except Exception as exc:  # noqa: BLE001 - ModelLoadError, GPU out of memory, ...
-            self.failure_reason = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'activate failed: {self.failure_reason}')
-            return TransitionCallbackReturn.FAILURE
+    def _load_model(self) -> None:
+        self.pipeline.backend.load()
+
+    def _unload_model(self) -> None:
+        self.pipeline.backend.unload()
+
+    def _release_model(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.backend.unload()
+            self.pipeline = None
+
+    def _create_outputs(self) -> None:
+        self._pub = self._lifecycle_publisher(PersonEmotionArray, 'emotions', RESULTS_QOS)
+        self._debug_pub = self._lifecycle_publisher(Image, 'debug_image', 1)
+
+    def _subscribe(self) -> list:
         p = self.params
-        self._subs = [
+        return [
             subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
                             5, self._on_image, on_incompatible_qos=self._on_incompatible_qos),
             self.create_subscription(PersonDetectionArray, 'detections',
                                      with_message_info(self._on_detections), RESULTS_QOS),
         ]
-        self._worker.start()
-        self.get_logger().info('active')
-        return super().on_activate(state)
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
-        self.pipeline.backend.unload()
-        return super().on_deactivate(state)
-
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop_processing(self) -> None:
-        for sub in self._subs:
-            self.destroy_subscription(sub)
-        self._subs = []
-        self._worker.stop(wake=self._wake)
+    def _drain(self) -> None:
         with self._cond:
             # Answer what is still pending so that no detections array goes unanswered.
             pending, self._pending = list(self._pending), collections.deque()
@@ -232,23 +201,6 @@ class EmotionNode(LifecycleNode):
         for item in pending:
             self._answer_unprocessed(item, Status.SKIPPED, 'node deactivated before processing',
                                      'deactivated')
-
-    def _teardown(self) -> None:
-        self._stop_processing()
-        for attr in ('_pub', '_debug_pub'):
-            pub = getattr(self, attr)
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-                setattr(self, attr, None)
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
-        if self.pipeline is not None:
-            self.pipeline.backend.unload()
-            self.pipeline = None
 
     # -- callbacks (executor thread): store and wake ------------------------------------------
     def _on_image(self, msg) -> None:
@@ -262,9 +214,6 @@ class EmotionNode(LifecycleNode):
                 while len(self._evicted) > 4 * self.params['image_cache_size']:
                     self._evicted.popitem(last=False)
             self._cond.notify()
-
-    def _on_incompatible_qos(self, event) -> None:
-        self.stats.count('qos_incompatible')
 
     def _on_detections(self, msg: PersonDetectionArray, info: dict | None = None) -> None:
         self.stats.count('detections_in')
@@ -438,13 +387,6 @@ class EmotionNode(LifecycleNode):
             self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=job.msg.header))
 
     # -- diagnostics --------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        level, message, values = self.diagnostics()
-        status = make_status(f'{self.get_name()}: emotion perception',
-                             self.get_fully_qualified_name(), level, message, values)
-        if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
-
     def diagnostics(self) -> tuple[int, str, dict]:
         """(level, message, key values) of the node now; what ``/diagnostics`` carries."""
         counts = self.stats.snapshot()

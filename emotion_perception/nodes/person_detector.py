@@ -27,8 +27,6 @@ import sys
 import threading
 import time
 
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray
@@ -37,13 +35,13 @@ from ..core.backends.base import ImageError
 from ..core.detector import TRACKERS, DetectorOptions, PersonDetector
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
-from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_status
+from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
 from ..ros.messages import detections_to_msg
-from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, KindLogger, WorkerThread, decode_image,
-                              subscribe_image)
-from ..ros.params import ParamSpec, declare_params, in_range, one_of, read_params
+from ..ros.node_utils import DEFAULT_MAX_IMAGE_PIXELS, decode_image, subscribe_image
+from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
+from .base import PerceptionNode
 from .lifecycle import spin_node
 
 PARAMS = [
@@ -79,104 +77,55 @@ PARAMS = [
 ]
 
 
-class PersonDetectorNode(LifecycleNode):
-    """See the module docstring."""
+class PersonDetectorNode(PerceptionNode):
+    """See the module docstring; lifecycle plumbing in ``PerceptionNode``."""
+
+    PARAMS = PARAMS
+    WORKER_NAME = 'person_detector_worker'
+    DIAGNOSTIC_NAME = 'person detection'
 
     def __init__(self, node_name: str = 'person_detector', **kwargs) -> None:
-        super().__init__(node_name, **kwargs)
-        declare_params(self, PARAMS)
-        self.kind_log = KindLogger(self.get_logger())
-        self.stats = NodeStats()
         self.detector: PersonDetector | None = None
-        self.params: dict = {}
-        self._pub = self._debug_pub = self._diag_pub = self._sub = self._diag_timer = None
+        self._pub = self._debug_pub = None
         self._slot_lock = threading.Condition()
         self._slot = None  # newest unprocessed image message
-        self._busy_since: float | None = None  # when the worker started the current image
-        #: why the last configure/activate failed ('' when it did not)
-        self.failure_reason = ''
-        self._worker = WorkerThread('person_detector_worker', self._work_loop)
+        super().__init__(node_name, **kwargs)
 
-    # -- lifecycle ----------------------------------------------------------------------------
-    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self.params = read_params(self, PARAMS)
-            p = self.params
-            options = DetectorOptions(
-                model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
-                image_size=p['image_size'], half=p['half'],
-                person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
-                max_detections=p['max_detections'])
-            self.detector = PersonDetector(options)
-            self.detector.load()
-        except Exception as exc:  # noqa: BLE001 - any failure: stay unconfigured, say why
-            self.failure_reason = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'configure failed, staying unconfigured: '
-                                    f'{self.failure_reason}')
-            self.detector = None
-            return TransitionCallbackReturn.FAILURE
-        self.failure_reason = ''
-        self._pub = self.create_lifecycle_publisher(PersonDetectionArray, 'detections',
-                                                    RESULTS_QOS)
-        self._debug_pub = self.create_lifecycle_publisher(Image, 'debug_image', 1)
-        self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
-        self._diag_timer = self.create_timer(p['diagnostics_period_s'], self._publish_diagnostics)
-        self.get_logger().info(f'configured: model {p["model"]} on {self.detector.device}, '
-                               f'tracker {p["tracker"] or "off"}')
-        return TransitionCallbackReturn.SUCCESS
+    # -- PerceptionNode hooks ------------------------------------------------------------------
+    def _configure_model(self, p: dict) -> str:
+        options = DetectorOptions(
+            model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
+            image_size=p['image_size'], half=p['half'],
+            person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
+            max_detections=p['max_detections'])
+        self.detector = PersonDetector(options)
+        self.detector.load()
+        return f'model {p["model"]} on {self.detector.device}, tracker {p["tracker"] or "off"}'
 
-    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        try:
-            self.detector.load()  # no-op unless deactivate freed it
-        except Exception as exc:  # noqa: BLE001 - ModelLoadError, GPU out of memory, ...
-            self.failure_reason = f'{type(exc).__name__}: {exc}'
-            self.get_logger().error(f'activate failed: {self.failure_reason}')
-            return TransitionCallbackReturn.FAILURE
-        p = self.params
-        self._sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                                    p['image_queue_depth'], self._on_image,
-                                    on_incompatible_qos=self._on_incompatible_qos)
-        self._worker.start()
-        self.get_logger().info('active')
-        return super().on_activate(state)
+    def _load_model(self) -> None:
+        self.detector.load()
 
-    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._stop_processing()
+    def _unload_model(self) -> None:
         self.detector.unload()
-        return super().on_deactivate(state)
 
-    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
-        self._teardown()
-        return TransitionCallbackReturn.SUCCESS
-
-    def _stop_processing(self) -> None:
-        if self._sub is not None:
-            self.destroy_subscription(self._sub)
-            self._sub = None
-        self._worker.stop(wake=self._wake)
-        with self._slot_lock:
-            self._slot = None
-
-    def _teardown(self) -> None:
-        self._stop_processing()
-        for attr in ('_pub', '_debug_pub'):
-            pub = getattr(self, attr)
-            if pub is not None:
-                self.destroy_lifecycle_publisher(pub)
-                setattr(self, attr, None)
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
-        if self._diag_pub is not None:
-            self.destroy_publisher(self._diag_pub)
-            self._diag_pub = None
+    def _release_model(self) -> None:
         if self.detector is not None:
             self.detector.unload()
             self.detector = None
+
+    def _create_outputs(self) -> None:
+        self._pub = self._lifecycle_publisher(PersonDetectionArray, 'detections', RESULTS_QOS)
+        self._debug_pub = self._lifecycle_publisher(Image, 'debug_image', 1)
+
+    def _subscribe(self) -> list:
+        p = self.params
+        return [subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
+                                p['image_queue_depth'], self._on_image,
+                                on_incompatible_qos=self._on_incompatible_qos)]
+
+    def _drain(self) -> None:
+        with self._slot_lock:
+            self._slot = None
 
     # -- data path ----------------------------------------------------------------------------
     def _on_image(self, msg) -> None:
@@ -187,9 +136,6 @@ class PersonDetectorNode(LifecycleNode):
                 self.stats.count('drops.stale_frame')
             self._slot = msg
             self._slot_lock.notify()
-
-    def _on_incompatible_qos(self, event) -> None:
-        self.stats.count('qos_incompatible')
 
     def _wake(self) -> None:
         with self._slot_lock:
@@ -244,13 +190,6 @@ class PersonDetectorNode(LifecycleNode):
             self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=msg.header))
 
     # -- diagnostics --------------------------------------------------------------------------
-    def _publish_diagnostics(self) -> None:
-        level, message, values = self.diagnostics()
-        status = make_status(f'{self.get_name()}: person detection', self.get_fully_qualified_name(),
-                             level, message, values)
-        if self._diag_pub is not None:
-            self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
-
     def diagnostics(self) -> tuple[int, str, dict]:
         """(level, message, key values) of the node now; what ``/diagnostics`` carries."""
         counts = self.stats.snapshot()

@@ -84,7 +84,7 @@ def test_llm_prompt_holds_the_caption_and_the_questions(models):
 def test_generate_mode(models, monkeypatch):
     backend = make_backend(*models, mode='generate', max_new_tokens=6)
     res = backend.predict(IMAGE, BOXES[:1])[0]
-    assert res.status == Status.OK and math.isnan(res.vad[0])
+    assert res.status == (Status.OK if res.labels else Status.SKIPPED) and math.isnan(res.vad[0])
     assert res.text.startswith('Caption: ') and '\nAnswer: ' in res.text
     assert (res.reason == NO_LABEL_REASON) == (not res.labels)
     # the parsing path, with a crafted answer
@@ -140,7 +140,7 @@ def test_end_to_end_with_real_smollm2(models):
     backend.options.mode = 'generate'
     backend.sets_labels = True
     res = backend.predict(IMAGE, BOXES[:1])[0]
-    assert res.status == Status.OK and '\nAnswer: ' in res.text
+    assert res.status == (Status.OK if res.labels else Status.SKIPPED) and '\nAnswer: ' in res.text
     answer = res.text.split('\nAnswer: ', 1)[1]
     assert answer.strip(), 'the real LLM produced an empty answer'
     assert (res.reason == NO_LABEL_REASON) == (not res.labels)

@@ -179,12 +179,15 @@ def test_generate_mode_runs_and_parses(tiny_vlm):
     assert backend.sets_labels
     results = backend.predict(IMAGE, BOXES[:2])
     for res in results:
-        assert res.status == Status.OK
         assert isinstance(res.text, str)
         assert math.isnan(res.vad[0])
-        assert set(np.unique(res.scores)) <= {0.0, 1.0}
-        assert [c for c, s in zip(EMOTIC_CATEGORIES, res.scores) if s == 1.0] == res.labels
         assert (res.reason == NO_LABEL_REASON) == (not res.labels)
+        if res.labels:
+            assert res.status == Status.OK
+            assert set(np.unique(res.scores)) <= {0.0, 1.0}
+            assert [c for c, s in zip(EMOTIC_CATEGORIES, res.scores) if s == 1.0] == res.labels
+        else:  # an answer naming no category: SKIPPED with the reason, no scores
+            assert res.status == Status.SKIPPED and np.isnan(res.scores).all()
     # batched generation (left padding) == one by one
     alone = [backend.predict(IMAGE, [b])[0].text for b in BOXES[:2]]
     assert [r.text for r in results] == alone
@@ -196,7 +199,7 @@ def test_generate_postprocess_on_crafted_answers():
     assert res.scores[EMOTIC_CATEGORIES.index('Happiness')] == 1.0
     assert res.scores[EMOTIC_CATEGORIES.index('Anger')] == 0.0
     empty = VLMBackend._generate_result('I cannot tell.')
-    assert empty.status == Status.OK and empty.labels == [] and empty.reason == NO_LABEL_REASON
+    assert empty.status == Status.SKIPPED and empty.labels == [] and empty.reason == NO_LABEL_REASON
     assert float(empty.scores.sum()) == 0.0
 
 

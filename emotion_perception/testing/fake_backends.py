@@ -11,7 +11,7 @@ delay          seconds each ``forward`` call sleeps (one call per frame batch)
 raise          1: ``forward`` raises ``BackendError('scripted failure')``
 nan            1: the scores of every person are NaN
 no_label       1: like a VLM in generate mode whose answer names no known category
-               (status OK, no labels, reason ``NO_LABEL_REASON``)
+               (status SKIPPED, reason ``NO_LABEL_REASON``)
 oom_above      ``forward`` raises ``torch.cuda.OutOfMemoryError`` for batches larger
                than this many persons (-1: never)
 block          1: ``forward`` waits until ``release()`` is called (a stalled model)
@@ -134,7 +134,7 @@ class FakeBackend(EmotionBackend):
                 scores = np.roll(scores, seed % NUM_CATEGORIES)
             if self.settings['no_label']:
                 out.append(EmotionResult(scores=np.zeros(NUM_CATEGORIES, np.float32), labels=[],
-                                         status=Status.OK, reason=NO_LABEL_REASON,
+                                         status=Status.SKIPPED, reason=NO_LABEL_REASON,
                                          text='I cannot tell.'))
             else:
                 out.append(EmotionResult(scores=scores, vad=(5.0, 5.0, 5.0), status=Status.OK))

@@ -14,7 +14,7 @@ Two models:
      are scored on its KV cache exactly as in the ``vlm`` backend (same ``_prefix_scoring``
      helper, same definition: ``score = P(yes) / (P(yes) + P(no))``, VAD = 1 + expected digit).
    * ``generate`` mode: the LLM answers which emotions the person feels; labels are parsed with
-     ``label_parsing`` (scores 1/0, VAD NaN, reason 'no known label in answer' when none).
+     ``label_parsing`` (scores 1/0, VAD NaN; SKIPPED 'no known label in answer' when none).
 
 ``result.text`` is ``'Caption: <caption>'`` in score mode and ``'Caption: <caption>\\nAnswer:
 <answer>'`` in generate mode.
@@ -289,7 +289,8 @@ class CaptionLLMBackend(EmotionBackend):
             parsed = parse_labels(ans)
             results.append(EmotionResult(
                 scores=labels_to_scores(parsed.labels), labels=parsed.labels, vad=NAN_VAD,
-                status=Status.OK, text=f'Caption: {cap}\nAnswer: {ans}',
+                status=Status.OK if parsed.found else Status.SKIPPED,
+                text=f'Caption: {cap}\nAnswer: {ans}',
                 reason='' if parsed.found else NO_LABEL_REASON))
         return results
 

@@ -23,8 +23,9 @@ asked about the 26 EMOTIC categories. Two modes:
 ``generate``: the paper's protocol: greedy generation (``max_new_tokens``) of an answer to the
     question listing the 26 categories, parsed with ``label_parsing.parse_labels``; scores are
     1.0 for the labels found and 0.0 otherwise; ``result.text`` holds the answer. An answer
-    with no known label gives status OK with no labels and reason 'no known label in answer'
-    (the model did answer; for the metrics that is a prediction of the empty set). VAD is NaN.
+    with no known label gives status SKIPPED with reason 'no known label in answer' and the
+    answer in ``text`` (for the metrics that is a prediction of the empty set, as in the
+    paper's protocol). VAD is NaN.
 
 Persons of one frame go through the model together, ``batch_size`` at a time (left-padded).
 """
@@ -465,8 +466,8 @@ class VLMBackend(EmotionBackend):
     def _generate_result(text: str) -> EmotionResult:
         parsed = parse_labels(text)
         return EmotionResult(scores=labels_to_scores(parsed.labels), labels=parsed.labels,
-                             vad=NAN_VAD, status=Status.OK, text=text,
-                             reason='' if parsed.found else NO_LABEL_REASON)
+                             vad=NAN_VAD, status=Status.OK if parsed.found else Status.SKIPPED,
+                             text=text, reason='' if parsed.found else NO_LABEL_REASON)
 
 
 __all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'VLMBackend', 'VLMBatch', 'VLMOptions',

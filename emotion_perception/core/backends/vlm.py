@@ -34,6 +34,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -93,7 +94,10 @@ def apply_adapter(model: Any, adapter: str) -> Any:
         src = resolve_model_path(adapter)
         if not Path(src).exists():
             raise FileNotFoundError(f'no such folder {src}')
-        return PeftModel.from_pretrained(model, src).merge_and_unload()
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated property
+            warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing.*',
+                                    category=FutureWarning)
+            return PeftModel.from_pretrained(model, src).merge_and_unload()
     except Exception as exc:  # noqa: BLE001 - peft raises many types; all mean "cannot load"
         raise ModelLoadError(f'cannot load adapter {adapter!r}: {type(exc).__name__}: {exc}'
                              ) from exc

@@ -22,7 +22,7 @@ Two models:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,9 +33,10 @@ from ..categories import NUM_CATEGORIES
 from ..label_parsing import labels_to_scores, parse_labels
 from ..model_files import OFFLINE_TEXT_LLM, ModelFileError, resolve_model_path
 from ..types import NAN_VAD, BBox, EmotionResult, Status
-from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
-from .vlm import (DEFAULT_VLM, DTYPES, MODES, NO_LABEL_REASON, _load_error, generate_texts,
-                  load_image_text_model, model_device, release, split_chat_prompt, torch_dtype)
+from .base import BackendError, EmotionBackend, ModelLoadError, resolve_device
+from .vlm import (DEFAULT_VLM, NO_LABEL_REASON, PromptModelOptions, VLMBatch, _load_error,
+                  generate_texts, load_image_text_model, model_device, release,
+                  split_chat_prompt, torch_dtype)
 
 LOG = logging.getLogger(__name__)
 
@@ -72,55 +73,24 @@ def load_text_llm(spec: str, device: str = 'cpu', dtype: str = 'auto',
 
 
 @dataclass
-class CaptionLLMOptions(BackendOptions):
-    """Options of the ``caption_llm`` backend.
+class CaptionLLMOptions(PromptModelOptions):
+    """Options of the ``caption_llm`` backend (plus those of ``PromptModelOptions``; its
+    ``device_map`` applies to the captioner, ``definitions``/``num_labels`` to the LLM prompt).
 
     Attributes:
         model: the captioner: image-text-to-text hub id or folder ('' = ``DEFAULT_VLM``).
         llm: the text LLM: hub id, folder, ``.gguf`` file or ``pkg://`` path (default: the
             offline SmolLM2-135M-Instruct GGUF).
-        dtype, device_map, trust_remote_code: as in the ``vlm`` backend (device_map applies to
-            the captioner).
-        mode: 'score' or 'generate' (see the module docstring).
-        marking: how the captioner is shown the target (see ``prompts.mark_image``).
-        definitions: category definitions in the LLM prompt.
-        num_labels: generate mode: ask for exactly this many labels; 0 = any.
         caption_max_new_tokens: caption length bound.
-        max_new_tokens: generate mode: answer length bound.
-        batch_size: most persons per model call.
     """
 
     llm: str = OFFLINE_TEXT_LLM
-    dtype: str = 'auto'
-    device_map: str = ''
-    trust_remote_code: bool = False
-    mode: str = 'score'
-    marking: str = 'red_box'
-    definitions: bool = False
-    num_labels: int = 0
     caption_max_new_tokens: int = 96
-    max_new_tokens: int = 64
-    batch_size: int = 4
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
-        if self.marking not in prompts.MARKINGS:
-            raise ValueError(f'marking must be one of {prompts.MARKINGS}, got {self.marking!r}')
-        if self.dtype not in DTYPES:
-            raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
-        if min(int(self.batch_size), int(self.max_new_tokens),
-               int(self.caption_max_new_tokens)) < 1 or int(self.num_labels) < 0:
-            raise ValueError('batch_size and the token bounds must be >= 1, num_labels >= 0')
-
-
-@dataclass
-class CaptionBatch:
-    """Captioner inputs, one per person (CPU tensors, batch dimension 1)."""
-
-    items: list[dict[str, Any]]
-    mode: str
-    extra: dict[str, Any] = field(default_factory=dict)
+        super().__post_init__()
+        if int(self.caption_max_new_tokens) < 1:
+            raise ValueError('caption_max_new_tokens must be >= 1')
 
 
 class CaptionLLMBackend(EmotionBackend):
@@ -197,7 +167,7 @@ class CaptionLLMBackend(EmotionBackend):
         super().unload()
 
     # -- stages ------------------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> CaptionBatch:
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
         """Mark each person and encode the captioning prompt with the marked image."""
         from PIL import Image
         items = []
@@ -210,7 +180,7 @@ class CaptionLLMBackend(EmotionBackend):
             else:
                 enc = self.processor(images=marked, return_tensors='pt')
             items.append(dict(enc))
-        return CaptionBatch(items=items, mode=self.options.mode)
+        return VLMBatch(items=items, mode=self.options.mode)
 
     def caption(self, items: list[dict[str, Any]]) -> list[str]:
         """The captioner's narratives for preprocessed items (model calls only)."""
@@ -250,7 +220,7 @@ class CaptionLLMBackend(EmotionBackend):
             items.append({'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']})
         return items
 
-    def forward(self, batch: CaptionBatch) -> dict[str, Any]:
+    def forward(self, batch: VLMBatch) -> dict[str, Any]:
         """Captions, then readout log-probs (score) or answers (generate) from the LLM."""
         from ._prefix_scoring import score_items
         try:
@@ -272,7 +242,7 @@ class CaptionLLMBackend(EmotionBackend):
             raise BackendError(f'{self.model_id!r}: model call failed: '
                                f'{type(exc).__name__}: {exc}') from exc
 
-    def postprocess(self, outputs: dict[str, Any], batch: CaptionBatch) -> list[EmotionResult]:
+    def postprocess(self, outputs: dict[str, Any], batch: VLMBatch) -> list[EmotionResult]:
         import torch
         from ._prefix_scoring import digit_expectation, yes_probability
         results = []

@@ -250,14 +250,12 @@ def generate_texts(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], 
 
 # -- options and batch ------------------------------------------------------------------------
 @dataclass
-class VLMOptions(BackendOptions):
-    """Options of the ``vlm`` backend (plus ``model``, ``device``, ``thresholds``).
+class PromptModelOptions(BackendOptions):
+    """Options shared by the prompt-driven backends (``vlm``, ``caption_llm``).
 
     Attributes:
-        model: hub id or local folder of an image-text-to-text model ('' = ``DEFAULT_VLM``).
         dtype: 'auto' (float32 on CPU, bfloat16 on CUDA) | 'float32' | 'bfloat16' | 'float16'.
         device_map: ``from_pretrained`` device map (e.g. 'auto'); '' = load on ``device``.
-        adapter: PEFT/LoRA adapter folder ('' = none), merged into the weights at load.
         trust_remote_code: allow model code shipped with the weights (off by default).
         mode: 'score' (yes/no probability per category, VAD) or 'generate' (paper protocol).
         marking: 'red_box' (paper) | 'crop' | 'crop_context' (see ``prompts.mark_image``).
@@ -269,7 +267,6 @@ class VLMOptions(BackendOptions):
 
     dtype: str = 'auto'
     device_map: str = ''
-    adapter: str = ''
     trust_remote_code: bool = False
     mode: str = 'score'
     marking: str = 'red_box'
@@ -287,6 +284,18 @@ class VLMOptions(BackendOptions):
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if int(self.batch_size) < 1 or int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
             raise ValueError('batch_size and max_new_tokens must be >= 1, num_labels >= 0')
+
+
+@dataclass
+class VLMOptions(PromptModelOptions):
+    """Options of the ``vlm`` backend (plus ``PromptModelOptions`` and ``BackendOptions``).
+
+    Attributes:
+        model: hub id or local folder of an image-text-to-text model ('' = ``DEFAULT_VLM``).
+        adapter: PEFT/LoRA adapter folder ('' = none), merged into the weights at load.
+    """
+
+    adapter: str = ''
 
 
 @dataclass
@@ -474,6 +483,7 @@ class VLMBackend(EmotionBackend):
                              text=text, reason='' if parsed.found else NO_LABEL_REASON)
 
 
-__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'VLMBackend', 'VLMBatch', 'VLMOptions',
+__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'PromptModelOptions', 'VLMBackend', 'VLMBatch',
+           'VLMOptions',
            'apply_adapter', 'generate_texts', 'load_image_text_model', 'model_device', 'release',
            'split_chat_prompt', 'torch_dtype']

@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 
 all: build
 
-$(STAMP): requirements/base.txt requirements/models.txt requirements/constraints.txt
+$(STAMP): $(wildcard requirements/*.txt)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade 'pip>=24' 'setuptools==79.0.1' wheel
 	$(PY) -m pip install -q -r requirements/base.txt -c requirements/constraints.txt

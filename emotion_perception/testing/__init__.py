@@ -1,1 +1,3 @@
-"""Helpers for tests and demos: synthetic data in the formats the package reads (no ROS)."""
+"""Helpers for tests, benchmarks and demos: tiny random models, an EMOTIC-format fixture and
+fake backends (no ROS), plus an in-process ROS harness and node rig (``ros_harness``,
+``node_rig``: these import rclpy)."""

@@ -5,16 +5,15 @@ import math
 import numpy as np
 import pytest
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, RegionOfInterest
-from std_msgs.msg import Header
+from sensor_msgs.msg import Image
 
 from emotion_perception.core.categories import EMOTIC_CATEGORIES
 from emotion_perception.core.model_files import sample_image_paths
-from emotion_perception.msg import (PersonDetection, PersonDetectionArray, PersonEmotion,
-                                    PersonEmotionArray)
+from emotion_perception.msg import PersonDetectionArray, PersonEmotion, PersonEmotionArray
 from emotion_perception.nodes.emotion_node import EmotionNode
 from emotion_perception.ros.image_conversion import numpy_to_image_msg
 from emotion_perception.ros.qos import RESULTS_QOS, image_qos
+from emotion_perception.testing.node_rig import det_array, header
 from emotion_perception.testing.ros_harness import RosHarness
 
 pytestmark = pytest.mark.ros
@@ -23,21 +22,6 @@ pytestmark = pytest.mark.ros
 def load_rgb(name):
     import cv2
     return cv2.cvtColor(cv2.imread(str(sample_image_paths()[name])), cv2.COLOR_BGR2RGB)
-
-
-def header(sec, nsec=0, frame='camera'):
-    h = Header(frame_id=frame)
-    h.stamp.sec, h.stamp.nanosec = sec, nsec
-    return h
-
-
-def det_array(hdr, boxes, width, height):
-    msg = PersonDetectionArray(header=hdr, image_width=width, image_height=height)
-    for tid, (x, y, w, h) in boxes:
-        msg.detections.append(PersonDetection(
-            track_id=tid, confidence=0.9,
-            bbox=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h)))
-    return msg
 
 
 @pytest.fixture

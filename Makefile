@@ -28,7 +28,9 @@ $(STAMP): $(wildcard requirements/*.txt)
 venv: $(STAMP)
 
 # Editable install: runs CMake/rosidl once to generate emotion_perception.msg next to the sources.
-$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg)
+# config/ and launch/ are copied into the venv's share/ (where the tools and `ros2 launch` read them)
+$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg) \
+  $(wildcard config/*.yaml) $(wildcard launch/*.py)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	@# setuptools' editable mode only warns when our CMake step fails: check the messages exist.
 	$(PY) -c "from emotion_perception.msg import PersonEmotionArray, PersonDetectionArray" \

@@ -47,7 +47,6 @@ from typing import Any, Callable  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from emotion_perception.core.backends import _prefix_scoring as ps  # noqa: E402

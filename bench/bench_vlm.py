@@ -1,24 +1,32 @@
 #!/usr/bin/env python3
 """Cost of the vlm backend's modes, on one random model, the same frames, in one run.
 
-1. ``score`` (26 yes/no + 3 VAD questions on one shared prefix) vs ``generate`` (the paper's
-   protocol: the category-list prompt, greedy, ``--new-tokens`` tokens forced with
-   ``min_new_tokens`` so every answer really is that long), ms per person, and the ratio.
-2. ``score`` vs ``naive_scores`` (the full prompt re-encoded for each of the 29 questions).
-3. Several persons of a frame as one batch vs one by one, for 1/2/4/8 persons: ms per person.
+1. ``score`` (26 yes/no + 3 VAD questions as one masked question tree on a shared prefix) vs
+   ``generate`` (the paper's protocol: the category-list prompt, greedy, ``--new-tokens`` tokens
+   forced with ``min_new_tokens`` so every answer really is that long), ms per person.
+2. The question tree vs the prompt re-encoded per question (``score_batches(use_tree=False)``,
+   the fallback path; same numbers).
+3. Several persons of a frame as one batch vs one by one (1/2/4/8 persons).
+4. KV cache bytes per person: measured after the tree call (prefix + tree nodes), against the
+   budget (prefix tokens + all suffix tokens) x bytes per token, and the previous layout (each of
+   the 29 questions on its own copy of the prefix cache), computed from the shapes.
+5. Peak memory (process RSS high-water mark; CUDA: max allocated).
 
-Calls of the compared variants are interleaved frame by frame, so background load on a shared
-machine hits both alike. Latency does not depend on the weight values, only on the shapes and
-the number of tokens, so random weights give the real cost.
+Calls of compared variants are interleaved frame by frame, so background load hits both alike.
+Latency depends on shapes and token counts, not on weight values: random weights give the real
+cost. Models (``--config``), all with the family's REAL tokenizer and chat template:
 
-Default model: a tiny-ish random LLaVA (CLIP 224 px -> 256 image tokens, Llama with
-``--hidden``/``--layers``), saved and loaded back like a real one (CPU is fine).
-``--full-size``: LLaVA-1.5-7B dimensions (CLIP ViT-L/14-336, 576 image tokens, Llama-2-7B:
-4096 hidden, 32 layers, 32 heads, 11008 MLP, 32064 vocab) with random bf16 weights built directly
-on the GPU (needs CUDA and ~16 GB); also reports peak GPU memory.
+* ``tiny``: ``--family`` with ``--hidden``/``--layers`` (default a LLaVA-1.5 with a CLIP 224 px
+  tower, 256 image tokens);
+* ``smolvlm-256m``: SmolVLM-256M-Instruct's configuration (Idefics3: SigLIP 512 px tiles,
+  pixel shuffle 4, Llama 576 x 30 layers), SmolLM2 tokenizer;
+* ``qwen2-vl-2b``: Qwen2-VL-2B-Instruct's configuration (ViT 1280 x 32, Qwen2 1536 x 28 layers;
+  about 9 GB in float32), Qwen2 tokenizer;
+* ``llava-7b``: LLaVA-1.5-7B (CLIP ViT-L/14-336, 576 image tokens, Llama-2-7B), needs CUDA.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_vlm.py [--family llava|qwen2_vl]
-        [--frames 3] [--persons 1,2,4,8] [--new-tokens 64] [--full-size] [--json out.json]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_vlm.py [--config tiny|smolvlm-256m|...]
+        [--family llava] [--hidden 576 --layers 30] [--frames 2] [--persons 1,2,4,8]
+        [--new-tokens 64] [--skip-naive] [--json out.json]
 """
 from __future__ import annotations
 
@@ -30,18 +38,18 @@ os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from emotion_perception.core.backends import _prefix_scoring as ps  # noqa: E402
 from emotion_perception.core.backends.vlm import VLMBackend  # noqa: E402
 from emotion_perception.core.types import BBox  # noqa: E402
 from emotion_perception.testing import tiny_models  # noqa: E402
@@ -50,6 +58,25 @@ from emotion_perception.testing import tiny_models  # noqa: E402
 BOXES = [BBox(40, 60, 180, 460), BBox(200, 40, 330, 470), BBox(350, 80, 470, 450),
          BBox(480, 50, 620, 470), BBox(10, 200, 120, 470), BBox(130, 220, 240, 475),
          BBox(260, 210, 380, 478), BBox(400, 190, 530, 476)]
+
+#: real model configurations (random weights): family + make_vlm keyword arguments
+CONFIGS: dict[str, tuple[str, dict[str, Any], str]] = {
+    'smolvlm-256m': ('idefics3', dict(hidden=576, layers=30, heads=9, kv_heads=3,
+                                      intermediate=1536, image_size=512, patch_size=16,
+                                      scale_factor=4, vision_hidden=768, vision_layers=12,
+                                      vision_heads=12, vision_intermediate=3072,
+                                      longest_edge=2048),
+                     'SmolVLM-256M-Instruct configuration (Idefics3, SigLIP 512 px tiles)'),
+    'qwen2-vl-2b': ('qwen2_vl', dict(hidden=1536, layers=28, heads=12, kv_heads=2,
+                                     intermediate=8960, vision_hidden=1280, vision_layers=32,
+                                     vision_heads=16, vision_mlp_ratio=4,
+                                     max_pixels=12845056),
+                    'Qwen2-VL-2B-Instruct configuration'),
+    'llava-7b': ('llava', dict(hidden=4096, layers=32, heads=32, kv_heads=32, intermediate=11008,
+                               image_size=336, vision_hidden=1024, vision_layers=24,
+                               vision_heads=16, vision_intermediate=4096),
+                 'LLaVA-1.5-7B configuration (CLIP ViT-L/14-336, Llama-2-7B)'),
+}
 
 
 def sync(device: str) -> None:
@@ -65,108 +92,94 @@ def timed(fn: Callable[[], Any], device: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def full_size_llava(device: str) -> tuple[Any, Any]:
-    """LLaVA-1.5-7B shapes, random bf16 weights built on ``device``, and a processor."""
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
-    template = tiny_models._CHAT_TEMPLATE.replace('{IMAGE}', tiny_models.IMAGE_TOKEN + '\n')
-    tok = tiny_models.build_tokenizer((tiny_models.IMAGE_TOKEN,), template)
-    vision = CLIPVisionConfig(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-                              num_attention_heads=16, image_size=336, patch_size=14,
-                              projection_dim=768)
-    text = LlamaConfig(vocab_size=32064, hidden_size=4096, intermediate_size=11008,
-                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                       max_position_embeddings=4096, pad_token_id=tok.pad_token_id,
-                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text,
-                         image_token_id=tok.convert_tokens_to_ids(tiny_models.IMAGE_TOKEN),
-                         vision_feature_layer=-2, vision_feature_select_strategy='default')
-    torch.manual_seed(0)
-    with torch.device(device):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            model = LlavaForConditionalGeneration(config).eval()
-        finally:
-            torch.set_default_dtype(default)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = None  # never stop early: fixed answer length
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={'shortest_edge': 336},
-                                           crop_size={'height': 336, 'width': 336}),
-        tokenizer=tok, patch_size=14, vision_feature_select_strategy='default',
-        chat_template=template, image_token=tiny_models.IMAGE_TOKEN,
-        num_additional_image_tokens=1)
-    return model, processor
-
-
 def mean_sd(values: list[float]) -> str:
     if len(values) < 2:
         return f'{values[0]:.1f}'
     return f'{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}'
 
 
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def build(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
+    if args.config == 'tiny':
+        family = args.family
+        extra: dict[str, Any] = {'llava': {'image_size': 224}, 'llava_next': {'image_size': 112},
+                                 'idefics3': {'image_size': 64}}.get(family,
+                                                                     {'max_pixels': 224 * 224})
+        kwargs = dict(hidden=args.hidden, layers=args.layers, heads=max(4, args.hidden // 64),
+                      kv_heads=max(2, args.hidden // 192), **extra)
+        desc = f'random {family}, hidden {args.hidden}, {args.layers} layers'
+    else:
+        family, kwargs, desc = CONFIGS[args.config]
+        desc = f'{desc}, random weights'
+    dtype = torch.float32 if device == 'cpu' else torch.bfloat16
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model, processor, _ = tiny_models.make_vlm(family, seed=0, **kwargs)
+    finally:
+        torch.set_default_dtype(default)
+    model.generation_config.eos_token_id = None  # never stop early: fixed answer length
+    return model.eval(), processor, f'{desc}, {str(dtype).split(".")[1]}'
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--family', default='llava', choices=sorted(tiny_models.TINY_VLM_BUILDERS))
+    ap.add_argument('--config', default='tiny', choices=['tiny', *CONFIGS])
+    ap.add_argument('--family', default='llava', choices=tiny_models.FAMILIES)
     ap.add_argument('--hidden', type=int, default=128)
     ap.add_argument('--layers', type=int, default=4)
-    ap.add_argument('--frames', type=int, default=3)
+    ap.add_argument('--frames', type=int, default=2)
     ap.add_argument('--persons', default='1,2,4,8')
     ap.add_argument('--new-tokens', type=int, default=64)
     ap.add_argument('--device', default='auto')
-    ap.add_argument('--full-size', action='store_true')
-    ap.add_argument('--skip-naive', action='store_true', help='skip table 2 (slow at full size)')
+    ap.add_argument('--skip-naive', action='store_true', help='skip table 2 (slow at real size)')
     ap.add_argument('--json', default='')
     args = ap.parse_args()
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' \
         else args.device
+    if args.config == 'llava-7b' and not device.startswith('cuda'):
+        sys.exit('--config llava-7b needs a CUDA device')
     persons = [int(p) for p in args.persons.split(',')]
     frames = [tiny_models.make_test_image(480, 640, seed=i) for i in range(args.frames)]
 
     t0 = time.perf_counter()
-    if args.full_size:
-        if not device.startswith('cuda'):
-            sys.exit('--full-size needs a CUDA device')
-        model, processor = full_size_llava(device)
-        desc = 'LLaVA-1.5-7B shapes (CLIP ViT-L/14-336, Llama 7B), random bf16'
-    else:
-        builder = tiny_models.TINY_VLM_BUILDERS[args.family]
-        extra = {'image_size': 224} if args.family == 'llava' else {'max_pixels': 224 * 224}
-        folder = builder(Path(tempfile.mkdtemp(prefix='bench_vlm_')) / 'model',
-                         hidden=args.hidden, layers=args.layers, **extra)
-        from emotion_perception.core.backends.vlm import load_image_text_model
-        model, processor = load_image_text_model(str(folder), device=device)
-        dtype = 'float32' if device == 'cpu' else 'bf16'
-        desc = f'random {args.family}, hidden {args.hidden}, {args.layers} layers, {dtype}'
+    model, processor, desc = build(args, device)
     build_s = time.perf_counter() - t0
 
     def backend(**opts: Any) -> VLMBackend:
-        b = VLMBackend(dict(model='bench', device=device, **opts))
+        b = VLMBackend(dict(model=f'bench:{args.config}', device=device, **opts))
         b.attach(model, processor)
         return b
 
     score = backend(mode='score', batch_size=1)
     gen = backend(mode='generate', max_new_tokens=args.new_tokens, batch_size=1)
-    n_image_tokens = int((score.preprocess(frames[0], BOXES[:1]).items[0]['input_ids']
-                          == model.config.image_token_id).sum())
-    prefix_len = int(score.preprocess(frames[0], BOXES[:1]).items[0]['input_ids'].shape[1])
+    first = score.preprocess(frames[0], BOXES[:1]).batches[0]
+    image_id = getattr(model.config, 'image_token_id', None)
+    n_image_tokens = int((first['input_ids'] == image_id).sum()) if image_id is not None else -1
+    prefix_len = int(first['input_ids'].shape[1])
+    sp = score._score
     if device.startswith('cuda'):
         torch.cuda.reset_peak_memory_stats()
-    # warm-up (kernels, allocator)
-    score.predict(frames[0], BOXES[:1])
+    score.predict(frames[0], BOXES[:1])  # warm-up (kernels, allocator)
     gen.generate_answers(frames[0], BOXES[:1], min_new_tokens=args.new_tokens)
 
     report: dict[str, Any] = {'machine': platform.platform(), 'device': device,
-                              'torch': torch.__version__, 'model': desc,
-                              'image_tokens': n_image_tokens, 'score_prefix_tokens': prefix_len,
-                              'build_s': round(build_s, 1)}
+                              'torch': torch.__version__, 'model': desc, 'config': args.config,
+                              'image_tokens': n_image_tokens, 'prefix_tokens': prefix_len,
+                              'tree_nodes': sp.tree.size, 'suffix_tokens': sp.suffix_tokens,
+                              'build_s': round(build_s, 1), 'threads': torch.get_num_threads()}
     if device.startswith('cuda'):
         report['gpu'] = torch.cuda.get_device_name()
     print(f'## bench_vlm: {desc}; device {device}'
-          + (f' ({report["gpu"]})' if 'gpu' in report else '') + f'; torch {torch.__version__}')
-    print(f'image tokens {n_image_tokens}, score prefix {prefix_len} tokens, '
-          f'{args.frames} frames; built/loaded in {build_s:.1f} s\n')
+          + (f' ({report["gpu"]})' if 'gpu' in report else '')
+          + f'; torch {torch.__version__}, {torch.get_num_threads()} threads')
+    print(f'image tokens {n_image_tokens}, prefix {prefix_len} tokens; questions: '
+          f'{sp.tree.size} tree nodes for {sp.suffix_tokens} suffix + answer tokens; '
+          f'{args.frames} frames; built in {build_s:.1f} s\n')
 
     # 1. score vs generate, one person per call
     t_score, t_gen = [], []
@@ -180,33 +193,35 @@ def main() -> int:
     ratio = statistics.mean(t_gen) / statistics.mean(t_score)
     print('### 1. score vs generate (ms per person, one person per call)')
     print('| mode | what | ms/person | n |\n|---|---|---|---|')
-    print(f'| score | 26 yes/no + 3 VAD on one shared prefix | {mean_sd(t_score)} | {len(t_score)} |')
+    print(f'| score | 26 yes/no + 3 VAD, one question tree on the shared prefix | '
+          f'{mean_sd(t_score)} | {len(t_score)} |')
     print(f'| generate | paper prompt, {args.new_tokens} new tokens (forced) | {mean_sd(t_gen)} '
           f'| {len(t_gen)} |')
     print(f'\ngenerate / score = {ratio:.2f}\n')
-    report['score_ms'] = statistics.mean(t_score)
-    report['generate_ms'] = statistics.mean(t_gen)
-    report['generate_over_score'] = ratio
+    report.update(score_ms=statistics.mean(t_score), generate_ms=statistics.mean(t_gen),
+                  generate_over_score=ratio)
 
-    # 2. score vs naive
+    # 2. tree vs per-question re-encoding
     if not args.skip_naive:
-        t_naive, t_sc = [], []
-        max_diff = 0.0
+        t_tree, t_naive, diff = [], [], 0.0
         for frame in frames:
-            box = [BOXES[0]]
-            res: dict[str, Any] = {}
-            t_sc.append(timed(lambda: res.__setitem__('s', score.predict(frame, box)), device))
-            t_naive.append(timed(lambda: res.__setitem__('n', score.naive_scores(frame, box)),
-                                 device))
-            max_diff = max(max_diff, float(np.abs(res['s'][0].scores - res['n'][0][0]).max()))
-        r = statistics.mean(t_naive) / statistics.mean(t_sc)
-        print('### 2. shared-prefix score vs naive re-encoding (ms per person)')
+            batch = score.preprocess(frame, BOXES[:1]).batches
+            out: dict[str, Any] = {}
+            for key, use in (('tree', True), ('naive', False)):
+                store = t_tree if use else t_naive
+                store.append(timed(lambda: out.__setitem__(key, ps.score_batches(
+                    model, batch, sp.tree, sp.suffixes, sp.plans, score._device,
+                    score._dtype, use_tree=use)[0]), device))
+            diff = max(diff, float((out['tree'] - out['naive']).abs().max()))
+        r = statistics.mean(t_naive) / statistics.mean(t_tree)
+        n_calls = len(sp.tree.readouts)
+        print('### 2. question tree vs re-encoding the prompt per question (ms per person)')
         print('| method | forward passes | ms/person |\n|---|---|---|')
-        print(f'| shared prefix | 2 (prefix + 29 suffixes batched) | {mean_sd(t_sc)} |')
-        print(f'| naive | 29 full prompts | {mean_sd(t_naive)} |')
-        print(f'\nnaive / shared = {r:.1f}; max |score difference| = {max_diff:.2e}\n')
+        print(f'| question tree | 2 (prefix, then {sp.tree.size} tree nodes) | {mean_sd(t_tree)} |')
+        print(f'| per question | {n_calls} full prompts | {mean_sd(t_naive)} |')
+        print(f'\nper question / tree = {r:.1f}; max |log-prob difference| = {diff:.2e}\n')
         report.update(naive_ms=statistics.mean(t_naive), naive_over_score=r,
-                      naive_max_abs_diff=max_diff)
+                      naive_max_abs_diff=diff)
 
     # 3. batched vs one by one
     print('### 3. persons of one frame: one batch vs one by one (score mode, ms per person)')
@@ -225,10 +240,38 @@ def main() -> int:
         print(f'| {n} | {mean_sd(tb)} | {mean_sd(t1)} | {r:.2f} |')
         report['batching'].append({'persons': n, 'batched_ms_per_person': statistics.mean(tb),
                                    'single_ms_per_person': statistics.mean(t1), 'ratio': r})
+
+    # 4. KV bytes per person
+    stats: dict[str, Any] = {}
+    batch = batched.preprocess(frames[0], BOXES[:1]).batches[0]
+    ps.tree_logprobs(model, ps.to_device(batch, score._device, score._dtype), sp.tree,
+                     sp.tree.request_ids(sp.plans), stats)
+    cfg = getattr(model.config, 'text_config', None) or model.config
+    head_dim = getattr(cfg, 'head_dim', None) or cfg.hidden_size // cfg.num_attention_heads
+    per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * \
+        torch.finfo(score._dtype).bits // 8
+    after = stats['kv_bytes'] / stats['persons']
+    budget = (stats['prefix_len'] + sp.suffix_tokens) * per_token
+    longest = max(len(s) for s in sp.suffixes) + 1
+    before = len(sp.suffixes) * (stats['prefix_len'] + longest) * per_token
+    print('\n### 4. KV cache per person (one person, all layers)')
+    print('| layout | tokens | MB | / budget |\n|---|---|---|---|')
+    print(f'| budget: prefix + all suffix tokens | {stats["prefix_len"]} + {sp.suffix_tokens} '
+          f'| {budget / 2**20:.1f} | 1.00 |')
+    print(f'| question tree (measured) | {stats["prefix_len"]} + {stats["tree_nodes"]} | '
+          f'{after / 2**20:.1f} | {after / budget:.2f} |')
+    print(f'| before: prefix copied per question (computed) | {len(sp.suffixes)} x '
+          f'({stats["prefix_len"]} + {longest}) | {before / 2**20:.1f} | {before / budget:.2f} |')
+    report.update(kv_bytes_per_person=after, kv_budget_bytes=budget, kv_before_bytes=before,
+                  kv_over_budget=after / budget, bytes_per_token=per_token)
+
+    # 5. memory
+    report['peak_rss_mb'] = peak_rss_mb()
+    print(f'\n### 5. memory\npeak RSS of this process: {report["peak_rss_mb"]:.0f} MB')
     if device.startswith('cuda'):
         peak = torch.cuda.max_memory_allocated() / 2**30
         report['peak_gpu_gib'] = peak
-        print(f'\npeak GPU memory allocated: {peak:.1f} GiB')
+        print(f'peak GPU memory allocated: {peak:.2f} GiB')
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0

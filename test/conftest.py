@@ -18,3 +18,24 @@ import pytest  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than ~20 s (excluded by make test-fast)')
     config.addinivalue_line('markers', 'ros: needs rclpy and the generated messages')
+
+
+@pytest.fixture(scope='session')
+def tiny_vlm_dir(tmp_path_factory):
+    """``tiny_vlm_dir(family, **shape)``: a folder with a tiny random VLM of ``family`` built
+    with the family's REAL tokenizer and template (cached per session); skips the test when the
+    real tokenizer files are missing (``make`` fetches them)."""
+    from emotion_perception.testing import tiny_models
+    cache: dict = {}
+
+    def build(family: str, **kwargs):
+        reason = tiny_models.missing_reason(family)
+        if reason:
+            pytest.skip(reason)
+        key = (family, tuple(sorted(kwargs.items())))
+        if key not in cache:
+            name = family + ''.join(f'_{k}{v}' for k, v in sorted(kwargs.items()))
+            cache[key] = tiny_models.build_tiny_vlm(
+                family, tmp_path_factory.mktemp('tiny_vlm') / name, **kwargs)
+        return cache[key]
+    return build

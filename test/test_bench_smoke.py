@@ -33,3 +33,27 @@ def test_bench_pipeline_quick_prints_all_tables(tmp_path):
     assert '| path | frames |' in proc.stdout  # Markdown table headers
     report = json.loads(out_json.read_text())
     assert {'machine', 'detector', 'latency_inprocess', 'latency_processes', 'rss'} <= set(report)
+
+
+@pytest.mark.parametrize('family', ['llava', 'idefics3'])
+def test_bench_vlm_runs_every_table(tmp_path, family):
+    """bench_vlm on a tiny model of a family with its real tokenizer: every table printed, the
+    tree agrees with the per-question re-encoding, the KV cache stays within the budget."""
+    from emotion_perception.testing.tiny_models import missing_reason
+    if missing_reason(family):
+        pytest.skip(missing_reason(family))
+    out = tmp_path / 'bench.json'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_vlm.py'), '--family', family, '--frames',
+         '1', '--persons', '1,2', '--new-tokens', '4', '--hidden', '32', '--layers', '2',
+         '--device', 'cpu', '--json', str(out)],
+        cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='2'),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for title in ('### 1. score vs generate', '### 2. question tree vs re-encoding',
+                  '### 3. persons of one frame', '### 4. KV cache per person', '### 5. memory'):
+        assert title in proc.stdout
+    report = json.loads(out.read_text())
+    assert report['naive_max_abs_diff'] < 1e-4
+    assert report['kv_over_budget'] <= 1.1
+    assert [b['persons'] for b in report['batching']] == [1, 2]

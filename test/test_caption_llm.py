@@ -17,6 +17,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
+from emotion_perception.core import prompts  # noqa: E402
 from emotion_perception.core.backends import ModelLoadError, create_backend  # noqa: E402
 from emotion_perception.core.backends.caption_llm import CaptionLLMBackend  # noqa: E402
 from emotion_perception.core.backends.vlm import NO_LABEL_REASON  # noqa: E402
@@ -24,8 +25,11 @@ from emotion_perception.core.categories import EMOTIC_CATEGORIES, NUM_CATEGORIES
 from emotion_perception.core.model_files import OFFLINE_TEXT_LLM, ModelFileError  # noqa: E402
 from emotion_perception.core.model_files import resolve_model_path  # noqa: E402
 from emotion_perception.core.types import BBox, Status  # noqa: E402
+from emotion_perception.core.backends.vlm import tokenize_fn  # noqa: E402
+from emotion_perception.testing import real_tokenizers  # noqa: E402
 from emotion_perception.testing.tiny_models import (build_tiny_captioner,  # noqa: E402
-                                                    build_tiny_text_llm, make_test_image)
+                                                    build_tiny_llava, build_tiny_text_llm,
+                                                    make_test_image, missing_reason)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -35,6 +39,11 @@ BOXES = [BBox(10, 10, 60, 90), BBox(50, 5, 120, 80), BBox(0, 0, 40, 50)]
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
+    """A tiny LLaVA-1.5 captioner and a tiny text LLM, both with real tokenizers (Llama-2
+    SentencePiece; SmolLM2 with its ChatML template)."""
+    reason = missing_reason('llava') or real_tokenizers.missing_reason('smollm2')
+    if reason:
+        pytest.skip(reason)
     root = tmp_path_factory.mktemp('caption_llm')
     return build_tiny_captioner(root / 'captioner'), build_tiny_text_llm(root / 'llm')
 
@@ -73,12 +82,37 @@ def test_batch_equals_one_by_one(models):
 
 def test_llm_prompt_holds_the_caption_and_the_questions(models):
     backend = make_backend(*models)
-    items = backend._llm_items(['A man is running in the rain.'], score=True)
-    head = backend.tokenizer.decode(items[0]['input_ids'][0])
+    caption = 'A man is running in the rain.'
+    batch = backend._llm_batches([caption], score=True)[0]
+    head = backend.tokenizer.decode(batch['input_ids'][0])
     assert 'A person is described as follows: A man is running in the rain.' in head
     assert all(c in head for c in EMOTIC_CATEGORIES)
-    first = backend.tokenizer.decode(backend._suffixes[0])
-    assert first.startswith('Does the person feel Affection? Answer yes or no.')
+    s = backend._score
+    first = backend.tokenizer.decode(list(s.suffixes[0]))
+    assert first.startswith('Answer yes or no: does the person feel Affection?')
+    # the question tokens were taken at load with a stand-in caption: they are exactly the
+    # tokens of the whole prompt for any other caption too
+    tokenize = tokenize_fn(backend.tokenizer)
+    for q, suffix in zip(prompts.score_queries('crop'), s.suffixes):
+        full = backend._render_llm(backend._narrative(caption) + '\n' + q)
+        assert batch['input_ids'][0].tolist() + list(suffix) == tokenize(full)
+
+
+def test_captioner_without_chat_template_gets_the_instruction_as_text(models, tmp_path):
+    """A captioner with no chat template is given the instruction as plain text after its
+    image placeholder, and only the new text is kept as the caption."""
+    _, llm = models
+    captioner = build_tiny_llava(tmp_path / 'plain', seed=2, chat_template=False)
+    backend = make_backend(captioner, llm, mode='generate', max_new_tokens=4)
+    assert backend._cap_text.startswith('<image>\nDescribe the person in the red bounding box')
+    batch = backend.preprocess(IMAGE, BOXES[:1])
+    prompt = backend.processor.tokenizer.decode(batch.batches[0]['input_ids'][0],
+                                                skip_special_tokens=True)
+    assert 'Describe the person in the red bounding box' in prompt
+    caption = backend.caption(batch.batches)[0]
+    assert 'Describe the person' not in caption
+    res = backend.predict(IMAGE, BOXES[:1])[0]
+    assert res.text.startswith('Caption: ') and '\nAnswer: ' in res.text
 
 
 def test_generate_mode(models, monkeypatch):
@@ -133,9 +167,10 @@ def test_end_to_end_with_real_smollm2(models):
     assert res.status == Status.OK
     assert np.all((res.scores >= 0) & (res.scores <= 1)) and np.isfinite(res.scores).all()
     assert all(1.0 <= v <= 10.0 for v in res.vad)
-    # the real tokenizer has single-token yes/no and digits
+    # the real tokenizer's yes spellings as the model would emit them after 'assistant\n'
     tok = backend.tokenizer
-    assert {tok.decode([i]).strip() for i in backend._readout.yes} <= {'yes', 'Yes', 'YES'}
+    yes = {tok.decode(list(seq)).strip() for seq in backend._score.plans[0].sequences[0]}
+    assert yes <= {'yes', 'Yes', 'YES'} and 'yes' in yes
     # generate mode on the same loaded models: the real LLM answers with words from the list
     backend.options.mode = 'generate'
     backend.sets_labels = True

@@ -113,7 +113,7 @@ def test_answer_ends_on_one_stop_token_for_any_template(processor, template):
 @pytest.mark.parametrize('definitions', [False, True])
 def test_training_prompt_is_the_inference_prompt(tiny_llava, processor, definitions):
     backend = vlm(tiny_llava, mode='generate', definitions=definitions)
-    item = backend.preprocess(IMAGE, [BOX]).items[0]
+    item = backend.preprocess(IMAGE, [BOX]).batches[0]
     ex = fd.encode_example(processor, IMAGE, BOX, ['Peace'], fd.PromptSpec('red_box', definitions))
     n = ex['n_prompt']
     assert torch.equal(ex['input_ids'][:, :n], item['input_ids'])

@@ -1,13 +1,15 @@
 """Finding EMOTIC labels in generated text, and the prompt/marking helpers (no model needed)."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
 from emotion_perception.core import prompts
 from emotion_perception.core.categories import EMOTIC_CATEGORIES
 from emotion_perception.core.label_parsing import (CATEGORY_FORMS, labels_to_scores,
-                                                   parse_labels)
+                                                   parse_labels, parse_labels_paper)
 from emotion_perception.core.types import BBox
 
 
@@ -70,6 +72,43 @@ def test_negation_rule(text, labels, negated):
     assert parsed.found == bool(labels)
 
 
+@pytest.mark.parametrize('text, labels, negated', [
+    # negation over lists and verb phrases (issue: "name none of those")
+    ('He does not seem to feel anger or fear.', [], ['Anger', 'Fear']),
+    ('There are no signs of pain, suffering or fatigue.', [], ['Fatigue', 'Pain', 'Suffering']),
+    ('She lacks confidence.', [], ['Confidence']),
+    ("He doesn't appear to be sad at all.", [], ['Sadness']),
+    ('The woman is not in pain', [], ['Pain']),
+    ('neither angry nor annoyed', [], ['Anger', 'Annoyance']),
+    # the scope ends at a contrast, a clause break, or a word that is not verb-phrase filler
+    ('He does not seem angry but rather sad.', ['Sadness'], ['Anger']),
+    ('There is no doubt she is happy.', ['Happiness'], ['Doubt/Confusion']),
+    ('not only happy but also excited', ['Excitement', 'Happiness'], []),
+    ('No fear; she is excited.', ['Excitement'], ['Fear']),
+    ('She is smiling and does not look tired, she looks engaged',
+     ['Engagement'], ['Fatigue']),
+])
+def test_negation_scope_over_lists_and_verb_phrases(text, labels, negated):
+    parsed = parse_labels(text)
+    assert parsed.labels == labels
+    assert parsed.negated == negated
+
+
+@pytest.mark.parametrize('text, labels', [
+    # the authors' protocol: the lower-case category name anywhere in the lower-cased answer
+    ('Happiness, Engagement', ['Engagement', 'Happiness']),
+    ('not happy', []),                        # no adjective forms
+    ('No Happiness here', ['Happiness']),     # no negation
+    ('unhappiness', ['Happiness']),           # substrings count
+    ('painting', ['Pain']),
+    ('doubt', []),                            # 'doubt/confusion' is one name
+    ('Doubt/Confusion', ['Doubt/Confusion']),
+])
+def test_paper_parser(text, labels):
+    assert parse_labels_paper(text).labels == labels
+    assert parse_labels_paper(text).found == bool(labels)
+
+
 def test_nothing_found():
     parsed = parse_labels('I cannot tell from this picture.')
     assert parsed.labels == [] and not parsed.found
@@ -95,9 +134,14 @@ def test_paper_prompt_lists_all_categories_and_the_red_box():
 def test_score_queries():
     queries = prompts.score_queries()
     assert len(queries) == 29
-    assert queries[0] == 'Does the person in the red box feel Affection? Answer yes or no.'
-    assert queries[9] == 'Does the person in the red box feel Doubt/Confusion? Answer yes or no.'
-    assert 'scale from 0 to 9' in queries[26] and 'pleasant' in queries[26]
+    assert queries[0] == 'Answer yes or no: does the person in the red box feel Affection?'
+    assert queries[9] == 'Answer yes or no: does the person in the red box feel Doubt/Confusion?'
+    assert queries[26].startswith('Answer with one digit from 0 to 9:')
+    assert 'pleasant' in queries[26]
+    # the wording shared by a question kind comes first: questions differ only at the end
+    cats = queries[:26]
+    common = min(len(os.path.commonprefix([cats[0], q])) for q in cats[1:])
+    assert cats[0][:common] == 'Answer yes or no: does the person in the red box feel '
 
 
 # -- image marking -----------------------------------------------------------------------------

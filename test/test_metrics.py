@@ -145,6 +145,31 @@ def test_threshold_tuning_matches_brute_force_and_beats_default(seed):
     assert tuned.mean() > default.mean()
 
 
+@pytest.mark.parametrize('seed', [0, 3])
+def test_threshold_tuning_treats_skipped_persons_as_the_metrics_do(seed):
+    """Skipped/failed persons carry score 0 and predict nothing in the metrics: tuning must
+    neither pick a threshold of 0 (labelling everyone, those persons included) nor ignore
+    their positives. Reference: sklearn F1 of the predictions the metrics make, brute force."""
+    rng = np.random.default_rng(seed)
+    y_true, _, scores = random_case(seed, n=150)
+    ok = rng.random(len(scores)) > 0.3
+    scores = np.where(ok[:, None], scores, 0.0)
+    y_true[~ok, 0] = True  # category 0: most skipped persons are positive
+    thresholds = M.tune_thresholds(y_true, scores, predictable=ok)
+    assert (thresholds > 0).all()
+    for c in range(C):
+        if not y_true[:, c].any():
+            continue
+        cands = np.unique(scores[ok & (scores[:, c] > 0), c])
+        f1s = [precision_recall_fscore_support(y_true[:, c], ok & (scores[:, c] >= t),
+                                               average='binary', zero_division=0)[2]
+               for t in cands]
+        best = max(f1s)
+        got = precision_recall_fscore_support(y_true[:, c], ok & (scores[:, c] >= thresholds[c]),
+                                              average='binary', zero_division=0)[2]
+        assert got == pytest.approx(best)
+
+
 def test_bootstrap_speed_7000_persons():
     """10,000 rounds on an EMOTIC-test-sized set stay well under a minute (seconds, typically)."""
     import time

@@ -15,6 +15,7 @@ import numpy as np
 
 from .backends.base import ModelLoadError, resolve_device, validate_image
 from .model_files import OFFLINE_PERSON_DETECTOR, ModelFileError, resolve_model_path
+from .threads import keep_torch_threads
 from .types import BBox, DetectionResult, PersonDetection, Timings
 
 LOG = logging.getLogger(__name__)
@@ -96,8 +97,10 @@ class PersonDetector:
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         try:
-            from ultralytics import YOLO
-            model = YOLO(path, task='detect')
+            import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
+            with keep_torch_threads():
+                from ultralytics import YOLO
+                model = YOLO(path, task='detect')
         except Exception as exc:  # ultralytics raises many types (FileNotFound, Connection...)
             raise ModelLoadError(
                 f'cannot load person detector {opts.model!r}: {type(exc).__name__}: {exc}. '
@@ -152,10 +155,11 @@ class PersonDetector:
                       verbose=False)
         if opts.half:  # passed only when set: ultralytics warns about the argument itself
             kwargs['half'] = True
-        if opts.tracker:
-            result = self.model.track(bgr, persist=True, tracker=opts.tracker, **kwargs)[0]
-        else:
-            result = self.model.predict(bgr, **kwargs)[0]
+        with keep_torch_threads():  # ultralytics re-sets torch's threads at its first call
+            if opts.tracker:
+                result = self.model.track(bgr, persist=True, tracker=opts.tracker, **kwargs)[0]
+            else:
+                result = self.model.predict(bgr, **kwargs)[0]
         boxes = result.boxes
         xyxy = boxes.xyxy.cpu().numpy() if len(boxes) else np.zeros((0, 4), np.float32)
         conf = boxes.conf.cpu().numpy() if len(boxes) else np.zeros(0, np.float32)

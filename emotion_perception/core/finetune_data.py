@@ -179,7 +179,9 @@ def encode_example(processor: Any, image: np.ndarray, box: BBox, labels: Sequenc
     answer = answer_text(labels)
     completion = completion_text(processor, spec.question(), answer)
     ans_ids = answer_token_ids(processor, prompt, completion, stop_ids)
-    marked = prompts.mark_image(image, box, spec.marking)
+    from .backends._vision_input import marked_images  # the marking inference uses
+    marked = marked_images(image, [box], spec.marking,
+                           getattr(processor, 'image_processor', None))[0]
     enc = dict(processor(text=prompt, images=Image.fromarray(marked), return_tensors='pt',
                          add_special_tokens=_add_special_tokens(processor.tokenizer, prompt)))
     n_prompt = int(enc['input_ids'].shape[-1])

@@ -8,13 +8,22 @@ Doubt/Confusion, ...). Rules, in order:
 1. Matching is case-insensitive and on whole words only: a form never matches inside a longer
    word (``'pain'`` does not match ``'painting'``, ``'happy'`` does not match ``'unhappy'``,
    which is itself a form of Sadness). Hyphens and slashes separate words.
-2. Negation: a match is ignored when one of the ``NEGATIONS`` words (or a word ending in
-   ``n't``) is among the ``NEGATION_WINDOW`` (3) words just before it *within the same clause*.
-   A clause ends at ``. , ; : ! ?``, a newline, or the words 'but', 'however', 'although',
-   'though', 'yet'. So ``'not happy'``, ``'does not feel any fear'`` and ``'no anger'`` are
-   ignored, while ``'not happy, but sad'`` gives Sadness. A category is found when at least
-   one of its matches is not negated.
+2. Negation scope: a match is ignored when a negation cue (``NEGATIONS``, or a word ending in
+   ``n't``) governs it: reading backwards from the match, only verb-phrase filler
+   (``SCOPE_WORDS``: 'seem to feel', 'appear to be', 'any signs of', 'in', ...), list
+   connectors ('and', 'or', 'nor', commas) and other category words may stand between the cue
+   and the match. Any other word, a clause break (``. ; : ! ?``, a newline) or a contrast word
+   ('but', 'however', 'although', 'though', 'yet', 'rather', 'instead', 'while') ends the
+   scope, and it reaches at most ``NEGATION_SCOPE`` words back. So ``'does not seem to feel
+   anger or fear'``, ``'no signs of pain, suffering or fatigue'``, ``'lacks confidence'`` and
+   ``"doesn't appear to be sad at all"`` name none of those, while ``'not happy, but sad'`` gives
+   Sadness and ``'not only happy'`` gives Happiness. A category is found when at least one of
+   its matches is not negated.
 3. Labels are returned in EMOTIC order (``EMOTIC_CATEGORIES``), each at most once.
+
+``parse_labels_paper`` is the authors' released protocol instead (no forms, no negation): a
+category counts when its lower-case name occurs anywhere in the lower-cased answer. Numbers
+meant to sit beside the paper's Table I are computed with it.
 """
 from __future__ import annotations
 
@@ -71,14 +80,34 @@ CATEGORY_FORMS: dict[str, tuple[str, ...]] = {
     'Yearning': (r'yearning', r'yearns?', r'longing', r'wistful'),
 }
 
-#: words that negate a following label within ``NEGATION_WINDOW`` words of the same clause
+#: negation cues
 NEGATIONS: frozenset[str] = frozenset({
-    'not', 'no', 'never', 'without', 'nor', 'neither', 'none', 'lacks', 'lacking', 'hardly',
-    'cannot', 'nothing', 'isnt', 'doesnt', 'dont', 'arent', 'wasnt'})
-NEGATION_WINDOW = 3
+    'not', 'no', 'never', 'without', 'nor', 'neither', 'none', 'lacks', 'lack', 'lacking',
+    'hardly', 'cannot', 'nothing', 'isnt', 'doesnt', 'dont', 'arent', 'wasnt', 'free'})
+#: words a negation scope passes over (verb phrases, quantifiers, prepositions)
+SCOPE_WORDS: frozenset[str] = frozenset({
+    'seem', 'seems', 'seemed', 'seeming', 'appear', 'appears', 'appeared', 'appearing',
+    'look', 'looks', 'looked', 'looking', 'feel', 'feels', 'felt', 'feeling', 'feelings',
+    'show', 'shows', 'showed', 'showing', 'display', 'displays', 'displaying', 'express',
+    'expresses', 'expressing', 'exhibit', 'exhibits', 'exhibiting', 'have', 'has', 'had',
+    'having', 'be', 'is', 'are', 'was', 'were', 'been', 'being', 'to', 'any', 'sign', 'signs',
+    'of', 'evidence', 'hint', 'hints', 'trace', 'traces', 'indication', 'indications', 'a',
+    'an', 'the', 'at', 'all', 'very', 'particularly', 'really', 'too', 'overly', 'especially',
+    'much', 'so', 'in', 'bit', 'little', 'slightly', 'visibly', 'obviously', 'clearly',
+    'necessarily', 'even', 'remotely', 'from', 'either', 'sense', 'emotion', 'emotions',
+    'expression', 'expressions', 'kind', 'sort', 'form', 'type', 'more', 'less', 'overtly',
+    'currently', 'entirely', 'completely', 'totally', 'seemingly', 'does', 'do', 'did',
+    'will', 'would', 'can', 'could'})
+#: connectors that continue a list under one negation
+_CONNECTORS = frozenset({'and', 'or', 'nor', ','})
+#: words that cancel a negation right after it ('not only happy')
+_CANCEL = frozenset({'only', 'just', 'merely'})
+#: how many words back a negation cue may govern a match
+NEGATION_SCOPE = 10
 
-_CLAUSE_BREAK = re.compile(r"[.,;:!?\n]|\b(?:but|however|although|though|yet)\b", re.IGNORECASE)
-_WORD = re.compile(r"[a-z']+")
+_CONTRAST = frozenset({'but', 'however', 'although', 'though', 'yet', 'rather', 'instead',
+                       'while', 'whereas'})
+_TOKEN = re.compile(r"[a-z][a-z'’]*|[.;:!?\n]|,", re.IGNORECASE)
 # (?<!\w) / (?!\w): whole words only (a hyphen or slash ends a word)
 _PATTERNS: dict[str, re.Pattern[str]] = {
     cat: re.compile(r'(?<![\w])(?:' + '|'.join(forms) + r')(?![\w])', re.IGNORECASE)
@@ -101,14 +130,33 @@ class ParsedLabels(NamedTuple):
     negated: list[str]
 
 
-def _is_negated(text: str, start: int) -> bool:
-    """True when a negation word is among the 3 words before ``start`` in the same clause."""
-    before = text[max(0, start - 120):start]
-    breaks = list(_CLAUSE_BREAK.finditer(before))
-    if breaks:
-        before = before[breaks[-1].end():]
-    words = _WORD.findall(before.lower().replace('\u2019', "'"))[-NEGATION_WINDOW:]
-    return any(w.replace("'", '') in NEGATIONS or w.endswith("n't") for w in words)
+def _is_cue(word: str) -> bool:
+    w = word.lower().replace('\u2019', "'")
+    return w.replace("'", '') in NEGATIONS or w.endswith("n't")
+
+
+def _is_negated(tokens: list[re.Match[str]], label_spans: list[tuple[int, int]],
+                start: int) -> bool:
+    """True when a negation cue governs the match starting at ``start`` (rule 2)."""
+    before = [t for t in tokens if t.end() <= start]
+    words = 0
+    after_cue: str | None = None
+    for tok in reversed(before):
+        text = tok.group(0).lower()
+        if any(a <= tok.start() and tok.end() <= b for a, b in label_spans):
+            after_cue = text
+            continue  # another category word of the same list
+        if text in '.;:!?\n' or text in _CONTRAST:
+            return False
+        if _is_cue(text):
+            return after_cue not in _CANCEL
+        if text not in SCOPE_WORDS and text not in _CONNECTORS:
+            return False
+        after_cue = text
+        words += 1
+        if words > NEGATION_SCOPE:
+            return False
+    return False
 
 
 def parse_labels(text: str) -> ParsedLabels:
@@ -118,17 +166,32 @@ def parse_labels(text: str) -> ParsedLabels:
         >>> parse_labels('The man looks happy and a bit confused, not angry.').labels
         ['Doubt/Confusion', 'Happiness']
     """
+    matches = {cat: list(_PATTERNS[cat].finditer(text)) for cat in EMOTIC_CATEGORIES}
+    spans = [(m.start(), m.end()) for ms in matches.values() for m in ms]
+    tokens = list(_TOKEN.finditer(text))
     labels: list[str] = []
     negated: list[str] = []
     for cat in EMOTIC_CATEGORIES:
-        matches = list(_PATTERNS[cat].finditer(text))
-        if not matches:
+        if not matches[cat]:
             continue
-        if any(not _is_negated(text, m.start()) for m in matches):
+        if any(not _is_negated(tokens, spans, m.start()) for m in matches[cat]):
             labels.append(cat)
         else:
             negated.append(cat)
     return ParsedLabels(labels, bool(labels), negated)
+
+
+def parse_labels_paper(text: str) -> ParsedLabels:
+    """The authors' protocol: every category whose lower-case name occurs in the lower-cased
+    ``text`` (substring, no word forms, no negation), in EMOTIC order.
+
+    Example:
+        >>> parse_labels_paper('Not happy; Happiness? unhappiness').labels
+        ['Happiness']
+    """
+    low = text.lower()
+    labels = [c for c in EMOTIC_CATEGORIES if c.lower() in low]
+    return ParsedLabels(labels, bool(labels), [])
 
 
 def labels_to_scores(labels: list[str]) -> np.ndarray:
@@ -139,5 +202,5 @@ def labels_to_scores(labels: list[str]) -> np.ndarray:
     return scores
 
 
-__all__ = ['CATEGORY_FORMS', 'NEGATIONS', 'NEGATION_WINDOW', 'ParsedLabels', 'labels_to_scores',
-           'parse_labels']
+__all__ = ['CATEGORY_FORMS', 'NEGATIONS', 'NEGATION_SCOPE', 'ParsedLabels', 'SCOPE_WORDS',
+           'labels_to_scores', 'parse_labels', 'parse_labels_paper']

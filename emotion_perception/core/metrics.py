@@ -253,34 +253,47 @@ def bootstrap_ci(y_true: np.ndarray, y_pred: np.ndarray, rounds: int = 10_000, s
 
 # -- thresholds --------------------------------------------------------------------------------
 def best_f1_threshold(y_true: np.ndarray, scores: np.ndarray,
-                      default: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
+                      default: float = DEFAULT_THRESHOLD,
+                      predictable: np.ndarray | None = None) -> tuple[float, float]:
     """The threshold (one of the scores) that maximises F1 of one category, and that F1.
 
-    Every distinct score is tried as a threshold (positive when ``score >= threshold``); among
-    equal F1 values the largest threshold wins (fewest positive predictions). A category with
-    no positives cannot score above 0: it keeps ``default``.
+    Every distinct positive score of a ``predictable`` person is tried as a threshold
+    (positive when ``score >= threshold``); among equal F1 values the largest threshold wins
+    (fewest positive predictions). Persons that are not predictable (skipped or failed: the
+    metrics count them as predicting nothing) never become positive, but their true labels still
+    count as false negatives, exactly as in the metrics. No threshold is ever 0 or below (that
+    would label everyone). A category with no positives, or no candidate, keeps ``default``.
 
     Returns:
         (threshold, f1).
     """
     y = np.asarray(y_true).astype(bool).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    keep = np.ones_like(y) if predictable is None else np.asarray(predictable, bool).reshape(-1)
+    keep = keep & np.isfinite(s) & (s > 0)
     positives = int(y.sum())
-    if positives == 0:
+    if positives == 0 or not keep.any():
         return float(default), 0.0
-    thr, tp, fp = _ranked_counts(y, scores)
+    thr, tp, fp = _ranked_counts(y[keep], s[keep])
     f1 = _safe_div(2 * tp, tp + fp + positives)     # 2tp / (2tp + fp + fn), fn = P - tp
     best = int(np.argmax(f1))                        # first = highest threshold among ties
     return float(thr[best]), float(f1[best])
 
 
 def tune_thresholds(y_true: np.ndarray, scores: np.ndarray,
-                    default: float = DEFAULT_THRESHOLD) -> np.ndarray:
-    """Per-category F1-maximising thresholds, shape (C,) (see ``best_f1_threshold``)."""
+                    default: float = DEFAULT_THRESHOLD,
+                    predictable: np.ndarray | None = None) -> np.ndarray:
+    """Per-category F1-maximising thresholds, shape (C,) (see ``best_f1_threshold``).
+
+    Args:
+        predictable: (N,) bool, the persons whose scores the metrics threshold (None: all).
+    """
     t = _as_bool(y_true, 'y_true')
     s = np.asarray(scores, dtype=np.float64)
     if s.shape != t.shape:
         raise ValueError(f'y_true {t.shape} and scores {s.shape} differ in shape')
-    return np.array([best_f1_threshold(t[:, c], s[:, c], default)[0] for c in range(t.shape[1])])
+    return np.array([best_f1_threshold(t[:, c], s[:, c], default, predictable)[0]
+                     for c in range(t.shape[1])])
 
 
 def apply_thresholds(scores: np.ndarray, thresholds: float | Sequence[float] | np.ndarray

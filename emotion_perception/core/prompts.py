@@ -141,14 +141,16 @@ def score_prefix(marking: str = 'red_box', definitions: bool = False) -> str:
     ])
 
 
-#: score-mode question per category (``{target}`` = short target phrase)
-CATEGORY_QUERY_TEMPLATE = 'Does {target} feel {category}? Answer yes or no.'
-#: score-mode question per VAD dimension
-VAD_QUERY_TEMPLATE = 'On a scale from 0 to 9, {question}? Answer with one digit.'
+#: score-mode question per category (``{target}`` = short target phrase). The wording shared by
+#: all categories comes first, so that only the category and the chat template's tail differ
+#: between questions (the scorer reads shared leading tokens once).
+CATEGORY_QUERY_TEMPLATE = 'Answer yes or no: does {target} feel {category}?'
+#: score-mode question per VAD dimension (shared wording first, as above)
+VAD_QUERY_TEMPLATE = 'Answer with one digit from 0 to 9: {question}?'
 
 
 def category_query(category: str, marking: str = 'red_box') -> str:
-    """'Does the person in the red box feel {category}? Answer yes or no.'"""
+    """'Answer yes or no: does the person in the red box feel {category}?'"""
     if category not in EMOTIC_CATEGORIES:
         raise ValueError(f'unknown EMOTIC category {category!r}')
     return CATEGORY_QUERY_TEMPLATE.format(target=target_phrase(marking, short=True),

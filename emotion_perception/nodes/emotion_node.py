@@ -80,6 +80,9 @@ BACKEND_PARAMS = [
               one_of('score', 'generate')),
     ParamSpec('backend.adapter', '', 'path of a LoRA adapter (peft) to load on the VLM',
               read_only=True),
+    ParamSpec('backend.parser', 'robust', "generate mode: how labels are found in the answer: "
+              "'robust' (word forms, negation) or 'paper' (the authors' substring protocol)",
+              one_of('robust', 'paper')),
     ParamSpec('backend.marking', 'red_box', "how the target person is shown to a VLM: "
               "'red_box' on the full frame (paper), 'crop', 'crop_context'",
               one_of('red_box', 'crop', 'crop_context')),

@@ -46,10 +46,9 @@ METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
 THRESHOLDS_FILE = 'thresholds.json'
 #: options that change what the backend predicts: a resumed run must use the same values
-#: options that change the predictions: a resumed run must have used the same ones
 PROMPT_KEYS: tuple[str, ...] = ('dtype', 'marking', 'definitions', 'num_labels', 'max_new_tokens',
                                 'caption_max_new_tokens')
-IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'split',
+IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'split',
                                   'format', *PROMPT_KEYS)
 #: stop after this many images in a row failed as a whole (a broken model, not a bad image)
 MAX_CONSECUTIVE_FAILURES = 20
@@ -392,9 +391,11 @@ def tune_on(arr: EvalArrays) -> tuple[np.ndarray, dict[str, Any]]:
     if not ok.any():
         raise ValueError('no person has scores to tune thresholds on (the backend sets the '
                          'labels itself, e.g. --mode generate, or every prediction failed)')
-    thresholds = M.tune_thresholds(arr.y_true, arr.scores)
-    f1_tuned = M.per_category_prf(arr.y_true, M.apply_thresholds(arr.scores, thresholds))[2]
-    f1_default = M.per_category_prf(arr.y_true, M.apply_thresholds(arr.scores, 0.5))[2]
+    # tuned on exactly what the metrics count: skipped/failed persons predict nothing, their
+    # labels are misses
+    thresholds = M.tune_thresholds(arr.y_true, arr.scores, predictable=ok)
+    f1_tuned = M.per_category_prf(arr.y_true, arr.predictions(thresholds))[2]
+    f1_default = M.per_category_prf(arr.y_true, arr.predictions(np.full(NUM_CATEGORIES, 0.5)))[2]
     return thresholds, {
         'thresholds': {c: float(t) for c, t in zip(EMOTIC_CATEGORIES, thresholds)},
         'n': int(len(arr.statuses)),
@@ -445,7 +446,13 @@ def write_report(path: Path, metrics: dict[str, Any], plots: Sequence[str]) -> N
               f'(labels from: {metrics["labels_from"]}). Earlier EMOTIC mAP: '
               + '; '.join(f'{n} {v:.2f}' for n, v in MAP_ANCHORS) + '.']
     if metrics['labels_from'] != 'scores':
-        lines += ['', 'Note: this backend chooses labels from generated text; its scores are '
+        parser = cfg.get('parser') or 'robust'
+        how = ("the authors' protocol (a category counts when its lower-case name occurs in the "
+               'answer), as behind their Table I' if parser == 'paper' else
+               'the robust parser (word forms such as "happy", negation such as "not angry"); '
+               "use --parser paper for numbers computed as in the paper's Table I")
+        lines += ['', f'Labels were parsed from the generated answers with `{parser}`: {how}.',
+                  '', 'Note: this backend chooses labels from generated text; its scores are '
                   'not graded confidences, so mAP is not comparable to score-based models.']
     vad = metrics['vad_mae']
     if any(v is not None for v in vad.values()):

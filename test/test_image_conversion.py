@@ -16,8 +16,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from emotion_perception.ros.image_conversion import (  # noqa: E402
-    CAMERA_ENCODINGS, ENCODINGS, ImageConversionError, compressed_image_size, compressed_to_rgb, encoding_info,
-    image_msg_to_numpy, image_msg_to_rgb, numpy_to_image_msg, rgb_to_compressed)
+    CAMERA_ENCODINGS, ENCODINGS, ImageConversionError, compressed_image_size, compressed_to_rgb,
+    encoding_info, image_msg_to_numpy, image_msg_to_rgb, numpy_to_image_msg, rgb_to_compressed)
 
 ALL_ENCODINGS = sorted(ENCODINGS)
 

@@ -226,7 +226,7 @@ def test_run_time_set_parameters_of_a_read_only_parameter_is_refused(harness, ca
     assert not det.set_parameters([Parameter('model', value='x.pt')])[0].successful
 
 
-# -- unknown keys in a parameter file ---------------------------------------------------------------
+# -- unknown keys in a parameter file -----------------------------------------------------------
 def test_a_typo_in_the_parameter_file_is_reported_with_the_closest_name(harness, tmp_path,
                                                                           capfd):
     params = tmp_path / 'params.yaml'

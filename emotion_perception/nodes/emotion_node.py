@@ -25,8 +25,8 @@ paired image (``errors.size_mismatch``; 0x0 means "size not given" and is not ch
 per-person errors/skips by reason (``errors.<kind>``, ``skipped.<kind>``), duplicate track ids,
 stamps going backwards and a restarted detections publisher (both clear the track cache; the
 restart is told per publisher, see ``ros.publisher_restarts``: a second publisher on the topic
-is not a restart), an incompatible image publisher (``qos_incompatible``). ``/diagnostics`` turns ERROR when a frame has been in processing (or
-waiting) longer than ``stall_timeout_s``.
+is not a restart), an incompatible image publisher (``qos_incompatible``). ``/diagnostics``
+turns ERROR when a frame has been in processing (or waiting) longer than ``stall_timeout_s``.
 
 Lifecycle (``nodes.base``): configure validates parameters and loads the backend (FAILURE,
 staying unconfigured with the reason logged, when the model cannot be loaded); activate

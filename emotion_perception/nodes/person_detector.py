@@ -1,8 +1,9 @@
 """``person_detector``: YOLO person detection + tracking as a ROS 2 lifecycle node.
 
 Subscribes ``image`` (sensor_msgs/Image, or with image_transport 'compressed' the resolved
-``image`` topic + ``/compressed``, so a remap of ``image`` moves it too) and publishes ``detections`` (PersonDetectionArray, the image's header copied
-unchanged), optionally ``debug_image``, and ``/diagnostics`` at 1 Hz.
+``image`` topic + ``/compressed``, so a remap of ``image`` moves it too) and publishes
+``detections`` (PersonDetectionArray, the image's header copied unchanged), optionally
+``debug_image``, and ``/diagnostics`` at 1 Hz.
 
 Concurrency: the image callback only stores the newest frame (latest-wins, overwritten frames
 are counted as drops 'stale_frame'); a worker thread runs the detector, so the executor thread

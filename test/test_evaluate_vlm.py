@@ -50,3 +50,34 @@ def test_evaluate_tiny_vlm(setup, tmp_path, mode):
     assert cli_main(args) == 0
     again = json.loads((out / 'metrics.json').read_text())
     assert again['f1'] == metrics['f1'] and again['mAP'] == metrics['mAP']
+
+
+def test_evaluate_reports_the_label_parser(setup, tmp_path, monkeypatch):
+    """--parser paper: the authors' protocol finds labels by lower-case name; the report says
+    which parser produced the numbers, and resuming with another parser is refused."""
+    import emotion_perception.core.backends.vlm as vlm_mod
+    root, _, model = setup
+    # the same crafted answer for everyone: 'Happiness' counts for both parsers, the negated
+    # 'not Anger' only for the paper's substring rule
+    monkeypatch.setattr(vlm_mod, 'generate_texts',
+                        lambda *a, **k: ['Happiness, and not Anger.'] * sum(
+                            int(b['input_ids'].shape[0]) for b in a[2]))
+    labels = {}
+    for parser in ('robust', 'paper'):
+        out = tmp_path / parser
+        args = ['evaluate', '--data', str(root), '--split', 'test', '--output', str(out),
+                '--backend', 'vlm', '--model', str(model), '--mode', 'generate',
+                '--parser', parser, '--device', 'cpu', '--limit', '3', '--bootstrap', '0',
+                '--no-plots']
+        assert cli_main(args) == 0
+        preds = [json.loads(line) for line in (out / 'predictions.jsonl').read_text().splitlines()]
+        labels[parser] = preds[0]['labels']
+        metrics = json.loads((out / 'metrics.json').read_text())
+        assert metrics['config']['parser'] == parser
+        assert f'parsed from the generated answers with `{parser}`' in (out / 'report.md').read_text()
+    assert labels == {'robust': ['Happiness'], 'paper': ['Anger', 'Happiness']}
+    other = ['evaluate', '--data', str(root), '--split', 'test', '--output', str(tmp_path / 'paper'),
+             '--backend', 'vlm', '--model', str(model), '--mode', 'generate', '--parser',
+             'robust', '--device', 'cpu', '--limit', '3', '--bootstrap', '0', '--no-plots']
+    with pytest.raises(ValueError, match='parser'):
+        cli_main(other)

@@ -574,7 +574,8 @@ def run_split(args: argparse.Namespace, split: str, out_dir: Path, backend: Lazy
     if not persons:
         raise ValueError(f'EMOTIC {split} has no annotated persons in {args.data}')
     identity = {'backend': args.backend, 'model': args.model, 'llm': args.llm,
-                'mode': args.mode, 'adapter': args.adapter, 'split': split,
+                'mode': args.mode, 'adapter': args.adapter,
+                'parser': getattr(args, 'parser', None), 'split': split,
                 'format': args.format, 'data': str(Path(args.data).resolve()),
                 **{k: getattr(args, k, None) for k in PROMPT_KEYS}}
     _check_identity(out_dir, identity)

@@ -1,12 +1,21 @@
 """Start person_detector and emotion_node as lifecycle nodes, then configure and activate them.
 
     ros2 launch emotion_perception emotion_perception.launch.py \\
-        camera_topic:=/camera/color/image_raw namespace:=perception backend:=vlm
+        camera_topic:=/camera/color/image_raw namespace:=perception backend:=vlm \\
+        image_transport:=compressed params_file:=/path/to/my_params.yaml use_sim_time:=true
 
-Parameters come from the package's config/person_detector.yaml and config/emotion_node.yaml;
-``backend`` overrides the emotion node's ``backend.name``. Both nodes subscribe ``image``
-(remapped to ``camera_topic``); emotion_node pairs it with the detector's ``detections``
-(same namespace) and publishes ``emotions``.
+Parameters, later ones winning: the package's config/person_detector.yaml and
+config/emotion_node.yaml; then ``params_file`` (a user's YAML with ``person_detector`` and/or
+``emotion_node`` sections, e.g. ``/**/emotion_node: {ros__parameters: {backend: {name: vlm}}}``);
+then the launch arguments ``backend`` (the emotion node's ``backend.name``) and
+``image_transport`` when given (their default '' keeps the files' values), ``use_sim_time``,
+and ``autostart: false`` (this launch file drives the lifecycle; a node's own autostart would
+race it).
+
+Both nodes subscribe ``image``, remapped to ``camera_topic``; with
+``image_transport:=compressed`` they subscribe ``<camera_topic>/compressed`` (the nodes resolve
+the remapped topic first, as image_transport does). emotion_node pairs the images with the
+detector's ``detections`` (same namespace) and publishes ``emotions``.
 
 Each node is sent ``configure`` at start and ``activate`` once it reaches ``inactive``. A
 configure that fails (bad parameter, model not found) leaves that node unconfigured and
@@ -16,7 +25,7 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
@@ -26,15 +35,25 @@ from lifecycle_msgs.msg import Transition
 
 PACKAGE = 'emotion_perception'
 BACKENDS = ['face_baseline', 'vlm', 'caption_llm']
+TRANSPORTS = ['raw', 'compressed']
+ARGUMENTS = {  # name: (default, description)
+    'camera_topic': ('/camera/image_raw', 'sensor_msgs/Image topic both nodes subscribe (with '
+                     'image_transport compressed: <camera_topic>/compressed)'),
+    'image_transport': ('', "'raw' or 'compressed' ('' = from the parameter files: raw)"),
+    'namespace': ('', 'namespace of both nodes and their topics'),
+    'backend': ('', "emotion backend: face_baseline, vlm, caption_llm or 'package.module:Class' "
+                "('' = from the parameter files: face_baseline)"),
+    'params_file': ('', 'a parameter YAML applied on top of the package config/ files'),
+    'use_sim_time': ('false', "'true': the nodes take their clock from /clock (bag replay)"),
+}
 
 
-def managed_lifecycle_node(executable: str, parameters: list) -> list:
+def managed_lifecycle_node(executable: str, namespace: str, camera_topic: str,
+                           parameters: list) -> list:
     """The node, a handler that activates it when it becomes inactive, and its configure event."""
     node = LifecycleNode(
-        package=PACKAGE, executable=executable, name=executable,
-        namespace=LaunchConfiguration('namespace'),
-        parameters=parameters,
-        remappings=[('image', LaunchConfiguration('camera_topic'))],
+        package=PACKAGE, executable=executable, name=executable, namespace=namespace,
+        parameters=parameters, remappings=[('image', camera_topic)],
         output='screen', emulate_tty=True)
     activate_when_inactive = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
@@ -47,18 +66,38 @@ def managed_lifecycle_node(executable: str, parameters: list) -> list:
     return [node, activate_when_inactive, configure]
 
 
-def generate_launch_description() -> LaunchDescription:
+def launch_nodes(context) -> list:
+    """Both nodes with the resolved launch arguments (OpaqueFunction: arguments may be '')."""
+    arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
+    if arg['image_transport'] not in ('', *TRANSPORTS):
+        raise RuntimeError(f"image_transport must be one of {TRANSPORTS}, got "
+                           f"{arg['image_transport']!r}")
+    if arg['backend'] and arg['backend'] not in BACKENDS and ':' not in arg['backend']:
+        raise RuntimeError(f"backend must be one of {BACKENDS} or 'package.module:Class', got "
+                           f"{arg['backend']!r}")
+    if arg['use_sim_time'].lower() not in ('true', 'false'):
+        raise RuntimeError(f"use_sim_time must be 'true' or 'false', got {arg['use_sim_time']!r}")
+    user_file = arg['params_file']
+    if user_file and not os.path.isfile(user_file):
+        raise RuntimeError(f'params_file {user_file!r} does not exist')
     config = os.path.join(get_package_share_directory(PACKAGE), 'config')
+    common = {'use_sim_time': arg['use_sim_time'].lower() == 'true', 'autostart': False}
+    if arg['image_transport']:
+        common['image_transport'] = arg['image_transport']
+    emotion = dict(common)
+    if arg['backend']:
+        emotion['backend.name'] = arg['backend']
+    actions = []
+    for executable, overrides in (('person_detector', common), ('emotion_node', emotion)):
+        files = [os.path.join(config, f'{executable}.yaml')] + ([user_file] if user_file else [])
+        actions += managed_lifecycle_node(executable, arg['namespace'], arg['camera_topic'],
+                                          [*files, overrides])
+    return actions
+
+
+def generate_launch_description() -> LaunchDescription:
     return LaunchDescription([
-        DeclareLaunchArgument('camera_topic', default_value='/camera/image_raw',
-                              description='sensor_msgs/Image topic both nodes subscribe'),
-        DeclareLaunchArgument('namespace', default_value='',
-                              description='namespace of both nodes and their topics'),
-        DeclareLaunchArgument('backend', default_value='face_baseline', choices=BACKENDS,
-                              description="emotion backend (the emotion node's backend.name)"),
-        *managed_lifecycle_node(
-            'person_detector', [os.path.join(config, 'person_detector.yaml')]),
-        *managed_lifecycle_node(
-            'emotion_node', [os.path.join(config, 'emotion_node.yaml'),
-                             {'backend.name': LaunchConfiguration('backend')}]),
+        *[DeclareLaunchArgument(name, default_value=default, description=description)
+          for name, (default, description) in ARGUMENTS.items()],
+        OpaqueFunction(function=launch_nodes),
     ])

@@ -110,8 +110,11 @@ def test_emotion_node_recovers_when_the_detector_restarts(harness):
 
 
 # -- lifecycle -------------------------------------------------------------------------------------
-def test_emotion_node_lifecycle_frees_model_and_threads(harness):
-    rig = EmotionRig(harness, activate=False)
+@pytest.mark.parametrize('free', [False, True])
+def test_emotion_node_lifecycle_keeps_or_frees_model_and_threads(harness, free):
+    """inactive keeps the model (activate is fast) unless free_on_deactivate; cleanup and
+    shutdown always free it; no worker thread outlives deactivate."""
+    rig = EmotionRig(harness, activate=False, free_on_deactivate=free)
     node = rig.node
     assert worker_threads() == []
     assert node.trigger_configure().name == 'SUCCESS'
@@ -122,8 +125,9 @@ def test_emotion_node_lifecycle_frees_model_and_threads(harness):
     assert rig.harness.wait_matched(rig.det_pub)
     rig.send(det_array(header(1), PERSONS), image_msg(1))
     assert node.trigger_deactivate().name == 'SUCCESS'
-    assert not backend.loaded and worker_threads() == []
+    assert backend.loaded is (not free) and worker_threads() == []
     assert node.trigger_activate().name == 'SUCCESS'
+    assert node.pipeline.backend is backend  # the configured model, not a new one
     assert backend.loaded and worker_threads() == ['emotion_worker']
     ans = rig.send(det_array(header(2), PERSONS), image_msg(2))
     assert [p.status for p in ans.persons] == [OK, OK]
@@ -135,22 +139,26 @@ def test_emotion_node_lifecycle_frees_model_and_threads(harness):
     assert node.trigger_configure().name == 'SUCCESS'
     assert node.trigger_activate().name == 'SUCCESS'
     assert worker_threads() == ['emotion_worker']
+    backend = node.pipeline.backend
     assert node.trigger_shutdown().name == 'SUCCESS'
-    assert state(node) == 'finalized' and worker_threads() == []
+    assert state(node) == 'finalized' and worker_threads() == [] and not backend.loaded
 
 
-def test_person_detector_lifecycle_frees_model_and_threads(harness):
+@pytest.mark.parametrize('free', [False, True])
+def test_person_detector_lifecycle_keeps_or_frees_model_and_threads(harness, free):
     node = harness.add(PersonDetectorNode(context=harness.context, parameter_overrides=[
-        Parameter('device', value='cpu')]))
+        Parameter('device', value='cpu'), Parameter('free_on_deactivate', value=free)]))
     assert node.trigger_configure().name == 'SUCCESS'
     detector = node.detector
-    assert detector.model is not None
+    model = detector.model
+    assert model is not None
     assert node.trigger_activate().name == 'SUCCESS'
     assert worker_threads() == ['person_detector_worker']
     assert node.trigger_deactivate().name == 'SUCCESS'
-    assert detector.model is None and worker_threads() == []
+    assert (detector.model is None) is free and worker_threads() == []
     assert node.trigger_activate().name == 'SUCCESS'
     assert detector.model is not None and worker_threads() == ['person_detector_worker']
+    assert (detector.model is model) is (not free)  # kept: the same model and tracker
     assert node.trigger_deactivate().name == 'SUCCESS'
     assert node.trigger_cleanup().name == 'SUCCESS'
     assert node.detector is None and detector.model is None and worker_threads() == []

@@ -16,8 +16,8 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from emotion_perception.ros.image_conversion import (  # noqa: E402
-    ENCODINGS, ImageConversionError, compressed_image_size, compressed_to_rgb, encoding_info,
-    image_msg_to_numpy, image_msg_to_rgb, numpy_to_image_msg, rgb_to_compressed)
+    CAMERA_ENCODINGS, ENCODINGS, ImageConversionError, compressed_image_size, compressed_to_rgb,
+    encoding_info, image_msg_to_numpy, image_msg_to_rgb, numpy_to_image_msg, rgb_to_compressed)
 
 ALL_ENCODINGS = sorted(ENCODINGS)
 
@@ -70,6 +70,8 @@ def test_round_trip_every_encoding(encoding, height, width, pad, bigendian, seed
         out = image_msg_to_numpy(variant)
         assert out.dtype == info.dtype and out.dtype.isnative
         np.testing.assert_array_equal(out, arr)
+        if encoding in CAMERA_ENCODINGS:
+            continue  # YUV/Bayer to RGB: against their own reference, test_camera_encodings.py
         rgb = image_msg_to_rgb(variant)
         assert rgb.shape == (height, width, 3) and rgb.dtype == np.uint8
         assert rgb.flags.c_contiguous
@@ -131,8 +133,8 @@ def test_valid_handmade_message_converts():
 
 def test_unknown_encoding():
     with pytest.raises(ImageConversionError,
-                       match=r"unknown or unsupported image encoding 'yuv422'"):
-        image_msg_to_numpy(make_msg(encoding='yuv422'))
+                       match=r"unknown or unsupported image encoding 'nv21'"):
+        image_msg_to_numpy(make_msg(encoding='nv21'))
     with pytest.raises(ImageConversionError, match='unknown or unsupported image encoding'):
         numpy_to_image_msg(np.zeros((2, 2, 3), np.uint8), '32FC1')
 

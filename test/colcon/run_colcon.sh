@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Proves the robot build path: colcon (colcon-common-extensions from PyPI) builds this package
 # as ros.ament_cmake in a fresh workspace, with the venv's ROS 2 wheels as the underlay, then
-# checks the install tree and runs `colcon test` (the light test of the INSTALLED package,
-# test/colcon/test_installed_package.py, registered in CMakeLists.txt).
+# checks the install tree and runs `colcon test`: the light test of the INSTALLED package
+# (test/colcon/test_installed_package.py) and the real launch test (test/colcon/test_launch.py:
+# launch/emotion_perception.launch.py run by the real launch/launch_ros), both registered in
+# CMakeLists.txt. launch/launch_ros come from apt ROS when importable, else they are built from
+# ../shared/ros2_launch (build.sh, about 30 s, cached in $EP_ROS2_LAUNCH_DIR); with neither the
+# launch test skips with the reason.
 #
-# Usage: bash test/colcon/run_colcon.sh        (called by `make colcon-test`)
+# Usage: bash test/colcon/run_colcon.sh        (called by `make colcon-test` and `make test`)
 # Env:   VIRTUAL_ENV       underlay venv (default: <repo>/.venv)
 #        EP_KEEP_COLCON_WS=1  keep the temporary workspace (its path is printed)
+#        EP_ROS2_LAUNCH_DIR   where ../shared/ros2_launch is built (default: $VIRTUAL_ENV/ros2_launch)
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -27,6 +32,7 @@ cleanup() {
 trap cleanup EXIT
 WS=$TMP/ws
 step() { echo "=== run_colcon: $* ($(( SECONDS - T0 )) s)"; }
+fail() { echo "run_colcon: FAIL: $*" >&2; exit 1; }
 T0=$SECONDS
 
 # -- 1. a fresh workspace with a copy of the package (no venv, build outputs, generated code) --
@@ -50,6 +56,29 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 YOLO_OFFLINE=1
 export COLCON_HOME=$TMP/colcon_home   # no user colcon defaults/mixins leak in
 cd "$WS"
 
+# -- 2b. the real launch stack: apt's, or built from ../shared/ros2_launch --
+LAUNCH_SETUP=
+if python -c 'import launch, launch_ros' 2>/dev/null; then
+  export EP_REQUIRE_LAUNCH=1
+  step "launch/launch_ros importable from the environment (apt ROS)"
+else
+  LAUNCH_SRC=
+  for d in "$SRC/../shared/ros2_launch" "$SRC/shared/ros2_launch"; do
+    [[ -f $d/build.sh ]] && { LAUNCH_SRC=$(cd "$d" && pwd); break; }
+  done
+  if [[ -n $LAUNCH_SRC ]]; then
+    LAUNCH_DIR=${EP_ROS2_LAUNCH_DIR:-$VENV/ros2_launch}
+    T=$SECONDS
+    bash "$LAUNCH_SRC/build.sh" "$VENV" "$LAUNCH_DIR" || fail "building $LAUNCH_SRC"
+    LAUNCH_SETUP=$LAUNCH_DIR/install/setup.bash
+    export EP_REQUIRE_LAUNCH=1
+    step "launch/launch_ros from $LAUNCH_SRC in $LAUNCH_DIR, build step took $(( SECONDS - T )) s"
+  else
+    echo "run_colcon: no launch/launch_ros (no apt ROS, no ../shared/ros2_launch): the launch" \
+         "test will skip" >&2
+  fi
+fi
+
 # -- 3. build --
 T=$SECONDS
 colcon build --event-handlers console_cohesion+ \
@@ -58,7 +87,6 @@ step "colcon build took $(( SECONDS - T )) s"
 
 # -- 4. the install tree --
 INST=$WS/install/$PKG
-fail() { echo "run_colcon: FAIL: $*" >&2; exit 1; }
 for exe in person_detector emotion_node; do
   [[ -f $INST/lib/$PKG/$exe && -x $INST/lib/$PKG/$exe ]] \
     || fail "$INST/lib/$PKG/$exe missing or not executable"
@@ -71,6 +99,8 @@ step "install tree: executables and share/{launch,config,msg} present"
 
 # -- 5. the messages import from the INSTALLED tree (not the source, not the venv's pip -e) --
 set +u   # colcon's setup scripts read unset variables
+# shellcheck disable=SC1090,SC1091
+[[ -n $LAUNCH_SETUP ]] && source "$LAUNCH_SETUP"   # launch/launch_ros underneath our install
 # shellcheck disable=SC1091
 source "$WS/install/setup.bash"
 set -u
@@ -151,10 +181,15 @@ for i in "${!pids[@]}"; do
 done
 step "installed executables start as unconfigured lifecycle nodes and stop on SIGINT"
 
-# -- 7. colcon test (only the light installed-package test is registered) --
+# -- 7. colcon test: the installed-package checks and the real launch test --
 T=$SECONDS
 colcon test --event-handlers console_cohesion+ --return-code-on-test-failure \
   || fail "colcon test"
 colcon test-result --verbose || fail "colcon test-result reports failures"
+if [[ ${EP_REQUIRE_LAUNCH:-0} == 1 ]]; then  # the launch test must have run, not skipped
+  XUNIT=$WS/build/$PKG/test_results/$PKG/test_launch.xunit.xml
+  grep -q 'name="test_launch_file_compressed' "$XUNIT" 2>/dev/null && ! grep -q '<skipped' "$XUNIT" \
+    || fail "the launch test did not run ($XUNIT; see the colcon test output above)"
+fi
 step "colcon test took $(( SECONDS - T )) s"
 echo "run_colcon: OK (total $(( SECONDS - T0 )) s)"

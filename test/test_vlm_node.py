@@ -66,7 +66,7 @@ def run_bag(bag, emotion_params):
 
         assert harness.wait_for(detector_done, 120), det.stats.snapshot()
         assert harness.wait_for(lambda: len(out) == len(dets), 120), (len(dets), len(out))
-        return dets, out
+        return dets, out, emo.diagnostics()[2]
 
 
 @pytest.mark.parametrize('backend', ['vlm', 'caption_llm'])
@@ -77,8 +77,10 @@ def test_vlm_backends_inside_emotion_node_over_a_bag(bag, models, backend):
     else:
         params.update({'backend.model': str(models['captioner']),
                        'backend.llm': str(models['llm'])})
-    dets, out = run_bag(bag, params)
+    dets, out, diag = run_bag(bag, params)
     assert len(out) == len(dets) >= 1
+    # the backend's own state reaches /diagnostics: the questions shared the prefix, VAD read
+    assert diag['backend.prefix_sharing'] is True and diag['backend.vad'] == 'ok'
     assert sorted(m.header.stamp.nanosec for m in out) == sorted(
         m.header.stamp.nanosec for m in dets)
     answered = [p for m in out for p in m.persons]

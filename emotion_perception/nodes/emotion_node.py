@@ -488,6 +488,11 @@ class EmotionNode(PerceptionNode):
             'tracks_cached': len(self.pipeline.cache) if self.pipeline else 0,
             'busy_s': f'{busy_s:.2f}',
         }
+        if backend is not None:
+            try:  # e.g. backend.prefix_sharing (False: questions re-encoded), backend.vad
+                values.update({f'backend.{k}': v for k, v in backend.diagnostics().items()})
+            except Exception as exc:  # noqa: BLE001 - diagnostics must never fail
+                values['backend.diagnostics_error'] = f'{type(exc).__name__}: {exc}'
         values.update({k: v for k, v in sorted(counts.items())})
         return level, message, values
 

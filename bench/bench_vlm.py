@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+import numpy as np  # noqa: E402
+
 from emotion_perception.core.backends import _prefix_scoring as ps  # noqa: E402
 from emotion_perception.core.backends.vlm import VLMBackend  # noqa: E402
 from emotion_perception.core.types import BBox  # noqa: E402
@@ -203,7 +205,7 @@ def main() -> int:
 
     # 2. tree vs per-question re-encoding
     if not args.skip_naive:
-        t_tree, t_naive, diff = [], [], 0.0
+        t_tree, t_naive, diff, sdiff, vdiff = [], [], 0.0, 0.0, 0.0
         for frame in frames:
             batch = score.preprocess(frame, BOXES[:1]).batches
             out: dict[str, Any] = {}
@@ -213,15 +215,19 @@ def main() -> int:
                     model, batch, sp.tree, sp.suffixes, sp.plans, score._device,
                     score._dtype, use_tree=use)[0]), device))
             diff = max(diff, float((out['tree'] - out['naive']).abs().max()))
+            (st, vt), (sn, vn) = sp.results(out['tree'])[0], sp.results(out['naive'])[0]
+            sdiff = max(sdiff, float(np.abs(st - sn).max()))
+            vdiff = max(vdiff, float(np.nanmax(np.abs(np.array(vt) - np.array(vn)))))
         r = statistics.mean(t_naive) / statistics.mean(t_tree)
         n_calls = len(sp.tree.readouts)
         print('### 2. question tree vs re-encoding the prompt per question (ms per person)')
         print('| method | forward passes | ms/person |\n|---|---|---|')
         print(f'| question tree | 2 (prefix, then {sp.tree.size} tree nodes) | {mean_sd(t_tree)} |')
         print(f'| per question | {n_calls} full prompts | {mean_sd(t_naive)} |')
-        print(f'\nper question / tree = {r:.1f}; max |log-prob difference| = {diff:.2e}\n')
+        print(f'\nper question / tree = {r:.1f}; max |difference|: scores {sdiff:.2e}, VAD '
+              f'{vdiff:.2e}, read-out log-probs {diff:.2e}\n')
         report.update(naive_ms=statistics.mean(t_naive), naive_over_score=r,
-                      naive_max_abs_diff=diff)
+                      naive_max_abs_diff=max(sdiff, vdiff), logprob_max_abs_diff=diff)
 
     # 3. batched vs one by one
     print('### 3. persons of one frame: one batch vs one by one (score mode, ms per person)')

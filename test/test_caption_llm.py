@@ -70,6 +70,16 @@ def test_score_mode_equals_naive_and_ranges(models):
         assert res.text.startswith('Caption: ')
 
 
+def test_prefill_score_prompt_equals_naive(models):
+    """score_prompt='prefill' on the text LLM: the questions continue the assistant turn."""
+    backend = make_backend(*models, score_prompt='prefill')
+    assert backend.tokenizer.decode(list(backend._score.suffixes[1])) == 'Anger:'
+    results = backend.predict(IMAGE, BOXES[:1])
+    ref_scores, ref_vad = backend.naive_scores(IMAGE, BOXES[:1])
+    np.testing.assert_allclose(results[0].scores, ref_scores[0], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(results[0].vad, ref_vad[0], atol=1e-4, rtol=0)
+
+
 def test_batch_equals_one_by_one(models):
     """Captions differ in length, so the LLM prefixes are left-padded in the batch."""
     backend = make_backend(*models, batch_size=3)

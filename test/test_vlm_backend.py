@@ -135,6 +135,31 @@ def test_score_equals_per_question_reencoding(family_model):
         np.testing.assert_allclose(vad, rv, atol=1e-4, rtol=0)
 
 
+def test_prefill_score_prompt(family_model):
+    """score_prompt='prefill': the questions continue the assistant turn ('Anger:'), so the
+    template's assistant start is shared: a smaller tree, and still exactly the re-encoded
+    prompts (all 29) and the per-sequence reference."""
+    family, path = family_model
+    question = make_backend(path)
+    backend = make_backend(path, score_prompt='prefill')
+    s = backend._score
+    assert s.tree.size < 0.6 * question._score.tree.size
+    tok = backend.processor.tokenizer
+    assert tok.decode(list(s.suffixes[1])).strip() == 'Anger:'
+    batch = backend.preprocess(IMAGE, BOXES[:1])
+    tree_lp, used, _ = ps.score_batches(backend.model, batch.batches, s.tree, s.suffixes,
+                                        s.plans, 'cpu', torch.float32, use_tree=True)
+    ref_lp, _, _ = ps.score_batches(backend.model, batch.batches, s.tree, s.suffixes, s.plans,
+                                    'cpu', torch.float32, use_tree=False)
+    assert used
+    torch.testing.assert_close(tree_lp, ref_lp, atol=1e-4, rtol=0)
+    res = backend.predict(IMAGE, BOXES[:1])[0]
+    ref_scores, ref_vad = backend.naive_scores(IMAGE, BOXES[:1], questions=(0, 26))
+    np.testing.assert_allclose(res.scores[0], ref_scores[0, 0], atol=1e-4)
+    np.testing.assert_allclose(res.vad[0], ref_vad[0, 0], atol=1e-4)
+    assert all(1.0 <= v <= 10.0 for v in res.vad)
+
+
 @pytest.mark.parametrize('marking', prompts.MARKINGS)
 def test_batch_of_persons_equals_one_by_one(family_model, marking):
     """All persons in one processor + model call == each person alone. With crop markings the
@@ -420,5 +445,7 @@ def test_options_are_validated():
         create_backend('vlm', {'marking': 'blue_box'})
     with pytest.raises(ValueError, match='parser'):
         create_backend('vlm', {'parser': 'regex'})
+    with pytest.raises(ValueError, match='score_prompt'):
+        create_backend('vlm', {'score_prompt': 'chat'})
     with pytest.raises(ValueError, match='unknown option'):
         create_backend('vlm', {'temperature': 0.2})

@@ -126,19 +126,53 @@ def build_prompt(marking: str = 'red_box', definitions: bool = False,
     return '\n'.join(lines)
 
 
-def score_prefix(marking: str = 'red_box', definitions: bool = False) -> str:
-    """The part of the score-mode question shared by all categories (and the VAD questions).
+#: how score mode asks its 29 questions (``score_prompt`` option):
+#: 'question': each is a user question ('Answer yes or no: does the person ... feel Anger?')
+#:     followed by the chat template's assistant start: the natural VQA form;
+#: 'prefill': one user instruction asks for a list of answers; each question is the start of
+#:     the assistant's answer ('Anger:'), so the template's assistant start is shared by all
+#:     questions and each question costs only its own few tokens (cheaper, less natural).
+SCORE_PROMPTS: tuple[str, ...] = ('question', 'prefill')
 
-    The per-category ``category_query`` is appended to it after a newline.
+
+def _check_score_prompt(score_prompt: str) -> None:
+    if score_prompt not in SCORE_PROMPTS:
+        raise ValueError(f'unknown score_prompt {score_prompt!r}; choose one of {SCORE_PROMPTS}')
+
+
+def score_prefix(marking: str = 'red_box', definitions: bool = False,
+                 score_prompt: str = 'question') -> str:
+    """The user text shared by all categories and the VAD questions in score mode.
+
+    'question': the per-question ``score_queries`` text follows it after a newline, in the same
+    user turn. 'prefill': it is the whole user turn; the questions are assistant text.
     """
+    _check_score_prompt(score_prompt)
     target = target_phrase(marking)
-    return '\n'.join([
-        'Here is a list of emotion categories:' if not definitions
-        else 'Here is a list of emotion categories with their meaning:',
-        category_list(definitions),
-        f'Look at {target}: the facial expression, the body pose, what the person is doing '
-        'and the whole scene. Then answer the question.',
-    ])
+    lines = ['Here is a list of emotion categories:' if not definitions
+             else 'Here is a list of emotion categories with their meaning:',
+             category_list(definitions),
+             f'Look at {target}: the facial expression, the body pose, what the person is doing '
+             'and the whole scene.']
+    if score_prompt == 'question':
+        lines[-1] += ' Then answer the question.'
+    else:
+        lines.append(prefill_instruction(target_phrase(marking, short=True)))
+    return '\n'.join(lines)
+
+
+def prefill_instruction(target: str = 'the person') -> str:
+    """The instruction of the 'prefill' score prompt: the answer format the model continues."""
+    return (f'For each emotion category, answer "yes" if {target} feels it and "no" otherwise, '
+            'one line per category in the form "Category: yes". Then rate valence, arousal and '
+            'dominance with one digit from 0 to 9 each, in the form "Valence: 5".')
+
+
+def prefill_queries(rendered_prompt: str, queries: Sequence[str]) -> list[str]:
+    """'prefill' questions as they follow the rendered prompt (assistant turn start): after a
+    template that ends with a space or newline directly, else after one space."""
+    sep = '' if not rendered_prompt or rendered_prompt[-1].isspace() else ' '
+    return [sep + q for q in queries]
 
 
 #: score-mode question per category (``{target}`` = short target phrase). The wording shared by
@@ -165,8 +199,25 @@ def vad_query(dimension: str, marking: str = 'red_box') -> str:
     return VAD_QUERY_TEMPLATE.format(question=question)
 
 
-def score_queries(marking: str = 'red_box', include_vad: bool = True) -> list[str]:
-    """The 26 category questions in EMOTIC order, then (optionally) valence, arousal, dominance."""
+#: 'prefill' answers: the start of the assistant's line per VAD dimension (scale anchors kept)
+VAD_PREFILLS: dict[str, str] = {
+    'valence': 'Valence (0 = very unpleasant, 9 = very pleasant):',
+    'arousal': 'Arousal (0 = very calm, 9 = very agitated):',
+    'dominance': 'Dominance (0 = not at all in control, 9 = fully in control):',
+}
+
+
+def score_queries(marking: str = 'red_box', include_vad: bool = True,
+                  score_prompt: str = 'question') -> list[str]:
+    """The 26 category questions in EMOTIC order, then (optionally) valence, arousal, dominance.
+
+    'question': user questions (``category_query`` / ``vad_query``); 'prefill': the start of
+    each answer line of the assistant ('Anger:', 'Valence (0 = ..., 9 = ...):').
+    """
+    _check_score_prompt(score_prompt)
+    if score_prompt == 'prefill':
+        queries = [f'{c}:' for c in EMOTIC_CATEGORIES]
+        return queries + (list(VAD_PREFILLS.values()) if include_vad else [])
     queries = [category_query(c, marking) for c in EMOTIC_CATEGORIES]
     if include_vad:
         queries += [vad_query(d, marking) for d in VAD_QUESTIONS]
@@ -273,8 +324,10 @@ def mark_image(image: np.ndarray, box: BBox, marking: str = 'red_box',
     return draw_box(crop(image, ctx), shifted, width=line_width(image.shape))
 
 
-__all__ = ['CATEGORY_DEFINITIONS', 'CATEGORY_QUERY_TEMPLATE', 'MARKINGS', 'RED', 'VAD_QUESTIONS',
+__all__ = ['CATEGORY_DEFINITIONS', 'CATEGORY_QUERY_TEMPLATE', 'MARKINGS', 'RED', 'SCORE_PROMPTS',
+           'VAD_PREFILLS', 'VAD_QUESTIONS',
            'VAD_QUERY_TEMPLATE', 'build_prompt', 'caption_prompt', 'category_list',
            'category_query', 'context_box', 'crop', 'draw_box', 'line_width', 'mark_image',
-           'narrative_prefix', 'narrative_question', 'score_prefix', 'score_queries',
+           'narrative_prefix', 'narrative_question', 'prefill_instruction', 'prefill_queries',
+           'score_prefix', 'score_queries',
            'target_phrase', 'vad_query']

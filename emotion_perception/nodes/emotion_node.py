@@ -83,6 +83,9 @@ BACKEND_PARAMS = [
     ParamSpec('backend.parser', 'robust', "generate mode: how labels are found in the answer: "
               "'robust' (word forms, negation) or 'paper' (the authors' substring protocol)",
               one_of('robust', 'paper')),
+    ParamSpec('backend.score_prompt', 'question', "score mode: 'question' (each category a "
+              "user question) or 'prefill' (each question starts the assistant's answer line, "
+              "'Anger:': fewer tokens per question)", one_of('question', 'prefill')),
     ParamSpec('backend.marking', 'red_box', "how the target person is shown to a VLM: "
               "'red_box' on the full frame (paper), 'crop', 'crop_context'",
               one_of('red_box', 'crop', 'crop_context')),

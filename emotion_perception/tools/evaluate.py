@@ -47,7 +47,7 @@ REPORT_FILE = 'report.md'
 THRESHOLDS_FILE = 'thresholds.json'
 #: options that change what the backend predicts: a resumed run must use the same values
 PROMPT_KEYS: tuple[str, ...] = ('dtype', 'marking', 'definitions', 'num_labels', 'max_new_tokens',
-                                'caption_max_new_tokens')
+                                'caption_max_new_tokens', 'score_prompt')
 IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'split',
                                   'format', *PROMPT_KEYS)
 #: stop after this many images in a row failed as a whole (a broken model, not a bad image)

@@ -209,6 +209,10 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
                         "forms, negation; default) or 'paper' (the authors' protocol: the "
                         'lower-case category name occurs in the answer), for numbers computed '
                         "as in the paper's Table I")
+    p.add_argument('--score-prompt', choices=['question', 'prefill'],
+                   help="score mode: 'question' (each category a user question, default) or "
+                        "'prefill' (each question starts the assistant's answer line, 'Anger:': "
+                        'fewer tokens per question)')
     p.add_argument('--batch-size', type=int, help='max persons per model call')
     p.add_argument('--device', help="'auto', 'cpu', 'cuda', 'cuda:1'")
     p.add_argument('--device-map', help="from_pretrained device map spreading a large model "
@@ -231,7 +235,8 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
 
 
 #: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
-BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'batch_size',
+BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_prompt',
+                 'batch_size',
                  'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
                  'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code')
 

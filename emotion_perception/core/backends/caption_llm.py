@@ -153,18 +153,26 @@ class CaptionLLMBackend(EmotionBackend):
         self._device, self._dtype = model_device(self.llm), self.llm.dtype
         self._score = None
         if self.options.mode == 'score':
-            # the question tokens depend only on how the head ends (the category list), not on
-            # the caption: built once with a stand-in caption, checked in the tests
-            head, tail = split_chat_prompt(self._render_llm, self._narrative('A person.'))
-            self._tail = tail
-            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail,
-                                             prompts.score_queries('crop'), NUM_CATEGORIES,
-                                             tok.unk_token_id)
+            # the question tokens depend only on how the head ends, not on the caption: built
+            # once with a stand-in caption (checked in the tests)
+            head, tail = self._llm_head('A person.')
+            queries = prompts.score_queries('crop', score_prompt=self.options.score_prompt)
+            if self.options.score_prompt == 'prefill':
+                queries = prompts.prefill_queries(head, queries)
+            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail, queries,
+                                             NUM_CATEGORIES, tok.unk_token_id)
             if self._score.vad_reason:
                 LOG.warning('%s: %s', self.options.llm, self._score.vad_reason)
 
     def _narrative(self, caption: str) -> str:
         return prompts.narrative_prefix(caption, self.options.definitions)
+
+    def _llm_head(self, caption: str) -> tuple[str, str]:
+        """Score mode: (the LLM prompt up to the questions, what follows each question)."""
+        if self.options.score_prompt == 'prefill':
+            return self._render_llm(self._narrative(caption) + '\n' +
+                                    prompts.prefill_instruction('the person')), ''
+        return split_chat_prompt(self._render_llm, self._narrative(caption))
 
     def _render_llm(self, text: str) -> str:
         """The LLM prompt for user ``text`` (chat template, or plain text + 'Answer:')."""
@@ -209,7 +217,7 @@ class CaptionLLMBackend(EmotionBackend):
         texts = []
         for cap in captions:
             if score:
-                texts.append(split_chat_prompt(self._render_llm, self._narrative(cap))[0])
+                texts.append(self._llm_head(cap)[0])
             else:
                 texts.append(self._render_llm(self._narrative(cap) + '\n' +
                                               prompts.narrative_question(o.num_labels or None)))

@@ -299,6 +299,10 @@ class PromptModelOptions(BackendOptions):
         num_labels: generate mode: ask for exactly this many labels (paper "*": 6); 0 = any.
         max_new_tokens: generate mode: answer length bound.
         batch_size: most persons per model call.
+        score_prompt: score mode: 'question' (each of the 29 a user question, the natural form)
+            or 'prefill' (one instruction; each question is the start of the assistant's
+            answer line, e.g. 'Anger:', so the template's assistant start is shared: fewer
+            tokens per question; see ``prompts.SCORE_PROMPTS``).
         parser: generate mode: how labels are found in the answer: 'robust' (forms,
             negation; ``label_parsing.parse_labels``) or 'paper' (the authors' protocol: a
             category counts when its lower-case name occurs in the lower-cased answer).
@@ -314,6 +318,7 @@ class PromptModelOptions(BackendOptions):
     max_new_tokens: int = 64
     batch_size: int = 4
     parser: str = 'robust'
+    score_prompt: str = 'question'
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -324,6 +329,9 @@ class PromptModelOptions(BackendOptions):
             raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if self.parser not in PARSERS:
             raise ValueError(f'parser must be one of {PARSERS}, got {self.parser!r}')
+        if self.score_prompt not in prompts.SCORE_PROMPTS:
+            raise ValueError(f'score_prompt must be one of {prompts.SCORE_PROMPTS}, '
+                             f'got {self.score_prompt!r}')
         if int(self.batch_size) < 1 or int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
             raise ValueError('batch_size and max_new_tokens must be >= 1, num_labels >= 0')
 
@@ -421,11 +429,15 @@ class VLMBackend(EmotionBackend):
         from ._prefix_scoring import ScorePrompts
         o, tok = self.options, self.processor.tokenizer
         if o.mode == 'score':
-            head, tail = split_chat_prompt(self._render,
-                                           prompts.score_prefix(o.marking, o.definitions))
-            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail,
-                                             prompts.score_queries(o.marking), NUM_CATEGORIES,
-                                             tok.unk_token_id)
+            prefix = prompts.score_prefix(o.marking, o.definitions, o.score_prompt)
+            queries = prompts.score_queries(o.marking, score_prompt=o.score_prompt)
+            if o.score_prompt == 'question':
+                head, tail = split_chat_prompt(self._render, prefix)
+            else:  # the questions continue the assistant turn
+                head, tail = self._render(prefix), ''
+                queries = prompts.prefill_queries(head, queries)
+            self._score = ScorePrompts.build(tokenize_fn(tok), head, tail, queries,
+                                             NUM_CATEGORIES, tok.unk_token_id)
             self._head = head
             if self._score.vad_reason:
                 LOG.warning('%s: %s', self.model_id, self._score.vad_reason)

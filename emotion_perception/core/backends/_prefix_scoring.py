@@ -477,6 +477,35 @@ class ScorePrompts:
                 out[key] = out[key][:, :-self.head_drop]
         return out
 
+    def naive_results(self, model: Any, prefix: Mapping[str, torch.Tensor],
+                      questions: Sequence[int] | None = None
+                      ) -> tuple[list[float], list[float]]:
+        """The independent reference of ``results`` for ONE person (batch 1, unpadded, on the
+        model's device): one full forward pass per question and answer token sequence
+        (``naive_sequence_logprobs``), outcome probabilities summed over spellings, then
+        ``P(yes) / (P(yes) + P(no))`` and ``1 + sum_d d P(d) / sum_d P(d)`` written out here.
+
+        Args:
+            questions: indices to compute (None: all); the others are NaN.
+
+        Returns:
+            (26 category scores, 3 VAD values).
+        """
+        import numpy as np
+        probs: list[Any] = []
+        for q, plan in enumerate(self.plans):
+            if plan is None or (questions is not None and q not in questions):
+                probs.append(None)
+                continue
+            probs.append(np.array([sum(np.exp(naive_sequence_logprobs(model, prefix,
+                                                                      self.suffixes[q], seq))
+                                       for seq in seqs) for seqs in plan.sequences]))
+        cats = [p[0] / (p[0] + p[1]) if p is not None else np.nan
+                for p in probs[:self.n_categories]]
+        vad = [1.0 + float((p * np.arange(10)).sum() / p.sum()) if p is not None else np.nan
+               for p in probs[self.n_categories:]]
+        return cats, vad
+
     def results(self, logp: torch.Tensor) -> list[tuple[Any, tuple[float, float, float]]]:
         """Per person: (26 scores float32 array, (valence, arousal, dominance) on 1-10 or NaN)."""
         import numpy as np

@@ -527,29 +527,18 @@ class VLMBackend(EmotionBackend):
         Returns:
             scores (P, 26) float32 in [0, 1] and VAD (P, 3) float32 in [1, 10] (NaN if unread).
         """
-        from ._prefix_scoring import naive_sequence_logprobs, select_rows, to_device
+        from ._prefix_scoring import select_rows, to_device
         if not self._loaded or self.options.mode != 'score':
             raise BackendError('naive_scores needs a loaded backend in score mode')
         h, w = image.shape[:2]
         batch = self.preprocess(image, [b.clipped(w, h) for b in boxes])
-        s = self._score
         scores, vads = [], []
         for enc in batch.batches:
             for i in range(int(enc['input_ids'].shape[0])):
                 one = to_device(select_rows(enc, i, i + 1), self._device, self._dtype)
-                probs = []
-                for q, plan in enumerate(s.plans):
-                    if plan is None or (questions is not None and q not in questions):
-                        probs.append(None)
-                        continue
-                    p = np.array([sum(np.exp(naive_sequence_logprobs(self.model, one,
-                                                                     s.suffixes[q], seq))
-                                      for seq in seqs) for seqs in plan.sequences])
-                    probs.append(p)
-                scores.append([p[0] / (p[0] + p[1]) if p is not None else np.nan
-                               for p in probs[:NUM_CATEGORIES]])
-                vads.append([1.0 + float((p * np.arange(10)).sum() / p.sum()) if p is not None
-                             else np.nan for p in probs[NUM_CATEGORIES:]])
+                cats, vad = self._score.naive_results(self.model, one, questions)
+                scores.append(cats)
+                vads.append(vad)
         return np.asarray(scores, dtype=np.float32), np.asarray(vads, dtype=np.float32)
 
     # -- generate mode -----------------------------------------------------------------------

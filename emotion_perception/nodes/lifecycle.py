@@ -62,6 +62,13 @@ def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> i
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is the shutdown race
+        # SIGINT/SIGTERM run rclpy's handler, which shuts the context down while the executor
+        # may be building its next wait set: that raises RCLError('... the given context is
+        # not valid ...') from executor.spin() instead of ExternalShutdownException. It is
+        # the requested shutdown, not a failure (exit code 0); any other error is raised.
+        if rclpy.ok() or 'context is not valid' not in str(exc):
+            raise
     finally:
         # A second SIGINT/SIGTERM during clean-up must not abort it (exit code stays 0).
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -32,8 +32,9 @@ Lifecycle (``nodes.base``): configure validates parameters and loads the backend
 staying unconfigured with the reason logged, when the model cannot be loaded); activate
 subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
 with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
-``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter`` and
-``backend.trust_remote_code`` are read-only: set at start-up only.
+``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter``,
+``backend.trust_remote_code``, ``backend.url``, ``backend.api_key_env`` and ``backend.ca_bundle``
+are read-only: set at start-up only.
 """
 from __future__ import annotations
 
@@ -102,6 +103,20 @@ BACKEND_PARAMS = [
               '(off unless you trust the model source)', read_only=True),
     ParamSpec('backend.thresholds', '', 'JSON file of per-category thresholds (from '
               "`emotion-perception evaluate --tune-thresholds-on val`); '' = 0.5 for all"),
+    ParamSpec('backend.url', [], "remote: base URL(s) of OpenAI-compatible servers (vLLM), "
+              "ending in /v1, e.g. ['http://gpu-server:8000/v1']; several = balanced, a "
+              'failing one is taken out and probed back in', list_of=str, read_only=True),
+    ParamSpec('backend.api_key_env', '', 'remote: name of the environment variable holding '
+              "the API key ('' = none); the key itself is never logged", read_only=True),
+    ParamSpec('backend.timeout_s', 30.0, 'remote: per-request timeout (s)', in_range(0.01, 3600)),
+    ParamSpec('backend.max_concurrency', 16, 'remote: most requests in flight (all servers)',
+              in_range(1, 1024)),
+    ParamSpec('backend.retries', 2, 'remote: retries of a request after a connection error, '
+              'timeout or HTTP 5xx (with backoff, on another server when there are several)',
+              in_range(0, 10)),
+    ParamSpec('backend.verify_tls', True, 'remote: verify https certificates (keep on)'),
+    ParamSpec('backend.ca_bundle', '', "remote: CA bundle file for https ('' = the system's)",
+              read_only=True),
 ]
 
 PARAMS = [

@@ -198,7 +198,7 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     """Backend options shared by process and evaluate: the emotion node's ``backend.*``
     parameters as flags (``--num-labels`` is ``backend.num_labels``). Not given = the config's
     value (process) or the backend's default (evaluate)."""
-    p.add_argument('--backend', help='face_baseline | vlm | caption_llm | module:Class')
+    p.add_argument('--backend', help='face_baseline | vlm | caption_llm | remote | module:Class')
     p.add_argument('--model', help='model id or path (pkg://package/file for shipped weights)')
     p.add_argument('--llm', help='caption_llm: the text LLM id or path')
     p.add_argument('--mode', choices=['score', 'generate'],
@@ -232,13 +232,21 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--thresholds', help='per-category thresholds JSON file')
     p.add_argument('--trust-remote-code', action='store_true', default=None,
                    help='allow the model repo to run its own code (off by default)')
+    p.add_argument('--url', action='append', metavar='URL',
+                   help="remote: base URL of an OpenAI-compatible server (vLLM) ending in /v1; "
+                        'repeat for several servers')
+    p.add_argument('--api-key-env', metavar='NAME',
+                   help='remote: environment variable holding the API key')
+    p.add_argument('--timeout-s', type=float, help='remote: per-request timeout (s)')
+    p.add_argument('--max-concurrency', type=int, help='remote: most requests in flight')
 
 
 #: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
 BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_prompt',
                  'batch_size',
                  'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
-                 'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code')
+                 'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code',
+                 'url', 'api_key_env', 'timeout_s', 'max_concurrency')
 
 
 def backend_overrides(args: argparse.Namespace) -> dict:

@@ -15,6 +15,7 @@ BACKENDS: dict[str, str] = {
     'face_baseline': 'emotion_perception.core.backends.face_baseline:FaceBaselineBackend',
     'vlm': 'emotion_perception.core.backends.vlm:VLMBackend',
     'caption_llm': 'emotion_perception.core.backends.caption_llm:CaptionLLMBackend',
+    'remote': 'emotion_perception.core.backends.remote:RemoteBackend',
 }
 
 

@@ -39,3 +39,28 @@ def tiny_vlm_dir(tmp_path_factory):
                 family, tmp_path_factory.mktemp('tiny_vlm') / name, **kwargs)
         return cache[key]
     return build
+
+
+#: the tiny LLaVA the vLLM tests serve: real Llama-2 SPM tokenizer and LLaVA-1.5 template, text
+#: head size 64 (vLLM's CPU attention has no kernel for the 8 of the default tiny shape), and a
+#: vocabulary exactly the tokenizer's (see ``build_tiny_vlm(pad_vocab=)``)
+VLLM_TINY_LLAVA = dict(hidden=256, heads=4, kv_heads=4, intermediate=512, pad_vocab=False)
+
+
+@pytest.fixture(scope='session')
+def vllm_server(tiny_vlm_dir):
+    """A real vLLM server (``make vllm``) serving the tiny LLaVA on 127.0.0.1, shared by the
+    session. Skipped when the vLLM venv is missing, unless EP_VLLM_PYTHON is set (``make test``
+    sets it): then a server that does not start is an error."""
+    from emotion_perception.testing import vllm_server as vs
+    reason = vs.missing_reason()
+    if reason:
+        if os.environ.get('EP_VLLM_PYTHON'):
+            pytest.fail(f'EP_VLLM_PYTHON is set but {reason}')
+        pytest.skip(reason)
+    model = tiny_vlm_dir('llava', **VLLM_TINY_LLAVA)
+    server = vs.VLLMServer(model, name='tiny-llava')
+    server.start()
+    server.model_dir = model
+    yield server
+    server.stop()

@@ -345,7 +345,7 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
                    hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                    intermediate: int | None = None, image_size: int | None = None,
                    tokenizer: str = 'real', chat_template: str | None = None,
-                   **vision: Any) -> Path:
+                   pad_vocab: bool = True, **vision: Any) -> Path:
     """Save a random model of ``family`` with its processor and tokenizer into ``path``.
 
     Args:
@@ -359,6 +359,10 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
             without digits).
         chat_template: None = the family's (or the toy's); '' = save none (error tests);
             else this template.
+        pad_vocab: pad the vocabulary to a multiple of 64 as hub checkpoints do (True), or
+            make it exactly the tokenizer's (vLLM 0.32's output handler crashes when an id
+            without a token, a padding row that a random model may rank high, is among the
+            top log-probs it returns).
         vision: family extras: vision_hidden, vision_layers, vision_heads,
             vision_intermediate, sliding_window (llava_next), max_pixels (qwen),
             patch_size/scale_factor/longest_edge (idefics3), rope_theta.
@@ -373,6 +377,8 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
     model, processor, renames = make_vlm(family, seed, hidden, layers, heads, kv_heads,
                                          intermediate, image_size, tokenizer, chat_template,
                                          **vision)
+    if not pad_vocab:
+        model.resize_token_embeddings(len(processor.tokenizer))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if renames:

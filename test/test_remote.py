@@ -239,6 +239,21 @@ def test_emotion_node_over_a_replayed_bag_with_the_remote_backend(vllm_server, b
     assert int(diag['backend.errors.unreachable']) == 0
 
 
+def test_process_cli_with_the_remote_backend(vllm_server, tmp_path):
+    """`emotion-perception process IMAGE --backend remote --url URL` as users run it."""
+    import json
+
+    from emotion_perception.core.model_files import sample_image_paths
+    from emotion_perception.tools.cli import main as cli_main
+    out = tmp_path / 'out'
+    assert cli_main(['process', str(sample_image_paths()['astronaut']), '--output', str(out),
+                     '--no-progress', '--no-images', '--backend', 'remote', '--url',
+                     vllm_server.url, '--model', 'tiny-llava', '--timeout-s', '60']) == 0
+    rows = [json.loads(line) for line in (out / 'emotions.jsonl').read_text().splitlines()]
+    assert rows and all(r['status'] == 'ok' and r['backend'] == 'remote' for r in rows), rows
+    assert all(r['model'] == 'tiny-llava' and len(r['scores']) == 26 for r in rows)
+
+
 def test_bench_remote_prints_every_table(vllm_server, tmp_path):
     """bench/bench_remote.py against the session's server (any URL works the same): every
     table printed, the persons answered, the cache counters read from /metrics."""

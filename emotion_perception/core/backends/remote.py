@@ -807,10 +807,14 @@ class RemoteBackend(EmotionBackend):
                     for seq in q.continuations:
                         futures[self._executor.submit(self._ask_sequence, p, qi, seq)] = p
         for fut in cf.as_completed(futures):
+            person = futures[fut]
+            if fut.cancelled():  # unload() during the call (e.g. deactivate, free)
+                person.error = person.error or RequestFailed(
+                    'bad_response', 'cancelled: the backend was unloaded', retry=False)
+                continue
             exc = fut.exception()
             if exc is None:
                 continue
-            person = futures[fut]
             if not isinstance(exc, RequestFailed):
                 exc = RequestFailed('bad_response', f'{type(exc).__name__}: {exc}', retry=False)
             if person.error is None:

@@ -32,6 +32,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+from collections import Counter  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -136,20 +137,26 @@ def main() -> int:
         # 1. score vs generate, interleaved
         times: dict[str, list[float]] = {'score': [], 'generate': []}
         statuses: dict[str, list[str]] = {'score': [], 'generate': []}
+        reasons: dict[str, Counter] = {'score': Counter(), 'generate': Counter()}
         for img in imgs:
             for name, b in (('score', score), ('generate', gen)):
                 t = time.perf_counter()
                 res = b.predict(img, persons)
                 times[name].append((time.perf_counter() - t) * 1e3 / len(persons))
-                statuses[name] += [r.status.name for r in res]
+                statuses[name] += [r.status.name.lower() for r in res]
+                reasons[name].update(r.reason for r in res if r.reason)
         med = {k: statistics.median(v) for k, v in times.items()}
         rows = [[k, f'{med[k]:.0f}', f'{min(v):.0f}-{max(v):.0f}',
-                 f'{statuses[k].count("OK")}/{len(statuses[k])}'] for k, v in times.items()]
+                 ', '.join(f'{s} {n}' for s, n in Counter(statuses[k]).most_common())]
+                for k, v in times.items()]
         d = score.diagnostics()
         per_person = (29 + int(d.get('continuation_sequences', 0)))
         table(f'1. ms per person, score vs generate ({len(persons)} persons/frame, '
               f'{args.frames} frames, max_concurrency 16; generate: {args.new_tokens} tokens)',
-              ['mode', 'ms/person (median)', 'range', 'OK'], rows)
+              ['mode', 'ms/person (median)', 'range', 'statuses'], rows)
+        for k, c in reasons.items():
+            for why, n in c.most_common(2):  # e.g. a random model's answer names no category
+                print(f'{k}: {n} x {why}')
         print(f'\nscore / generate = {med["score"] / med["generate"]:.2f}; score sends '
               f'{per_person} requests per person (29 questions + '
               f'{d.get("continuation_sequences", 0)} answers of several tokens); read-out '

@@ -274,7 +274,8 @@ def test_bench_remote_prints_every_table(vllm_server, tmp_path):
     report = json.loads(out.read_text())
     assert set(report['throughput_persons_per_s']) == {'1', '4'}
     assert report['prefix_cache_hit_rate'] != 'n/a'  # /metrics counters were read
-    assert '| score |' in proc.stdout and '2/2' in proc.stdout
+    assert '| score | ' in proc.stdout and 'ok 2 |' in proc.stdout  # table 1: both OK
+    assert '| 2/2 |' in proc.stdout  # table 2
 
 
 # -- a second server: keys, killed, restarted ----------------------------------------------------

@@ -136,18 +136,18 @@ def main() -> int:
         gen.predict(imgs[0], persons[:1])
         # 1. score vs generate, interleaved
         times: dict[str, list[float]] = {'score': [], 'generate': []}
-        statuses: dict[str, list[str]] = {'score': [], 'generate': []}
+        statuses: dict[str, Counter] = {'score': Counter(), 'generate': Counter()}
         reasons: dict[str, Counter] = {'score': Counter(), 'generate': Counter()}
         for img in imgs:
             for name, b in (('score', score), ('generate', gen)):
                 t = time.perf_counter()
                 res = b.predict(img, persons)
                 times[name].append((time.perf_counter() - t) * 1e3 / len(persons))
-                statuses[name] += [r.status.name.lower() for r in res]
+                statuses[name].update(r.status.name.lower() for r in res)
                 reasons[name].update(r.reason for r in res if r.reason)
         med = {k: statistics.median(v) for k, v in times.items()}
         rows = [[k, f'{med[k]:.0f}', f'{min(v):.0f}-{max(v):.0f}',
-                 ', '.join(f'{s} {n}' for s, n in Counter(statuses[k]).most_common())]
+                 ', '.join(f'{s} {n}' for s, n in statuses[k].most_common())]
                 for k, v in times.items()]
         d = score.diagnostics()
         per_person = (29 + int(d.get('continuation_sequences', 0)))

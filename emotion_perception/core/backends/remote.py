@@ -807,16 +807,14 @@ class RemoteBackend(EmotionBackend):
                     for seq in q.continuations:
                         futures[self._executor.submit(self._ask_sequence, p, qi, seq)] = p
         for fut in cf.as_completed(futures):
-            person = futures[fut]
             if fut.cancelled():  # unload() during the call (e.g. deactivate, free)
-                person.error = person.error or RequestFailed(
-                    'bad_response', 'cancelled: the backend was unloaded', retry=False)
+                exc = RequestFailed('bad_response', 'cancelled: the backend was unloaded',
+                                    retry=False)
+            elif (exc := fut.exception()) is None:
                 continue
-            exc = fut.exception()
-            if exc is None:
-                continue
-            if not isinstance(exc, RequestFailed):
+            elif not isinstance(exc, RequestFailed):
                 exc = RequestFailed('bad_response', f'{type(exc).__name__}: {exc}', retry=False)
+            person = futures[fut]
             if person.error is None:
                 person.error = exc
         return batch

@@ -43,7 +43,8 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 
 from ..ros.diagnostics import ERROR, OK, WARN, NodeStats, diagnostics_msg, make_status
-from ..ros.node_utils import CallbackGuard, KindLogger, WorkerBusyError, WorkerThread
+from ..ros.node_utils import (CallbackGuard, KindLogger, SafeLogger, WorkerBusyError,
+                              WorkerThread)
 from ..ros.params import (ParamSpec, declare_params, in_range, read_only_names, read_params,
                           unknown_parameter_overrides)
 
@@ -103,7 +104,8 @@ class PerceptionNode(LifecycleNode):
         self._outputs: list = []  # lifecycle publishers
         self._subs: list = []
         self._busy_since: float | None = None  # when the worker started the current item
-        self._worker = WorkerThread(self.WORKER_NAME, self._work_loop)
+        self._worker = WorkerThread(self.WORKER_NAME, self._work_loop,
+                                    on_death=self._on_worker_death)
         self._transition_lock = threading.RLock()
         self._transition: tuple[str, float] | None = None  # (name, started) while one runs
         self._setup_callback_groups()
@@ -121,6 +123,14 @@ class PerceptionNode(LifecycleNode):
                 f'ignoring {len(self.unknown_parameters)} parameter(s) that {self.get_name()} '
                 f'does not declare: {hints}. Check the spelling in the parameter file; '
                 '`ros2 param list` shows the declared names.')
+
+    def get_logger(self) -> SafeLogger:
+        """The node's logger, wrapped so that a log call can never raise into the calling
+        thread (rclpy raises when one call site changes severity; see ``SafeLogger``)."""
+        logger = self.__dict__.get('_safe_logger')
+        if logger is None:
+            logger = self._safe_logger = SafeLogger(super().get_logger())
+        return logger
 
     # -- hooks ---------------------------------------------------------------------------------
     def _configure_model(self, params: dict[str, Any]) -> str:
@@ -158,6 +168,10 @@ class PerceptionNode(LifecycleNode):
     def _drain(self) -> None:
         """After the worker stopped: answer or drop what is still queued."""
 
+    def _worker_died(self, reason: str, gave_up: bool) -> None:
+        """The worker loop ended by an exception: answer what it held (and, when it is not
+        restarted, what is queued). Runs in the dying worker thread."""
+
     def diagnostics(self) -> tuple[int, str, dict]:
         """(level, message, key values) while configured: what /diagnostics carries."""
         raise NotImplementedError
@@ -183,6 +197,15 @@ class PerceptionNode(LifecycleNode):
         """``Node.create_service`` with a guarded callback."""
         return super().create_service(srv_type, srv_name,
                                       self._callback_guard.wrap('service', callback), **kwargs)
+
+    def _on_worker_death(self, reason: str, gave_up: bool) -> None:
+        self._busy_since = None
+        self.stats.count('errors.worker_died')
+        what = ('not restarted: ' + self._worker.failed_reason if gave_up else
+                'restarted; the array it held is answered ERROR')
+        self.kind_log.error('worker_died', f'the {self.WORKER_NAME} thread died ({reason}); '
+                            f'{what}')
+        self._worker_died(reason, gave_up)
 
     def _count_callback_error(self, kind: str) -> None:
         self.stats.count('errors.callback')
@@ -421,6 +444,14 @@ class PerceptionNode(LifecycleNode):
             level, message, values = self.diagnostics()
             if state == 'inactive' and level == OK:
                 message = 'inactive (configured; activate to process)'
+            worker = self._worker
+            values['worker_restarts'] = worker.restarts
+            if worker.last_failure:
+                values['worker_last_failure'] = worker.last_failure
+            if state == 'active' and not worker.running and self._transition is None:
+                level = ERROR
+                message = ('worker thread not running: ' + (worker.failed_reason or
+                           worker.last_failure or 'ended') + ' (deactivate + activate restarts it)')
         else:
             level, message, values = self._lifecycle_diagnostics(state)
         values = {'lifecycle_state': state, **values}

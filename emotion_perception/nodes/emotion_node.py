@@ -179,6 +179,7 @@ class EmotionNode(PerceptionNode):
         self._restarts = RestartDetector()  # per detections publisher: gid + sequence number
         self._det_topic = 'detections'  # resolved on activate
         self._reset_tracks = False  # set by the executor thread, applied by the worker
+        self._current_job: _Pending | None = None  # the array the worker is processing
         super().__init__(node_name, **kwargs)
 
     def _backend_options(self, name: str) -> dict:
@@ -291,6 +292,11 @@ class EmotionNode(PerceptionNode):
         self.stats.count('detections_in')
         overflow = None
         self._check_publisher(info)
+        failed = self._worker.failed_reason
+        if failed:  # the worker died and was not restarted: nobody else answers
+            self._answer_safely(_Pending(msg, time.monotonic()),
+                                f'internal error: worker thread not running ({failed})')
+            return
         with self._cond:
             self._pending.append(_Pending(msg, time.monotonic()))
             if len(self._pending) > self.params['max_pending']:
@@ -341,15 +347,37 @@ class EmotionNode(PerceptionNode):
                                          '(a newer one was waiting)', 'stale_frame')
             if job is None:
                 continue
+            self._current_job = job  # answered by _worker_died if this loop dies with it
             self._busy_since = time.monotonic()
             try:
                 self._process(job, image)
             except Exception as exc:  # never let the worker die; the array is still answered
                 self.stats.count('errors.internal')
-                self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+                self.kind_log.error('internal', f'{type(exc).__name__}: {exc}')
                 self._answer_unprocessed(job, Status.ERROR, f'internal error: {exc}', None)
             finally:
                 self._busy_since = None
+            self._current_job = None
+
+    def _worker_died(self, reason: str, gave_up: bool) -> None:
+        job, self._current_job = self._current_job, None
+        text = f'internal error: the worker thread died ({reason})'
+        if job is not None:
+            self._answer_safely(job, text)
+        if gave_up:  # nobody takes the queue any more: answer it now (and what comes later)
+            with self._cond:
+                pending, self._pending = list(self._pending), collections.deque()
+            for item in pending:
+                self._answer_safely(item, text)
+
+    def _answer_safely(self, job: _Pending, reason: str) -> None:
+        """Answer ``job`` ERROR without the pipeline (which may be what failed)."""
+        try:
+            results = [EmotionResult.failed(Status.ERROR, reason)
+                       for _ in job.msg.detections]
+            self._publish(job, results, None)
+        except Exception:  # noqa: BLE001 - a destroyed publisher during shutdown
+            self.stats.count('errors.unanswered')
 
     def _check_stamp(self, stamp_s: float) -> None:
         with self._cond:
@@ -412,8 +440,7 @@ class EmotionNode(PerceptionNode):
             frame = self.pipeline.process(rgb, detections, stamp_s)
         except (BackendError, ImageError, RuntimeError, ValueError) as exc:
             self.stats.count('errors.backend')
-            self.kind_log.warn('backend', f'backend failed: {type(exc).__name__}: {exc}',
-                               error=True)
+            self.kind_log.error('backend', f'backend failed: {type(exc).__name__}: {exc}')
             self._answer_unprocessed(job, Status.ERROR,
                                      f'backend error: {type(exc).__name__}: {exc}', None)
             return

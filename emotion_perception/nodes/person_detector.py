@@ -207,7 +207,7 @@ class PersonDetectorNode(PerceptionNode):
                 self._process(msg)
             except Exception as exc:  # never let the worker die; count and report
                 self.stats.count('errors.internal')
-                self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+                self.kind_log.error('internal', f'{type(exc).__name__}: {exc}')
             finally:
                 self._busy_since = None
 

@@ -3,6 +3,7 @@ callbacks that cannot take the executor down."""
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 import time
 import traceback
@@ -17,12 +18,87 @@ from .qos import image_qos, warn_on_incompatible_qos
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 
 
+class SafeLogger:
+    """A logger that cannot raise into the thread that logs.
+
+    rclpy's ``RcutilsLogger.log`` keeps one context per call site (function, file, line,
+    bytecode index) and raises ``ValueError('Logger severity cannot be changed between
+    calls.')`` when one site logs at another severity than before; it also raises during
+    shutdown (an invalid context) and for filter changes. Each method here calls the wrapped
+    logger from its own line with one fixed severity (so the rclpy call site of every message
+    that goes through this class has one severity, whoever calls), and swallows any
+    exception: a failed log line is counted in ``failures`` and written to stderr, never
+    raised. Other attributes (``name``, ``get_child``, ...) are the wrapped logger's.
+    """
+
+    def __init__(self, logger: Any) -> None:
+        self._logger = logger
+        #: log calls that raised (and were written to stderr instead)
+        self.failures = 0
+
+    def _failed(self, severity: str, message: str, exc: BaseException) -> None:
+        self.failures += 1
+        try:
+            sys.stderr.write(f'[{severity}] {message} (logger failed: '
+                             f'{type(exc).__name__}: {exc})\n')
+        except Exception:  # noqa: BLE001 - a closed stderr
+            pass
+
+    # One call site per severity: do not merge these methods.
+    def debug(self, message: str) -> None:
+        try:
+            self._logger.debug(message)
+        except Exception as exc:  # noqa: BLE001 - see the class docstring
+            self._failed('DEBUG', message, exc)
+
+    def info(self, message: str) -> None:
+        try:
+            self._logger.info(message)
+        except Exception as exc:  # noqa: BLE001
+            self._failed('INFO', message, exc)
+
+    def warning(self, message: str) -> None:
+        try:
+            self._logger.warning(message)
+        except Exception as exc:  # noqa: BLE001
+            self._failed('WARN', message, exc)
+
+    warn = warning
+
+    def error(self, message: str) -> None:
+        try:
+            self._logger.error(message)
+        except Exception as exc:  # noqa: BLE001
+            self._failed('ERROR', message, exc)
+
+    def fatal(self, message: str) -> None:
+        try:
+            self._logger.fatal(message)
+        except Exception as exc:  # noqa: BLE001
+            self._failed('FATAL', message, exc)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == '_logger':  # not set yet (copy, unpickling)
+            raise AttributeError(name)
+        return getattr(self._logger, name)
+
+
+def safe_logger(logger: Any) -> SafeLogger:
+    """``logger`` wrapped in a :class:`SafeLogger` (unchanged when it already is one)."""
+    return logger if isinstance(logger, SafeLogger) else SafeLogger(logger)
+
+
 class KindLogger:
     """Logs each kind of problem at once, then at most every ``period_s`` seconds per kind,
-    with the number of occurrences in between."""
+    with the number of occurrences in between.
+
+    ``kind`` must come from a fixed set of names chosen by the code (it is a key of two
+    dictionaries); text a client chose belongs in ``message`` only. Logging never raises (see
+    :class:`SafeLogger`): warnings and errors go out through different call sites.
+    """
 
     def __init__(self, logger, period_s: float = 5.0) -> None:
-        self._logger = logger
+        self._logger = safe_logger(logger)
         self._period_s = period_s
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -38,7 +114,14 @@ class KindLogger:
             self._last[kind] = now
             skipped = self._suppressed.pop(kind, 0)
         suffix = f' ({skipped} more since last report)' if skipped else ''
-        (self._logger.error if error else self._logger.warning)(f'[{kind}] {message}{suffix}')
+        if error:
+            self._logger.error(f'[{kind}] {message}{suffix}')
+        else:
+            self._logger.warning(f'[{kind}] {message}{suffix}')
+
+    def error(self, kind: str, message: str) -> None:
+        """:meth:`warn` at error severity."""
+        self.warn(kind, message, error=True)
 
 
 def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
@@ -123,14 +206,31 @@ class WorkerThread:
     Every start creates a fresh stop event, so a previous thread that outlived ``stop()``'s
     join timeout (stuck in a long model call) still sees its own event set and ends when the
     call returns; :meth:`start` refuses to start a second thread while it is alive.
+
+    A loop that ends by an exception (any ``BaseException``, while it was not asked to stop)
+    has died: ``on_death(reason, gave_up)`` is called (the node answers what the loop held,
+    counts and logs it) and the loop is started again in the same thread after a short
+    backoff, up to ``max_restarts`` times within ``restart_window_s``; past that the thread
+    gives up (``gave_up=True``), ``failed_reason`` says why and ``running`` is False (the
+    node's diagnostics turn ERROR). The next :meth:`start` clears it.
     """
 
-    def __init__(self, name: str, loop: Callable[[threading.Event], None]) -> None:
+    def __init__(self, name: str, loop: Callable[[threading.Event], None],
+                 on_death: Callable[[str, bool], None] | None = None, max_restarts: int = 5,
+                 restart_window_s: float = 60.0) -> None:
         self._name, self._loop = name, loop
+        self.on_death = on_death
+        self.max_restarts, self.restart_window_s = max_restarts, restart_window_s
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         #: a thread that did not end within stop()'s timeout, with when it was asked to stop
         self._straggler: tuple[threading.Thread, float] | None = None
+        #: times the loop died and was started again (since construction)
+        self.restarts = 0
+        #: why the loop last died ('' never), and why the thread gave up ('' it did not)
+        self.last_failure = ''
+        self.failed_reason = ''
+        self._deaths: list[float] = []
 
     @property
     def running(self) -> bool:
@@ -161,9 +261,44 @@ class WorkerThread:
                 'after it was asked to stop; not starting a second one on the same model '
                 '(try again when the call has returned)')
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(self._stop,), name=self._name,
+        self.failed_reason = ''
+        self._deaths = []
+        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self._name,
                                         daemon=True)
         self._thread.start()
+
+    def _run(self, stop: threading.Event) -> None:
+        while True:
+            try:
+                self._loop(stop)
+                return
+            except BaseException as exc:  # noqa: BLE001 - any death is reported, see class
+                if stop.is_set():
+                    return
+                where = ''
+                tb = traceback.extract_tb(exc.__traceback__)
+                if tb:
+                    where = f' at {tb[-1].filename.rsplit("/", 1)[-1]}:{tb[-1].lineno}'
+                reason = f'{type(exc).__name__}: {exc}{where}'
+                now = time.monotonic()
+                self._deaths = [t for t in self._deaths if now - t < self.restart_window_s]
+                self._deaths.append(now)
+                gave_up = len(self._deaths) > self.max_restarts
+                self.last_failure = reason
+                if gave_up:
+                    self.failed_reason = (
+                        f'the {self._name} thread died {len(self._deaths)} times within '
+                        f'{self.restart_window_s:.0f} s, not restarted; last: {reason}')
+                if self.on_death is not None:
+                    try:
+                        self.on_death(reason, gave_up)
+                    except BaseException:  # noqa: BLE001 - reporting must not end the restart
+                        pass
+                if gave_up:
+                    return
+                self.restarts += 1
+                if stop.wait(min(0.05 * 2 ** (len(self._deaths) - 1), 2.0)):
+                    return
 
     def stop(self, wake: Callable[[], None] | None = None, timeout: float = 30.0) -> bool:
         """Ask the thread to end and wait up to ``timeout`` s. Returns True when it ended (or
@@ -234,21 +369,22 @@ class CallbackGuard:
                 pass
         if self.logger is None:
             return
+        logger = safe_logger(self.logger)
         with self._lock:
             first = kind not in self._logged
             self._logged.add(kind)
             if self._kind_log is None:
-                self._kind_log = KindLogger(self.logger, self._period_s)
+                self._kind_log = KindLogger(logger, self._period_s)
         text = f'{type(exc).__name__}: {exc}'
         try:
             if first:
                 tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                self.logger.error(f'[callback.{kind}] exception in {kind} callback {where} '
+                logger.error(f'[callback.{kind}] exception in {kind} callback {where} '
                                   f'(the node keeps running; counted as errors.callback.{kind}):'
                                   f'\n{tb}')
             else:
-                self._kind_log.warn(f'callback.{kind}', f'exception in {kind} callback {where}:'
-                                    f' {text}', error=True)
+                self._kind_log.error(f'callback.{kind}', f'exception in {kind} callback {where}:'
+                                     f' {text}')
         except Exception:  # noqa: BLE001 - logging during shutdown
             pass
 

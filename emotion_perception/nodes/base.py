@@ -13,6 +13,17 @@ Transitions (what SUCCESS / FAILURE lead to):
   cleanup / shutdown   also destroys the output publishers and drops the model: no thread of
               the node is left running (``/diagnostics`` keeps reporting the state).
 
+A model call that outlives deactivate's ``worker_stop_timeout_s`` (a straggler) keeps its
+worker thread until it returns. Meanwhile configure and activate fail with the reason (never
+two models alive), and freeing the model (cleanup, shutdown, ``free_on_deactivate``) is done by
+that thread right after the call returns, GPU cache included: freed under the call, the
+weights and activations the call still holds would stay allocated. A backend whose ``unload``
+cancels its calls (``unload_cancels_calls``: remote) is unloaded at once.
+
+A worker loop that dies by an exception is restarted (the array it held is answered ERROR);
+after ``WorkerThread.max_restarts`` deaths within a minute it is not, and ``/diagnostics`` is
+ERROR with the reason until deactivate + activate. Logging never raises (``SafeLogger``).
+
 A transition that is not valid in the current state (``activate`` twice, ``configure`` while
 active, any request while another transition runs, an unknown id or label) is answered
 ``success: false`` with a throttled warning naming the state and the transition, and counted
@@ -356,7 +367,48 @@ class PerceptionNode(LifecycleNode):
         self.stats.count('qos_incompatible')
 
     # -- lifecycle -----------------------------------------------------------------------------
+    def _worker_busy_error(self, what: str) -> WorkerBusyError | None:
+        """The reason to refuse ``what`` while a stopped worker is still inside a model call
+        on the old model (None: no such call)."""
+        age = self._worker.straggler_age_s()
+        if age is None:
+            return None
+        self.stats.count(f'{what}_refused.worker_busy')
+        return WorkerBusyError(
+            f'the previous worker thread is still inside a model call ({age:.1f} s after '
+            f'deactivate asked it to stop); not {what.rstrip("e")}ing while it holds the model '
+            '(its model is freed when the call returns): try again then')
+
+    def _free_model(self, what: str, action) -> None:
+        """Run ``action`` (unload or release the model) now, or, while a stopped worker is
+        still inside a model call, in that worker right after the call returns (freeing the
+        model and emptying the GPU cache under a running call frees nothing: the call holds
+        the weights and its activations until it returns). A backend whose ``unload`` cancels
+        its calls (``unload_cancels_calls``: the remote backend, which holds no weights)
+        is unloaded at once."""
+        if self._unload_cancels_calls():
+            action()
+            return
+        caller = threading.get_ident()
+
+        def run() -> None:
+            action()
+            if threading.get_ident() != caller:
+                self.get_logger().info(f'the straggling model call returned: {what} done now')
+        if not self._worker.after_stopped(run):
+            self.stats.count('model_free_deferred')
+            self.get_logger().warning(
+                f'{what} deferred: the previous worker thread is still inside a model call; '
+                'the model is freed (and the GPU cache emptied) when that call returns')
+
+    def _unload_cancels_calls(self) -> bool:
+        """True when unloading the model makes a running call return (nothing to wait for)."""
+        return False
+
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        busy = self._worker_busy_error('configure')
+        if busy is not None:
+            return self._fail('configure', busy)
         try:
             self.params = read_params(self, self._all_params)
             description = self._configure_model(self.params)
@@ -369,13 +421,9 @@ class PerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        age = self._worker.straggler_age_s()
-        if age is not None:
-            self.stats.count('activate_refused.worker_busy')
-            return self._fail('activate', WorkerBusyError(
-                f'the previous worker thread is still inside a model call ({age:.1f} s after '
-                'deactivate asked it to stop); not starting a second one on the same model: '
-                'try again when the call has returned'))
+        busy = self._worker_busy_error('activate')
+        if busy is not None:
+            return self._fail('activate', busy)
         try:
             self._load_model()  # no-op unless deactivate freed it
         except Exception as exc:  # noqa: BLE001 - ModelLoadError, GPU out of memory, ...
@@ -393,7 +441,7 @@ class PerceptionNode(LifecycleNode):
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_processing()
         if self.params.get('free_on_deactivate'):
-            self._unload_model()
+            self._free_model('free_on_deactivate unload', self._unload_model)
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
@@ -436,7 +484,7 @@ class PerceptionNode(LifecycleNode):
         for pub in self._outputs:
             self.destroy_lifecycle_publisher(pub)
         self._outputs = []
-        self._release_model()
+        self._free_model('model release', self._release_model)
 
     def _publish_diagnostics(self) -> None:
         state = self.lifecycle_state

@@ -213,7 +213,12 @@ class EmotionNode(PerceptionNode):
         self.pipeline.backend.load()
 
     def _unload_model(self) -> None:
-        self.pipeline.backend.unload()
+        if self.pipeline is not None:
+            self.pipeline.backend.unload()
+
+    def _unload_cancels_calls(self) -> bool:
+        return bool(self.pipeline is not None
+                    and getattr(self.pipeline.backend, 'unload_cancels_calls', False))
 
     def _release_model(self) -> None:
         if self.pipeline is not None:

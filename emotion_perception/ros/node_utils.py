@@ -200,12 +200,22 @@ class WorkerBusyError(RuntimeError):
     """A previous worker thread has not ended yet (it is still inside a model call)."""
 
 
+class _Run:
+    """One thread of a :class:`WorkerThread`: done once its loop has returned, and what is to
+    run then (``after_stopped``)."""
+
+    def __init__(self) -> None:
+        self.done = False
+        self.deferred: list[Callable[[], None]] = []
+
+
 class WorkerThread:
     """A daemon thread running ``loop(stop_event)`` until ``stop()``; restartable.
 
     Every start creates a fresh stop event, so a previous thread that outlived ``stop()``'s
     join timeout (stuck in a long model call) still sees its own event set and ends when the
-    call returns; :meth:`start` refuses to start a second thread while it is alive.
+    call returns; :meth:`start` refuses to start a second thread while it is alive, and
+    :meth:`after_stopped` defers freeing the model it uses until then.
 
     A loop that ends by an exception (any ``BaseException``, while it was not asked to stop)
     has died: ``on_death(reason, gave_up)`` is called (the node answers what the loop held,
@@ -224,7 +234,11 @@ class WorkerThread:
         self._thread: threading.Thread | None = None
         self._stop: threading.Event | None = None
         #: a thread that did not end within stop()'s timeout, with when it was asked to stop
-        self._straggler: tuple[threading.Thread, float] | None = None
+        self._straggler: tuple[threading.Thread, float, _Run] | None = None
+        self._run_rec: _Run | None = None
+        self._lock = threading.Lock()
+        #: the last exception of a deferred action ('' none)
+        self.deferred_error = ''
         #: times the loop died and was started again (since construction)
         self.restarts = 0
         #: why the loop last died ('' never), and why the thread gave up ('' it did not)
@@ -240,7 +254,7 @@ class WorkerThread:
         """Seconds since a previous thread was asked to stop and has not ended (None: none)."""
         if self._straggler is None:
             return None
-        thread, since = self._straggler
+        thread, since, _ = self._straggler
         if not thread.is_alive():
             self._straggler = None
             return None
@@ -263,11 +277,41 @@ class WorkerThread:
         self._stop = threading.Event()
         self.failed_reason = ''
         self._deaths = []
-        self._thread = threading.Thread(target=self._run, args=(self._stop,), name=self._name,
-                                        daemon=True)
+        self._run_rec = _Run()
+        self._thread = threading.Thread(target=self._run, args=(self._stop, self._run_rec),
+                                        name=self._name, daemon=True)
         self._thread.start()
 
-    def _run(self, stop: threading.Event) -> None:
+    def after_stopped(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` now if no stopped thread is still inside its loop (a model call);
+        else in that thread, right after its loop returns (the call has let go of the model).
+        Returns True when it ran now. Actions run in order; an exception of one is kept in
+        ``deferred_error`` (and raised when it runs now)."""
+        with self._lock:
+            straggler = self._straggler
+            if straggler is not None and not straggler[2].done:
+                straggler[2].deferred.append(action)
+                return False
+        action()
+        return True
+
+    def _run(self, stop: threading.Event, rec: _Run) -> None:
+        try:
+            self._run_loop(stop)
+        finally:
+            while True:
+                with self._lock:
+                    actions, rec.deferred = rec.deferred, []
+                    if not actions:
+                        rec.done = True
+                        break
+                for action in actions:
+                    try:
+                        action()
+                    except BaseException as exc:  # noqa: BLE001 - the thread ends anyway
+                        self.deferred_error = f'{type(exc).__name__}: {exc}'
+
+    def _run_loop(self, stop: threading.Event) -> None:
         while True:
             try:
                 self._loop(stop)
@@ -312,7 +356,8 @@ class WorkerThread:
             return True
         thread.join(timeout)
         if thread.is_alive():
-            self._straggler = (thread, time.monotonic())
+            with self._lock:
+                self._straggler = (thread, time.monotonic(), self._run_rec)
             return False
         return True
 

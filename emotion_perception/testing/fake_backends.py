@@ -32,6 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.backends import base as _backend_base
 from ..core.backends.base import BackendError, BackendOptions, EmotionBackend, ModelLoadError
 from ..core.categories import NUM_CATEGORIES
 from ..core.types import BBox, EmotionResult, Status
@@ -70,6 +71,11 @@ class FakeBackend(EmotionBackend):
     Options = FakeOptions
     #: class-level behaviour, overridden by subclasses
     behaviour: dict[str, Any] = {}
+    #: ids of the fake models loaded now, in this process (all classes): what would hold
+    #: GPU memory; and per unload, whether a ``forward`` call was still running then
+    loaded_now: set = set()
+    most_loaded = 0
+    unloads: list = []
 
     def __init__(self, options: Any = None) -> None:
         super().__init__(options)
@@ -79,6 +85,7 @@ class FakeBackend(EmotionBackend):
         self.batch_sizes: list[int] = []
         self.released = threading.Event()
         self.entered = threading.Event()  # set when a blocking forward started waiting
+        self.in_call = 0  # forward calls running now
 
     @property
     def model_id(self) -> str:
@@ -105,6 +112,17 @@ class FakeBackend(EmotionBackend):
         if error:
             raise ValueError(f'unknown load_error {error!r}')
         self._loaded = True
+        FakeBackend.loaded_now.add(id(self))
+        FakeBackend.most_loaded = max(FakeBackend.most_loaded, len(FakeBackend.loaded_now))
+
+    def unload(self) -> None:
+        """Records (``unloads``) whether a call was still running, then frees the GPU cache
+        (``free_gpu_cache``, looked up at call time so a test can observe it)."""
+        if self._loaded:
+            FakeBackend.unloads.append({'backend': id(self), 'in_call': self.in_call})
+        FakeBackend.loaded_now.discard(id(self))
+        super().unload()
+        _backend_base.free_gpu_cache()
 
     def release(self) -> None:
         """Let blocked ``forward`` calls return."""
@@ -114,6 +132,13 @@ class FakeBackend(EmotionBackend):
         return list(boxes)
 
     def forward(self, batch: list[BBox]) -> list[BBox]:
+        self.in_call += 1
+        try:
+            return self._forward(batch)
+        finally:
+            self.in_call -= 1
+
+    def _forward(self, batch: list[BBox]) -> list[BBox]:
         s = self.settings
         self.calls += 1
         self.batch_sizes.append(len(batch))

@@ -155,6 +155,10 @@ class EmotionBackend(abc.ABC):
     #: boxes (not answered in this call, e.g. answered from the track cache), for backends that
     #: must know who else is in the picture (the face baseline gives each face to one person).
     uses_context: ClassVar[bool] = False
+    #: True when ``unload`` makes a running ``predict`` call return and frees nothing that the
+    #: call still uses (a remote client: no weights here). A node then unloads at once; for
+    #: the others it waits until a straggling call has returned (nodes.base ``_free_model``).
+    unload_cancels_calls: ClassVar[bool] = False
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if not isinstance(options, BackendOptions):

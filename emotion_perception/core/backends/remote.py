@@ -444,6 +444,7 @@ class RemoteBackend(EmotionBackend):
 
     name = 'remote'
     Options = RemoteOptions
+    unload_cancels_calls = True  # unload cancels the requests in flight; no weights here
 
     def __init__(self, options: RemoteOptions | dict | None = None) -> None:
         super().__init__(options)

@@ -40,7 +40,7 @@ W, H = 64, 48
 ERROR, SKIPPED, OK, CACHED = (PersonEmotion.STATUS_ERROR, PersonEmotion.STATUS_SKIPPED,
                               PersonEmotion.STATUS_OK, PersonEmotion.STATUS_CACHED)
 KINDS = {'unknown_encoding', 'zero_size', 'too_large', 'step_too_small', 'data_too_short',
-         'no_data', 'corrupt', 'invalid', 'odd_width'}
+         'no_data', 'corrupt', 'invalid', 'odd_width', 'unsupported_format'}
 
 
 def rgb_image(seed=0, w=W, h=H):

@@ -206,10 +206,11 @@ def test_jpeg_round_trip_is_close_and_size_read_from_header():
     assert np.abs(out.astype(int) - rgb).mean() < 3.0
 
 
-def test_other_formats_decode_and_are_checked_after_decoding():
+def test_other_formats_decode_and_are_checked_before_decoding():
     rgb = np.random.default_rng(1).integers(0, 255, (6, 7, 3), np.uint8)
     ok, bmp = cv2.imencode('.bmp', rgb[..., ::-1])
-    assert ok and compressed_image_size(bmp.tobytes()) is None
+    assert ok and compressed_image_size(bmp.tobytes()) == (7, 6)
+    assert compressed_image_size(b'not an image' * 4) is None
     bmp_msg = SimpleNamespace(format='bmp', data=bmp.tobytes())
     np.testing.assert_array_equal(compressed_to_rgb(bmp_msg), rgb)
     with pytest.raises(ImageConversionError, match='exceeds max_pixels=41'):
@@ -217,7 +218,7 @@ def test_other_formats_decode_and_are_checked_after_decoding():
 
 
 def test_corrupt_compressed_bytes():
-    with pytest.raises(ImageConversionError, match='OpenCV could not decode it'):
+    with pytest.raises(ImageConversionError, match='starts like none of the formats'):
         compressed_to_rgb(SimpleNamespace(format='jpeg', data=b'not an image at all' * 10))
     with pytest.raises(ImageConversionError, match='compressed image has no data'):
         compressed_to_rgb(SimpleNamespace(format='jpeg', data=b''))

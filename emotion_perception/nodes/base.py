@@ -81,6 +81,10 @@ REQUESTABLE = {
 #: lifecycle_msgs/Transition constant names by id, for messages
 TRANSITION_NAMES = {v: k[len('TRANSITION_'):].lower() for k, v in vars(Transition).items()
                     if k.startswith('TRANSITION_') and isinstance(v, int)}
+#: transition labels worth their own throttle key (any other label is 'unknown')
+_KNOWN_LABELS = frozenset(TRANSITION_NAMES.values()) | frozenset(REQUESTABLE.values())
+#: at most this many characters of a client's label appear in a log line
+MAX_LABEL_SHOWN = 64
 #: the five lifecycle services rclpy creates (attribute names on LifecycleNodeMixin)
 _LIFECYCLE_SERVICES = ('_service_change_state', '_service_get_state',
                        '_service_get_available_states', '_service_get_available_transitions',
@@ -304,10 +308,20 @@ class PerceptionNode(LifecycleNode):
             self._transition_lock.release()
 
     def _refuse(self, transition_id: int, label: str, source: str, why: str) -> None:
-        what = (f'{label!r}' if label else
-                f'{TRANSITION_NAMES.get(transition_id, "unknown")!r} (id {transition_id})')
+        """Count and log (throttled) a refused request. The throttle key comes from a fixed
+        set (state x known transition name, or 'unknown'): a client-chosen label only appears
+        in the text of a throttled line, so endless distinct labels cannot flood the log or
+        grow the throttle's dictionaries."""
+        if label:
+            name = label if label in _KNOWN_LABELS else 'unknown'
+            what = repr(label[:MAX_LABEL_SHOWN]) + ('...' if len(label) > MAX_LABEL_SHOWN
+                                                     else '')
+        else:
+            name = TRANSITION_NAMES.get(transition_id, 'unknown')
+            what = f'{name!r} (id {transition_id})'
         self.stats.count('lifecycle.invalid_transitions')
-        self.kind_log.warn(f'invalid_transition.{self.lifecycle_state}.{label or transition_id}',
+        state = self.lifecycle_state
+        self.kind_log.warn(f'invalid_transition.{state}.{name}',
                            f'refused lifecycle transition {what} requested by {source}: {why}; '
                            'the node keeps running')
 

@@ -28,9 +28,14 @@ class NodeStats:
         self._rate_window_s = rate_window_s
         self.last_output_time = 0.0
 
+    #: a safety net: counters beyond this many names are summed in 'counters_overflow'
+    MAX_NAMES = 512
+
     def count(self, name: str, n: int = 1) -> None:
         now = time.monotonic()
         with self._lock:
+            if name not in self.counts and len(self.counts) >= self.MAX_NAMES:
+                name = 'counters_overflow'
             self.counts[name] += n
             q = self._events.setdefault(name, collections.deque(maxlen=2048))
             q.extend([now] * min(n, 2048))

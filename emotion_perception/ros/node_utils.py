@@ -97,6 +97,9 @@ class KindLogger:
     :class:`SafeLogger`): warnings and errors go out through different call sites.
     """
 
+    #: a safety net: kinds beyond this many share one throttle key ('other_kinds')
+    MAX_KINDS = 256
+
     def __init__(self, logger, period_s: float = 5.0) -> None:
         self._logger = safe_logger(logger)
         self._period_s = period_s
@@ -107,6 +110,9 @@ class KindLogger:
     def warn(self, kind: str, message: str, error: bool = False) -> None:
         now = time.monotonic()
         with self._lock:
+            if kind not in self._last and len(self._last) >= self.MAX_KINDS:
+                message = f'({kind[:64]}) {message}'
+                kind = 'other_kinds'
             last = self._last.get(kind)
             if last is not None and now - last < self._period_s:
                 self._suppressed[kind] = self._suppressed.get(kind, 0) + 1

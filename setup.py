@@ -100,8 +100,8 @@ setup(
     distclass=BinaryDistribution,
     cmdclass={'build_py': BuildPyWithMsgs},
     entry_points={'console_scripts': [
-        'person_detector = emotion_perception.nodes.person_detector:main',
-        'emotion_node = emotion_perception.nodes.emotion_node:main',
+        'person_detector = emotion_perception.nodes.entry:person_detector',
+        'emotion_node = emotion_perception.nodes.entry:emotion_node',
         'emotion-perception = emotion_perception.tools.cli:main',
         'behaviour_node = emotion_perception.examples.behaviour_node:main',
     ]},

@@ -38,6 +38,10 @@ are read-only: set at start-up only.
 """
 from __future__ import annotations
 
+if __name__ == '__main__':  # `python -m`: quiet signal handlers before the imports below
+    from emotion_perception.nodes import signals as _signals
+    _signals.install()
+
 import collections
 import dataclasses
 import sys

@@ -31,6 +31,10 @@ Lifecycle (``nodes.base``):
 """
 from __future__ import annotations
 
+if __name__ == '__main__':  # `python -m`: quiet signal handlers before the imports below
+    from emotion_perception.nodes import signals as _signals
+    _signals.install()
+
 import dataclasses
 import sys
 import threading

@@ -26,6 +26,7 @@ The scores are deterministic (a function of the box), so cached and fresh result
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from typing import Any, Sequence
@@ -99,6 +100,7 @@ class FakeBackend(EmotionBackend):
         if self.settings['load_block']:
             cls = type(self)
             cls.load_entered.set()
+            print(f'{cls.__name__}: load blocked', file=sys.stderr, flush=True)  # for processes
             if not cls.load_release.wait(120):
                 raise ModelLoadError('scripted slow load was never released')
         error = self.settings['load_error']

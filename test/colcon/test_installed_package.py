@@ -76,15 +76,16 @@ def test_node_and_core_modules_import():
     assert callable(person_detector.main) and callable(emotion_node.main)
 
 
-@pytest.mark.parametrize('exe, module', [('person_detector', 'nodes.person_detector'),
-                                         ('emotion_node', 'nodes.emotion_node'),
-                                         ('behaviour_node', 'examples.behaviour_node')])
+@pytest.mark.parametrize('exe, module', [
+    ('person_detector', 'nodes.entry import person_detector as main'),
+    ('emotion_node', 'nodes.entry import emotion_node as main'),
+    ('behaviour_node', 'examples.behaviour_node import main as main')])
 def test_executables_installed_for_ros2_run(exe, module):
     path = _install_prefix() / 'lib' / PKG / exe
     assert path.is_file() and os.access(path, os.X_OK), path
     shebang = path.read_text().splitlines()[0]
     assert shebang.startswith('#!') and os.access(shebang[2:].strip(), os.X_OK), shebang
-    assert f'from {PKG}.{module} import main' in path.read_text()
+    assert f'from {PKG}.{module}' in path.read_text()
 
 
 def test_example_installed_in_the_package():

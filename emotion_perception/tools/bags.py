@@ -193,6 +193,44 @@ def _video_info(path: Path) -> tuple[int, float]:
         cap.release()
 
 
+#: a video read stops after this many failed reads in a row (the end, or a broken stream);
+#: fewer, followed by a good frame, are corrupt frames in the middle, skipped and reported
+MAX_CONSECUTIVE_BAD_READS = 16
+
+
+class CorruptFrame(ValueError):
+    """A frame of a video or bag that cannot be read or decoded (yielded, not raised, by the
+    readers that skip such frames)."""
+
+
+def iter_video_frames(path: str | Path) -> Iterator[np.ndarray | CorruptFrame]:
+    """The frames of a video as BGR arrays, in order; a corrupt frame in the middle (a failed
+    read followed by good ones) is yielded as a :class:`CorruptFrame` instead of ending the
+    video there (OpenCV's ``read`` fails on it and goes on with the next frame).
+
+    Raises:
+        BagError: OpenCV cannot open the video.
+    """
+    import cv2
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise BagError(f'OpenCV cannot open the video {path}')
+    failed = 0
+    try:
+        while failed < MAX_CONSECUTIVE_BAD_READS:
+            ok, bgr = cap.read()
+            if not ok or bgr is None:
+                failed += 1
+                continue
+            for _ in range(failed):  # they were in the middle: report them
+                yield CorruptFrame(f'{Path(path).name}: a frame could not be decoded (corrupt '
+                                   'or truncated data)')
+            failed = 0
+            yield bgr
+    finally:
+        cap.release()
+
+
 def count_frames(files: Sequence[Path]) -> int:
     """Number of frames :func:`iter_frames` yields for ``files`` (videos: the container's count)."""
     return sum(_video_info(f)[0] if f.suffix.lower() in VIDEO_EXTENSIONS else 1 for f in files)
@@ -206,6 +244,9 @@ def iter_frames(files: Sequence[Path],
         files: from :func:`expand_inputs`.
         resize: (width, height) to resize every frame to (``cv2.INTER_AREA``), or None.
 
+    A corrupt frame in the middle of a video is skipped with a warning (see
+    :func:`iter_video_frames`).
+
     Raises:
         BagError: an image or video that OpenCV cannot read.
     """
@@ -218,17 +259,11 @@ def iter_frames(files: Sequence[Path],
 
     for path in files:
         if path.suffix.lower() in VIDEO_EXTENSIONS:
-            cap = cv2.VideoCapture(str(path))
-            if not cap.isOpened():
-                raise BagError(f'OpenCV cannot open the video {path}')
-            try:
-                while True:
-                    ok, bgr = cap.read()
-                    if not ok:
-                        break
-                    yield finish(bgr)
-            finally:
-                cap.release()
+            for bgr in iter_video_frames(path):
+                if isinstance(bgr, CorruptFrame):
+                    LOG.warning('skipped: %s', bgr)
+                    continue
+                yield finish(bgr)
         else:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
@@ -389,7 +424,9 @@ def make_bag(inputs: Sequence[str | Path], output: str | Path, *, topic: str = D
 # --- reading ---------------------------------------------------------------------------------
 
 class BagImage(NamedTuple):
-    """One image of a bag: running index, header stamp (ns), frame_id, (H, W, 3) uint8 RGB."""
+    """One image of a bag: running index, header stamp (ns), frame_id, (H, W, 3) uint8 RGB
+    (or, from ``iter_bag_images(corrupt='yield')``, the :class:`CorruptFrame` saying why the
+    message could not be used)."""
 
     index: int
     stamp_ns: int
@@ -474,23 +511,30 @@ def iter_bag_messages(path: str | Path,
 
 
 def iter_bag_images(path: str | Path, topic: str | None = None,
-                    max_pixels: int | None = None) -> Iterator[BagImage]:
+                    max_pixels: int | None = None,
+                    corrupt: str = 'raise') -> Iterator[BagImage]:
     """The images of one topic (``sensor_msgs/Image`` or ``CompressedImage``) as RGB arrays.
 
     Args:
         path: the bag folder.
         topic: the image topic; default: the bag's only image topic.
         max_pixels: refuse larger images (default: image_conversion.DEFAULT_MAX_PIXELS).
+        corrupt: 'raise' (default): a message that cannot be deserialized or converted raises;
+            'yield': it is yielded with a :class:`CorruptFrame` in place of ``rgb`` (and the
+            bag read on); a bag that cannot be read further (a corrupt chunk) yields one
+            last :class:`CorruptFrame` with the reason.
 
     Yields:
         :class:`BagImage` ``(index, stamp_ns, frame_id, rgb)``, rgb (H, W, 3) uint8 RGB.
 
     Raises:
         BagError: no image topic, several and none chosen, or ``topic`` is not an image topic.
-        ImageConversionError: an image that cannot be converted.
+        ImageConversionError: an image that cannot be converted (``corrupt='raise'``).
     """
     from emotion_perception.ros.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_rgb,
                                                          image_msg_to_rgb)
+    if corrupt not in ('raise', 'yield'):
+        raise ValueError(f"corrupt must be 'raise' or 'yield', got {corrupt!r}")
     cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     image_types = (IMAGE_MSGTYPE, COMPRESSED_MSGTYPE)
     with _open_any_reader(path) as reader:
@@ -504,14 +548,36 @@ def iter_bag_images(path: str | Path, topic: str | None = None,
             raise BagError(f'{topic!r} is not an image topic of {path}; image topics: '
                            f'{sorted(candidates)}, all topics: {sorted(reader.topics)}')
         conns = [c for c in reader.connections if c.topic == topic]
-        for index, (conn, _, raw) in enumerate(reader.messages(connections=conns)):
-            msg = reader.deserialize(raw, conn.msgtype)
-            if conn.msgtype == IMAGE_MSGTYPE:
-                rgb = image_msg_to_rgb(msg, max_pixels=cap)
-            else:
-                rgb = compressed_to_rgb(msg, max_pixels=cap)
-            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
-            yield BagImage(index, stamp, msg.header.frame_id, rgb)
+        messages = reader.messages(connections=conns)
+        index = 0
+        while True:
+            try:
+                conn, log_time, raw = next(messages)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 - a corrupt chunk / record
+                if corrupt == 'raise':
+                    raise
+                yield BagImage(index, 0, '', CorruptFrame(
+                    f'the bag cannot be read after message {index}: {type(exc).__name__}: '
+                    f'{exc}'))
+                return
+            stamp, frame_id = int(log_time), ''
+            try:
+                msg = reader.deserialize(raw, conn.msgtype)
+                stamp = (int(msg.header.stamp.sec) * 1_000_000_000
+                         + int(msg.header.stamp.nanosec))
+                frame_id = msg.header.frame_id
+                if conn.msgtype == IMAGE_MSGTYPE:
+                    rgb = image_msg_to_rgb(msg, max_pixels=cap)
+                else:
+                    rgb = compressed_to_rgb(msg, max_pixels=cap)
+            except Exception as exc:  # noqa: BLE001 - corrupt CDR, bad image, ...
+                if corrupt == 'raise':
+                    raise
+                rgb = CorruptFrame(f'message {index} on {topic}: {type(exc).__name__}: {exc}')
+            yield BagImage(index, stamp, frame_id, rgb)
+            index += 1
 
 
 # --- ROS: player and recorder ----------------------------------------------------------------

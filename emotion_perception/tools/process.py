@@ -9,6 +9,11 @@ JSON object per person: frame (file name for images, index for video/bag), stamp
 track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels, vad
 (valence, arousal, dominance on 1-10, null when not given), status, reason, backend, model,
 latency_ms, cache_age_s, text (a generated answer, when any).
+
+Damaged input does not end the run: an image file, a video frame or a bag message that cannot
+be read or decoded (or whose header declares more than 64 Mpx) is skipped and counted
+(``bad_frames`` in summary.json, the first ones named with the reason in
+``bad_frame_examples``). The models are unloaded on every exit path.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ LOG = logging.getLogger('emotion_perception.process')
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
 VIDEO_EXTS = {'.mp4', '.avi', '.mov', '.mkv', '.webm', '.m4v', '.mpg', '.mpeg'}
 BAG_EXTS = {'.mcap', '.db3'}
+#: at most this many skipped frames are named (with the reason) in summary.json
+MAX_BAD_FRAME_EXAMPLES = 20
 
 
 def input_kind(path: Path) -> str:
@@ -50,15 +57,26 @@ def input_kind(path: Path) -> str:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f'cannot decode image {path}')
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    """An image file as (H, W, 3) uint8 RGB, its size checked from its header before decoding
+    (as the nodes check compressed images: ``image_conversion.compressed_to_rgb``).
+
+    Raises:
+        ValueError: a file that cannot be read, decoded, or is too large (the reason).
+    """
+    from types import SimpleNamespace
+
+    from ..ros.image_conversion import ImageConversionError, compressed_to_rgb
+    try:
+        return compressed_to_rgb(SimpleNamespace(data=path.read_bytes(), format=path.suffix))
+    except (ImageConversionError, OSError) as exc:
+        raise ValueError(f'cannot decode image {path.name}: {exc}') from None
 
 
 def iter_frames(path: Path, kind: str, topic: str | None = None
                 ) -> Iterator[tuple[str | int, float, np.ndarray | Exception]]:
-    """Yields (frame, stamp_s, rgb or the decoding error) in input order."""
+    """Yields (frame, stamp_s, rgb or the decoding error) in input order: an image file, a
+    video frame or a bag message that cannot be read or decoded comes as its error (the caller
+    counts and skips it) and reading goes on."""
     if kind == 'image':
         files = [path]
     elif kind == 'folder':
@@ -72,23 +90,23 @@ def iter_frames(path: Path, kind: str, topic: str | None = None
             except ValueError as exc:
                 yield f.name, float(i), exc
     elif kind == 'video':
+        from .bags import BagError, iter_video_frames
         cap = cv2.VideoCapture(str(path))
-        if not cap.isOpened():
-            raise ValueError(f'cannot open video {path}')
-        fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-        i = 0
+        fps = (cap.get(cv2.CAP_PROP_FPS) or 30.0) if cap.isOpened() else 30.0
+        cap.release()
         try:
-            while True:
-                ok, bgr = cap.read()
-                if not ok:
-                    break
-                yield i, i / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                i += 1
-        finally:
-            cap.release()
+            frames = iter_video_frames(path)
+            for i, bgr in enumerate(frames):
+                if isinstance(bgr, Exception):  # a corrupt frame: skipped, counted
+                    yield i, i / fps, bgr
+                else:
+                    yield i, i / fps, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        except BagError as exc:
+            raise ValueError(f'cannot open video {path}: {exc}') from None
     else:
         from .bags import iter_bag_images
-        for index, stamp_ns, _frame_id, rgb in iter_bag_images(path, topic=topic):
+        for index, stamp_ns, _frame_id, rgb in iter_bag_images(path, topic=topic,
+                                                               corrupt='yield'):
             yield index, stamp_ns * 1e-9, rgb
 
 
@@ -122,9 +140,7 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
-    from ..core.drawing import draw_persons
     from ..core.pipeline import EmotionPipeline
-    from ..core.types import EmotionResult, Status
     from .config import load_pipeline_config
 
     kind = input_kind(input_path)
@@ -132,66 +148,86 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
-    t_load = time.perf_counter()
-    detector.load()
-    backend.load()
-    load_s = time.perf_counter() - t_load
-    pipeline = EmotionPipeline(backend, cfg.reuse)
-    output.mkdir(parents=True, exist_ok=True)
-    if save_images:
-        (output / 'annotated').mkdir(exist_ok=True)
-    summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
-               'bad_frames': 0, 'model_calls': 0, 'cache_hits': 0, 'backend': backend.name,
-               'model': backend.model_id, 'load_s': round(load_s, 3),
-               'detector_ms': 0.0, 'emotion_ms': 0.0}
-    total = frame_count(input_path, kind)
-    if max_frames is not None and total is not None:
-        total = min(total, max_frames)
-    from tqdm import tqdm
-    bar = tqdm(total=total, unit='frame', disable=not progress or (total or 2) < 2)
-    with open(output / 'emotions.jsonl', 'w') as out:
-        for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
-            if max_frames is not None and n >= max_frames:
-                break
-            bar.update(1)
-            summary['frames'] += 1
-            if isinstance(rgb, Exception):
-                summary['bad_frames'] += 1
-                LOG.warning('frame %s skipped: %s', frame, rgb)
-                continue
-            t0 = time.perf_counter()
-            detected = detector.detect(rgb)
-            t1 = time.perf_counter()
+    bar = None
+    try:  # the models are unloaded on every exit path (a remote backend's threads, GPU memory)
+        t_load = time.perf_counter()
+        detector.load()
+        backend.load()
+        load_s = time.perf_counter() - t_load
+        pipeline = EmotionPipeline(backend, cfg.reuse)
+        output.mkdir(parents=True, exist_ok=True)
+        if save_images:
+            (output / 'annotated').mkdir(exist_ok=True)
+        summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
+                   'bad_frames': 0, 'bad_frame_examples': [], 'model_calls': 0,
+                   'cache_hits': 0, 'backend': backend.name, 'model': backend.model_id,
+                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0}
+        total = frame_count(input_path, kind)
+        if max_frames is not None and total is not None:
+            total = min(total, max_frames)
+        from tqdm import tqdm
+        bar = tqdm(total=total, unit='frame', disable=not progress or (total or 2) < 2)
+        with open(output / 'emotions.jsonl', 'w') as out:
+            for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
+                if max_frames is not None and n >= max_frames:
+                    break
+                bar.update(1)
+                summary['frames'] += 1
+                if isinstance(rgb, Exception):
+                    summary['bad_frames'] += 1
+                    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
+                        summary['bad_frame_examples'].append({'frame': frame,
+                                                              'reason': str(rgb)[:300]})
+                    LOG.warning('frame %s skipped: %s', frame, rgb)
+                    continue
+                _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
+                               output / 'annotated' if save_images else None)
+    finally:
+        if bar is not None:
+            bar.close()
+        for model in (backend, detector):
             try:
-                fr = pipeline.process(rgb, detected.detections, stamp_s)
-                results = fr.results
-                summary['model_calls'] += fr.model_calls
-                summary['cache_hits'] += fr.cache_hits
-            except Exception as exc:  # noqa: BLE001 - reported per person, processing goes on
-                LOG.warning('frame %s: backend failed: %s', frame, exc)
-                results = [EmotionResult.failed(Status.ERROR, f'backend error: {exc}',
-                                                backend.name, backend.model_id)
-                           for _ in detected.detections]
-            t2 = time.perf_counter()
-            summary['detector_ms'] += (t1 - t0) * 1e3
-            summary['emotion_ms'] += (t2 - t1) * 1e3
-            for det, res in zip(detected.detections, results):
-                out.write(json.dumps(person_record(frame, stamp_s, det, res)) + '\n')
-                summary['persons'] += 1
-            out.flush()
-            if save_images:
-                name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
-                drawn = draw_persons(rgb, detected.detections, results)
-                cv2.imwrite(str(output / 'annotated' / f'{name}.jpg'),
-                            cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
-    bar.close()
-    backend.unload()
-    detector.unload()
+                model.unload()
+            except Exception as exc:  # noqa: BLE001 - the first error is the one raised
+                LOG.warning('unloading %s failed: %s', type(model).__name__, exc)
     frames = max(1, summary['frames'] - summary['bad_frames'])
     summary['detector_ms_per_frame'] = round(summary.pop('detector_ms') / frames, 2)
     summary['emotion_ms_per_frame'] = round(summary.pop('emotion_ms') / frames, 2)
     (output / 'summary.json').write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
+                   annotated_dir: Path | None) -> None:
+    """Detect, evaluate and write one frame (see :func:`run_process`)."""
+    from ..core.drawing import draw_persons
+    from ..core.types import EmotionResult, Status
+    backend = pipeline.backend
+    t0 = time.perf_counter()
+    detected = detector.detect(rgb)
+    t1 = time.perf_counter()
+    try:
+        fr = pipeline.process(rgb, detected.detections, stamp_s)
+        results = fr.results
+        summary['model_calls'] += fr.model_calls
+        summary['cache_hits'] += fr.cache_hits
+    except Exception as exc:  # noqa: BLE001 - reported per person, processing goes on
+        LOG.warning('frame %s: backend failed: %s', frame, exc)
+        results = [EmotionResult.failed(Status.ERROR, f'backend error: {exc}',
+                                        backend.name, backend.model_id)
+                   for _ in detected.detections]
+    t2 = time.perf_counter()
+    summary['detector_ms'] += (t1 - t0) * 1e3
+    summary['emotion_ms'] += (t2 - t1) * 1e3
+    for det, res in zip(detected.detections, results):
+        out.write(json.dumps(person_record(frame, stamp_s, det, res)) + '\n')
+        summary['persons'] += 1
+    out.flush()
+    if annotated_dir is not None:
+        name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
+        drawn = draw_persons(rgb, detected.detections, results)
+        cv2.imwrite(str(annotated_dir / f'{name}.jpg'),
+                    cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
 
 
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:

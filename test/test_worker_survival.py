@@ -178,3 +178,37 @@ def test_a_worker_that_keeps_dying_turns_diagnostics_error_and_arrays_are_still_
     ans = rig.send(det_array(header(9), PERSONS),
                    numpy_to_image_msg(rgb(9), 'rgb8', header=header(9)))
     assert [p.status for p in ans.persons] == [OK, OK], reasons(ans)
+
+
+def test_worker_thread_restarts_a_dying_loop_then_gives_up_with_the_reason():
+    """The mechanism both nodes share (``WorkerThread``), without ROS."""
+    import time
+
+    from emotion_perception.ros.node_utils import WorkerThread
+    deaths, runs = [], []
+    done = threading.Event()
+
+    def loop(stop):
+        runs.append(1)
+        if len(runs) <= 3:
+            raise _Killed(f'death {len(runs)}')
+        done.set()
+        stop.wait()
+    worker = WorkerThread('survivor', loop, on_death=lambda r, g: deaths.append((r, g)))
+    worker.start()
+    assert done.wait(10) and worker.running
+    assert [g for _, g in deaths] == [False] * 3 and worker.restarts == 3
+    assert deaths[0][0].startswith('_Killed: death 1 at test_worker_survival.py:')
+    assert worker.stop(timeout=5)
+
+    def always(stop):
+        raise RuntimeError('broken for good')
+    worker = WorkerThread('doomed', always, on_death=lambda r, g: deaths.append((r, g)),
+                          max_restarts=2)
+    deaths.clear()
+    worker.start()
+    end = time.monotonic() + 10
+    while worker.running and time.monotonic() < end:
+        time.sleep(0.01)
+    assert not worker.running and [g for _, g in deaths] == [False, False, True]
+    assert 'died 3 times' in worker.failed_reason and 'broken for good' in worker.failed_reason

@@ -22,7 +22,8 @@ from emotion_perception.testing.fake_backends import FakeBackend, SlowLoadBacken
 pytestmark = pytest.mark.ros
 
 EXIT_WITHIN_S = 5.0
-ENTRY = 'from emotion_perception.nodes.entry import emotion_node; import sys; sys.exit(emotion_node())'
+ENTRY = ('from emotion_perception.nodes.entry import emotion_node; import sys; '
+         'sys.exit(emotion_node())')
 PARALLEL = 4
 
 

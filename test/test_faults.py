@@ -46,7 +46,7 @@ def worker_threads():
 
 
 def state(node):
-    return node._state_machine.current_state[1]
+    return node.lifecycle_state
 
 
 def image_msg(stamp, w=64, h=48):

@@ -11,6 +11,8 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+from ..ros.rclpy_compat import lifecycle_state_label
+
 #: executor threads of a node process: one may sit in a long transition (configure loading a
 #: model) while the others serve get_state, the parameter services, /diagnostics and the
 #: subscriptions (the model itself runs in the node's worker thread).
@@ -30,14 +32,14 @@ def autostart(node: LifecycleNode) -> bool:
     ``PerceptionNode.request_transition``). Returns False (the node stays unconfigured/inactive)
     when a transition fails; the node has logged why.
     """
-    state = node._state_machine.current_state[1]
+    state = lifecycle_state_label(node)
     if state == 'unconfigured':
         if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
-            if node._state_machine.current_state[1] == 'unconfigured':
+            if lifecycle_state_label(node) == 'unconfigured':
                 node.get_logger().error('autostart: configure failed; the node stays '
                                         'unconfigured')
                 return False
-        state = node._state_machine.current_state[1]
+        state = lifecycle_state_label(node)
     if state == 'inactive':
         return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     return state == 'active'

@@ -7,9 +7,9 @@ behaviour, not just ``hasattr``), which runs in both test environments: ``.venv`
 rclpy 7.1.6) and ``.venv-kilted`` (ROS 2 Kilted, rclpy 9.1.2). An rclpy upgrade that changes one
 of them fails that test, naming the function, instead of breaking a node silently.
 
-Checked by reading the sources as well: rclpy 4.x (Humble; the same ``LifecycleStateMachine``
-binding and ``Node`` attributes), 7.1.6 (Jazzy) and 9.1.2 (Kilted); Humble's rclpy cannot run
-here (no Python 3.10 wheels on PyPI).
+Checked (sources read, test run): rclpy 7.1.6 (Jazzy) and 9.1.2 (Kilted). Humble's rclpy
+(3.3.x) cannot run here (no wheels for this Python) and was not checked: on a Humble robot,
+run ``python -m pytest test/test_rclpy_compat.py`` against apt's rclpy.
 
 Everything else in the package uses rclpy's public API only: ``Node.services`` (not
 ``_services``), ``Node.list_parameters`` (not ``_parameters``), ``Executor.context`` (not
@@ -44,7 +44,7 @@ def lifecycle_state(node: Any) -> tuple[int, str]:
     (diagnostics timer, request checks). Reads ``node._state_machine.current_state`` (the
     ``_rclpy.LifecycleStateMachine`` binding; a ``(int, str)`` tuple).
 
-    Checked: rclpy 7.1.6, 9.1.2 (and the Humble sources, 3.3.x-4.x).
+    Checked: rclpy 7.1.6, 9.1.2.
     """
     try:
         state_id, label = node._state_machine.current_state
@@ -71,7 +71,7 @@ def available_transitions(node: Any) -> dict[int, str]:
     answers ERROR instead). Reads ``node._state_machine.available_transitions``: a sequence of
     ``(transition_id, transition_label, start_id, start_label, goal_id, goal_label)`` tuples.
 
-    Checked: rclpy 7.1.6, 9.1.2 (Humble sources: the same tuple).
+    Checked: rclpy 7.1.6, 9.1.2.
     """
     try:
         return {int(t[0]): str(t[1]) for t in node._state_machine.available_transitions}
@@ -89,7 +89,7 @@ def parameter_overrides(node: Any) -> dict[str, Any]:
     the nodes report such keys (a typo in a parameter file) with the closest declared name.
     Reads ``node._parameter_overrides`` (a dict name -> Parameter, filled in ``Node.__init__``).
 
-    Checked: rclpy 7.1.6, 9.1.2 (Humble sources: the same dict).
+    Checked: rclpy 7.1.6, 9.1.2.
     """
     overrides = getattr(node, '_parameter_overrides', None)
     if not isinstance(overrides, dict):
@@ -149,7 +149,8 @@ def replace_service_callback(service: Any, callback: Callable[[Any, Any], Any]) 
     routes requests through the node's own checks; the other services get a guarded wrapper
     of their callback the same way.
 
-    Checked: rclpy 7.1.6, 9.1.2 (``Executor._execute_service`` awaits ``srv.callback``).
+    Checked: rclpy 7.1.6, 9.1.2 (``Executor._take_service`` -> ``_execute`` awaits
+    ``srv.callback`` when a request is taken).
     """
     if not callable(getattr(service, 'callback', None)):
         raise RclpyInternalsChanged(f'{type(service).__name__}.callback is not a callable')
@@ -159,10 +160,11 @@ def replace_service_callback(service: Any, callback: Callable[[Any, Any], Any]) 
 def subscription_passes_message_info() -> bool:
     """Whether a two-argument subscription callback receives ``(msg, message_info)``.
 
-    rclpy >= 7 (Jazzy) inspects the callback's signature (``Subscription.CallbackType``) and
-    passes a ``message_info`` dict ('source_timestamp', 'received_timestamp',
-    'publication_sequence_number', 'reception_sequence_number'; rclpy 9 adds
-    'publisher_gid'). Older rclpy (Humble) passes the message only.
+    rclpy 7.1.6 and 9.1.2 inspect the callback's signature (``Subscription.CallbackType``) and
+    pass a ``message_info`` dict ('source_timestamp', 'received_timestamp',
+    'publication_sequence_number', 'reception_sequence_number'; 9.1.2 adds 'publisher_gid').
+    An rclpy without ``Subscription.CallbackType`` is taken to pass the message only (the
+    callback then gets ``None`` for the info: restart detection falls back to the graph).
 
     Checked: rclpy 7.1.6, 9.1.2.
     """

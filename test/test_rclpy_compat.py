@@ -252,3 +252,58 @@ def test_two_argument_subscription_callbacks_get_message_info(harness):
         assert graph[0][:len(gid)] == gid
     else:
         assert gid is None
+
+
+def _rclpy_private_names() -> set[str]:
+    """Single-underscore attribute names of rclpy's classes and of a live LifecycleNode."""
+    import rclpy.callback_groups
+    import rclpy.client
+    import rclpy.context
+    import rclpy.executors
+    import rclpy.publisher
+    import rclpy.service
+    import rclpy.subscription
+    import rclpy.timer
+    classes = [LifecycleNode, rclpy.executors.MultiThreadedExecutor, rclpy.service.Service,
+               rclpy.subscription.Subscription, rclpy.publisher.Publisher,
+               rclpy.client.Client, rclpy.timer.Timer, rclpy.context.Context,
+               rclpy.callback_groups.MutuallyExclusiveCallbackGroup, Parameter]
+    names = set()
+    for cls in classes:
+        for klass in cls.__mro__:
+            names |= {k for k in vars(klass) if k.startswith('_') and not k.startswith('__')}
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = LifecycleNode('compat_names', context=context)
+        names |= {k for k in vars(node) if k.startswith('_') and not k.startswith('__')}
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    return names
+
+
+def test_no_rclpy_internals_outside_the_compat_module():
+    """A new use of an rclpy internal must go through ``rclpy_compat`` (with its reason and a
+    test here). Flags ``<expr>._name`` for rclpy's private names, except names our own classes
+    assign (``self._logger = ...`` in KindLogger is ours), and imports of rclpy's C binding."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    files = [p for tree in ('emotion_perception', 'examples', 'bench', 'test')
+             for p in sorted((root / tree).rglob('*.py'))
+             if 'msg' not in p.relative_to(root).parts and p.name != 'rclpy_compat.py'
+             and p.name != Path(__file__).name]
+    texts = {p: p.read_text() for p in files}
+    ours = {m for text in texts.values()
+            for m in re.findall(r'\bself\.(_\w+)\s*(?::[^=\n]*)?=', text)}
+    private = _rclpy_private_names() - ours
+    assert {'_state_machine', '_parameter_overrides', '_services'} <= private
+    pattern = re.compile(r'\.(' + '|'.join(map(re.escape, sorted(private))) + r')\b')
+    found = []
+    for path, text in texts.items():
+        for lineno, line in enumerate(text.splitlines(), 1):
+            code = line.split('#', 1)[0]
+            if pattern.search(code) or re.search(r'rclpy\.impl|\b_rclpy\b', code):
+                found.append(f'{path.relative_to(root)}:{lineno}: {line.strip()}')
+    assert not found, 'rclpy internals outside rclpy_compat.py:\n' + '\n'.join(found)

@@ -79,11 +79,14 @@ KILTED_VENV := .venv-kilted
 KILTED_PY := $(KILTED_VENV)/bin/python
 KILTED_STAMP := $(KILTED_VENV)/.deps-stamp
 KILTED_RCLPY := 9.1.2
-#: the ROS-facing tests (nodes, lifecycle, parameters, rclpy internals) run on both rclpys
+#: the ROS-facing tests (nodes, lifecycle, parameters, rclpy internals, bag record/replay, the
+#: demo through node processes) run on both rclpys; the VLM node tests need the transformers
+#: stack and stay in the Jazzy run
 KILTED_TESTS := test_rclpy_compat.py test_lifecycle_requests.py test_node_exit.py \
   test_node_runtime.py test_faults.py test_bad_input.py test_emotion_node.py \
   test_person_detector_node.py test_debug_image.py test_camera_encodings.py \
-  test_backend_options.py test_behaviour_node.py test_restart_detection.py
+  test_backend_options.py test_behaviour_node.py test_restart_detection.py \
+  test_image_conversion.py test_bags.py test_end_to_end.py
 
 $(KILTED_STAMP): requirements/kilted.txt requirements/kilted-constraints.txt requirements/models.txt
 	rm -rf $(KILTED_VENV)

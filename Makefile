@@ -70,7 +70,7 @@ demo: build
 
 # The second test environment: ROS 2 Kilted (rclpy 9.1.2) next to the Jazzy .venv (rclpy 7.1.6).
 # .venv-kilted holds the Kilted wheels, colcon, and what the nodes import (torch, ultralytics; not
-# the VLM stack), pinned by requirements/kilted*.txt (~2 min, ~6.5 GB). The package is built with
+# the VLM stack), pinned by requirements/kilted*.txt (~3 min, ~6.5 GB). The package is built with
 # Kilted's rosidl and INSTALLED into it (not editable: .venv's editable build keeps Jazzy's
 # generated messages in the source tree), from a copy of the tracked and untracked-not-ignored
 # files; the tests run from inside .venv-kilted, so the source tree is not on sys.path
@@ -109,7 +109,7 @@ build-kilted: $(KILTED_STAMP)
 	  || { echo "message generation for Kilted failed: see the CMake output above"; exit 1; }
 
 # The ROS-facing tests, then the colcon build and the real launch test (launch/launch_ros built
-# from ../shared/ros2_launch against Kilted) of the installed package: ~4 min on 2 cores.
+# from ../shared/ros2_launch against Kilted) of the installed package: ~5 min on 2 cores.
 test-kilted: build-kilted
 	cd $(KILTED_VENV) && env -u PYTHONPATH EP_EXPECT_RCLPY=$(KILTED_RCLPY) bin/python -m pytest \
 	  -c ../pytest.ini -p no:cacheprovider -q $(addprefix ../test/,$(KILTED_TESTS))

@@ -8,7 +8,7 @@ rclpy 7.1.6) and ``.venv-kilted`` (ROS 2 Kilted, rclpy 9.1.2). An rclpy upgrade 
 of them fails that test, naming the function, instead of breaking a node silently.
 
 Checked (sources read, test run): rclpy 7.1.6 (Jazzy) and 9.1.2 (Kilted). Humble's rclpy
-(3.3.x) cannot run here (no wheels for this Python) and was not checked: on a Humble robot,
+(3.3.x) is not on PyPI (no ros-humble-* wheels) and was not checked: on a Humble robot,
 run ``python -m pytest test/test_rclpy_compat.py`` against apt's rclpy.
 
 Everything else in the package uses rclpy's public API only: ``Node.services`` (not

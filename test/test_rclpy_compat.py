@@ -150,6 +150,25 @@ def test_parameter_overrides_holds_every_source_declared_or_not(tmp_path):
         rclpy.shutdown(context=context)
 
 
+def test_a_changed_parameter_overrides_is_reported_not_fatal(monkeypatch):
+    """If rclpy drops or retypes ``_parameter_overrides``, the compat function says so, and the
+    nodes' undeclared-key check is skipped (with a warning) instead of failing the node."""
+    from emotion_perception.ros.params import unknown_parameter_overrides
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = Node('compat_changed', context=context,
+                    parameter_overrides=[Parameter('typo', value=1)])
+        assert unknown_parameter_overrides(node) == {'typo': None}
+        monkeypatch.setattr(node, '_parameter_overrides', [('typo', 1)])
+        with pytest.raises(compat.RclpyInternalsChanged, match='not a dict'):
+            compat.parameter_overrides(node)
+        assert unknown_parameter_overrides(node) == {}
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
 def test_lifecycle_services_are_the_five_named_typed_services():
     context = rclpy.Context()
     rclpy.init(context=context)

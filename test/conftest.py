@@ -4,6 +4,7 @@ Set before anything imports rclpy (pytest imports conftest.py first).
 """
 import os
 import random
+from pathlib import Path
 
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
 os.environ.setdefault('ROS_DOMAIN_ID', str(random.Random().randint(10, 200)))
@@ -18,6 +19,39 @@ import pytest  # noqa: E402
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than ~20 s (excluded by make test-fast)')
     config.addinivalue_line('markers', 'ros: needs rclpy and the generated messages')
+    _check_expected_environment()
+
+
+def _rclpy_version() -> str | None:
+    from importlib import metadata
+    for dist in ('ros-rclpy', 'rclpy'):  # PyPI wheels; apt / colcon installs
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_expected_environment() -> None:
+    """``EP_EXPECT_RCLPY=9.1.2`` (``make test-kilted``): refuse to run unless that rclpy is
+    the one installed and emotion_perception is the installed copy (built with that ROS's
+    rosidl), not the source tree with the other venv's generated messages."""
+    expected = os.environ.get('EP_EXPECT_RCLPY')
+    if not expected:
+        return
+    got = _rclpy_version()
+    if got != expected:
+        raise pytest.UsageError(f'EP_EXPECT_RCLPY={expected} but rclpy {got} is installed')
+    import emotion_perception
+    source = Path(__file__).resolve().parents[1] / 'emotion_perception'
+    where = Path(emotion_perception.__file__).resolve()
+    if where.parent == source:
+        raise pytest.UsageError(f'EP_EXPECT_RCLPY is set but emotion_perception comes from the '
+                                f'source tree ({where}); run from outside it (make test-kilted)')
+
+
+def pytest_report_header(config):
+    return f'rclpy {_rclpy_version()}'
 
 
 @pytest.fixture(scope='session')

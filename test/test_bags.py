@@ -23,7 +23,6 @@ from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from emotion_perception.tools import bags  # noqa: E402
 from emotion_perception.tools.cli import main as cli_main  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_TOPIC = '/camera/image_raw'
 EMOTION_TOPIC = '/emotions'
 EMOTION_TYPE = 'emotion_perception/msg/PersonEmotionArray'
@@ -367,7 +366,10 @@ def test_player_fast_with_topic_filter_and_sensor_qos(tmp_path, ros_context):
 
 
 def test_cli_replay_and_record_in_two_processes(tmp_path):
-    """`emotion-perception record` and `replay` as separate processes, custom type included."""
+    """`emotion-perception record` and `replay` as separate processes, custom type included.
+    Run outside the source tree (``-m`` puts the working directory first on sys.path): the
+    installed package of the Kilted test environment, not the source tree, must be the one
+    imported."""
     pytest.importorskip('emotion_perception.msg')
     n = 6
     make_mixed_bag(tmp_path / 'orig', n, 20_000_000)
@@ -376,12 +378,12 @@ def test_cli_replay_and_record_in_two_processes(tmp_path):
     recorder = subprocess.Popen(
         cmd + ['record', str(tmp_path / 'rec'), '--topics', IMAGE_TOPIC, EMOTION_TOPIC,
                '--count', str(2 * n), '--duration', str(DDS_TIMEOUT_S)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         replay = subprocess.run(
             cmd + ['replay', str(tmp_path / 'orig'), '--wait-subscribers', '1',
                    '--wait-timeout', str(DDS_TIMEOUT_S), '--rate-scale', '4'],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=2 * DDS_TIMEOUT_S)
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=2 * DDS_TIMEOUT_S)
         assert replay.returncode == 0, replay.stdout + replay.stderr
         assert f'published {2 * n} messages' in replay.stderr
         out, _ = recorder.communicate(timeout=2 * DDS_TIMEOUT_S)

@@ -46,7 +46,7 @@ def worker_threads():
 
 
 def state(node):
-    return node._state_machine.current_state[1]
+    return node.lifecycle_state
 
 
 def image_msg(stamp, w=64, h=48):
@@ -126,7 +126,12 @@ def test_emotion_node_lifecycle_keeps_or_frees_model_and_threads(harness, free):
     rig.send(det_array(header(1), PERSONS), image_msg(1))
     assert node.trigger_deactivate().name == 'SUCCESS'
     assert backend.loaded is (not free) and worker_threads() == []
+    # the old subscriptions gone from the publishers' matches before the new ones are awaited
+    # (else a stale count of 1 lets the next frame go to nobody)
+    assert rig.harness.wait_for(lambda: rig.img_pub.get_subscription_count() == 0
+                                and rig.det_pub.get_subscription_count() == 0, 10)
     assert node.trigger_activate().name == 'SUCCESS'
+    assert rig.harness.wait_matched(rig.img_pub) and rig.harness.wait_matched(rig.det_pub)
     assert node.pipeline.backend is backend  # the configured model, not a new one
     assert backend.loaded and worker_threads() == ['emotion_worker']
     ans = rig.send(det_array(header(2), PERSONS), image_msg(2))

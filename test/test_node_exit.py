@@ -4,8 +4,10 @@ rclpy's signal handler shuts the context down from the signal; if the executor w
 its ``context.ok()`` check and building its next wait set, ``executor.spin()`` raises
 ``RCLError('failed to initialize wait set: the given context is not valid ...')`` instead of
 ``ExternalShutdownException`` (seen in CI: the installed node exited 1 on SIGINT). Here the race
-is made certain: the executor's spin shuts the context down and then builds a wait set on it,
-the way rclpy does, so the real RCLError is raised.
+is made certain: the executor's spin shuts the context down and then creates a guard condition
+on it (public API; rclpy's executor creates guard conditions and wait sets on its context, and
+both raise the same RCLError '... the given context is not valid ...'), so the real RCLError is
+raised.
 """
 import pytest
 
@@ -13,6 +15,7 @@ pytest.importorskip('rclpy')
 
 import rclpy  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.guard_condition import GuardCondition  # noqa: E402
 from rclpy.lifecycle import LifecycleNode  # noqa: E402
 
 from emotion_perception.nodes import lifecycle  # noqa: E402
@@ -30,11 +33,11 @@ class _Node(LifecycleNode):
 
 
 def _racing_spin(self):
-    context = self._context
+    context = self.context
     rclpy.shutdown()  # what the SIGINT handler does (the default context)
-    from rclpy.impl.implementation_singleton import rclpy_implementation as _rclpy
-    with context.handle:
-        _rclpy.WaitSet(0, 0, 0, 0, 0, 0, context.handle)  # raises: context not valid
+    # the executor's wait set needs a guard condition on the context, as rclpy builds it:
+    # raises RCLError('failed to create guard_condition: the given context is not valid ...')
+    GuardCondition(None, None, context=context)
 
 
 def test_shutdown_race_in_spin_exits_with_code_0(monkeypatch):

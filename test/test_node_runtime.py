@@ -168,6 +168,9 @@ def test_detector_ids_after_reactivation_never_name_old_people(harness, bus_rgb,
     before = frames([1, 2, 3])
     assert len(before) >= 3 and '' not in before
     assert node.trigger_deactivate().name == 'SUCCESS'
+    # the old subscription must be gone from the publisher's matches first: else the count of
+    # 1 may still be the destroyed one and frame 4 is published to nobody (seen on a busy host)
+    assert harness.wait_for(lambda: pub.get_subscription_count() == 0, 10)
     assert node.trigger_activate().name == 'SUCCESS'
     assert harness.wait_matched(pub)
     after = frames([4, 5, 6])

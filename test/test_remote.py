@@ -99,7 +99,7 @@ def test_node_stays_unconfigured_when_the_server_is_down():
             Parameter('backend.url', value=[f'http://127.0.0.1:{port}/v1']),
             Parameter('backend.retries', value=0)]))
         assert node.trigger_configure().name == 'FAILURE'
-        assert node._state_machine.current_state[1] == 'unconfigured'
+        assert node.lifecycle_state == 'unconfigured'
         assert 'server unreachable' in node.failure_reason
 
 

@@ -58,6 +58,8 @@ from ..ros.node_utils import (CallbackGuard, KindLogger, SafeLogger, WorkerBusyE
                               WorkerThread)
 from ..ros.params import (ParamSpec, declare_params, in_range, read_only_names, read_params,
                           unknown_parameter_overrides)
+from ..ros.rclpy_compat import (available_transitions, lifecycle_services, lifecycle_state_label,
+                                move_to_callback_group, replace_service_callback)
 
 #: Parameters every node has (appended to each node's own table).
 COMMON_PARAMS = [
@@ -85,10 +87,6 @@ TRANSITION_NAMES = {v: k[len('TRANSITION_'):].lower() for k, v in vars(Transitio
 _KNOWN_LABELS = frozenset(TRANSITION_NAMES.values()) | frozenset(REQUESTABLE.values())
 #: at most this many characters of a client's label appear in a log line
 MAX_LABEL_SHOWN = 64
-#: the five lifecycle services rclpy creates (attribute names on LifecycleNodeMixin)
-_LIFECYCLE_SERVICES = ('_service_change_state', '_service_get_state',
-                       '_service_get_available_states', '_service_get_available_transitions',
-                       '_service_get_transition_graph')
 
 
 class PerceptionNode(LifecycleNode):
@@ -226,11 +224,6 @@ class PerceptionNode(LifecycleNode):
         self.stats.count('errors.callback')
         self.stats.count(f'errors.callback.{kind}')
 
-    @staticmethod
-    def _move_to_group(entity: Any, group: Any) -> None:
-        entity.callback_group = group
-        group.add_entity(entity)
-
     def _setup_callback_groups(self) -> None:
         """Lifecycle services: reentrant (get_state answers while a transition runs; the
         transitions themselves are serialized by ``_transition_lock``). Parameter (and other
@@ -239,22 +232,22 @@ class PerceptionNode(LifecycleNode):
         self._lifecycle_group = ReentrantCallbackGroup()
         self._node_services_group = MutuallyExclusiveCallbackGroup()
         self._diag_group = MutuallyExclusiveCallbackGroup()
-        lifecycle = [getattr(self, a) for a in _LIFECYCLE_SERVICES if hasattr(self, a)]
-        for srv in list(self._services):
-            if srv in lifecycle:
-                self._move_to_group(srv, self._lifecycle_group)
+        lifecycle = lifecycle_services(self)
+        for srv in list(self.services):
+            if srv in lifecycle.values():
+                move_to_callback_group(srv, self._lifecycle_group)
             else:
-                self._move_to_group(srv, self._node_services_group)
-            srv.callback = self._callback_guard.wrap('service', srv.callback)
-        if hasattr(self, '_service_change_state'):
-            self._service_change_state.callback = self._callback_guard.wrap(
-                'service', self._on_change_state_request)
+                move_to_callback_group(srv, self._node_services_group)
+            replace_service_callback(srv, self._callback_guard.wrap('service', srv.callback))
+        if 'change_state' in lifecycle:
+            replace_service_callback(lifecycle['change_state'], self._callback_guard.wrap(
+                'service', self._on_change_state_request))
 
     # -- lifecycle requests ----------------------------------------------------------------------
     @property
     def lifecycle_state(self) -> str:
         """'unconfigured', 'inactive', 'active', 'finalized' or a transition state."""
-        return self._state_machine.current_state[1]
+        return lifecycle_state_label(self)
 
     def _on_change_state_request(self, request, response):
         """The ``change_state`` service: never raises (rclpy#1209), never waits for another
@@ -285,7 +278,7 @@ class PerceptionNode(LifecycleNode):
             return None
         try:
             state = self.lifecycle_state
-            available = {t[0]: t[1] for t in self._state_machine.available_transitions}
+            available = available_transitions(self)
             if label:
                 tid = next((i for i, lab in available.items() if lab == label), None)
             else:

@@ -17,6 +17,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+from ..ros.rclpy_compat import lifecycle_state_label
 from . import signals
 
 #: executor threads of a node process: one may sit in a long transition (configure loading a
@@ -58,16 +59,16 @@ def autostart(node: LifecycleNode) -> bool:
 
 
 def _autostart(node: LifecycleNode) -> bool:
-    state = node._state_machine.current_state[1]
+    state = lifecycle_state_label(node)
     if state == 'unconfigured':
         if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             if shutting_down():
                 return False
-            if node._state_machine.current_state[1] == 'unconfigured':
+            if lifecycle_state_label(node) == 'unconfigured':
                 node.get_logger().error('autostart: configure failed; the node stays '
                                         'unconfigured')
                 return False
-        state = node._state_machine.current_state[1]
+        state = lifecycle_state_label(node)
     if state == 'inactive' and not shutting_down():
         return node.trigger_activate() == TransitionCallbackReturn.SUCCESS
     return state == 'active'

@@ -13,6 +13,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from .image_conversion import compressed_to_rgb, image_msg_to_rgb
 from .qos import image_qos, warn_on_incompatible_qos
+from .rclpy_compat import subscription_passes_message_info
 
 #: Refuse images larger than this before allocating (8K UHD is 33 Mpx).
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
@@ -172,12 +173,7 @@ def subscribe_image(node, topic: str, transport: str, reliability: str, depth: i
 def with_message_info(callback: Callable[[object, dict | None], None]) -> Callable:
     """A subscription callback that receives ``(msg, message_info)`` where rclpy supports it
     (message_info is a dict with 'publication_sequence_number', ...), else ``(msg, None)``."""
-    try:
-        from rclpy.subscription import Subscription
-        supported = hasattr(Subscription, 'CallbackType')
-    except ImportError:  # pragma: no cover
-        supported = False
-    if supported:
+    if subscription_passes_message_info():
         return lambda msg, info: callback(msg, info)
     return lambda msg: callback(msg, None)
 

@@ -27,6 +27,8 @@ from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.parameter import Parameter
 
+from .rclpy_compat import RclpyInternalsChanged, parameter_overrides
+
 #: Appended to the description of read-only parameters (what `ros2 param describe` shows).
 READ_ONLY_NOTE = ('read-only: it selects code or weights to load; set it in the parameter file, '
                   'the launch file or on the command line and restart the node')
@@ -118,8 +120,12 @@ def unknown_parameter_overrides(node) -> dict[str, str | None]:
     Call after all parameters are declared. rclpy keeps such overrides without a word, so a
     typo such as ``reuse.max_age`` (for ``reuse.max_age_s``) would be ignored silently.
     """
-    overrides = getattr(node, '_parameter_overrides', None) or {}
-    declared = sorted(node._parameters) if hasattr(node, '_parameters') else []
+    try:
+        overrides = parameter_overrides(node)
+    except RclpyInternalsChanged as exc:  # a check, not a reason to stop the node
+        node.get_logger().warning(f'cannot check the parameter file for undeclared keys: {exc}')
+        return {}
+    declared = sorted(node.list_parameters([], 0).names)  # depth 0: recursive (all names)
     out: dict[str, str | None] = {}
     for name in sorted(overrides):
         if node.has_parameter(name) or name.startswith(_LAZY_PREFIXES):

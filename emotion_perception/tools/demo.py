@@ -244,7 +244,14 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
                 print(''.join((output / 'logs' / f'{name}.log').read_text().splitlines(True)[-15:]),
                       file=sys.stderr)
                 rc = 1
+        # Stop the spin thread and destroy the nodes before rclpy and the interpreter go away:
+        # a daemon thread still inside rclpy's wait at interpreter exit aborts the process
+        # ('terminate called without an active exception', seen with Kilted's rclpy 9.1.2).
         executor.shutdown(timeout_sec=2.0)
+        spin.join(timeout=5.0)
+        for ros_node in (recorder, node):
+            executor.remove_node(ros_node)
+            ros_node.destroy_node()
         rclpy.shutdown()
     return rc
 

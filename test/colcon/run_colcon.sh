@@ -38,7 +38,7 @@ T0=$SECONDS
 # -- 1. a fresh workspace with a copy of the package (no venv, build outputs, generated code) --
 mkdir -p "$WS/src/$PKG"
 tar -C "$SRC" -cf - \
-  --exclude=./.venv --exclude=./.git --exclude=./build --exclude=./install --exclude=./log \
+  --exclude='./.venv*' --exclude=./.git --exclude=./build --exclude=./install --exclude=./log \
   --exclude=./out --exclude=./.whl --exclude="./$PKG/msg" --exclude='*.so' \
   --exclude=__pycache__ --exclude='*.pyc' --exclude='*.egg-info' --exclude=.pytest_cache \
   --exclude='*.pt' --exclude='*.mcap' --exclude='*.db3' . \

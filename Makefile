@@ -86,7 +86,8 @@ KILTED_TESTS := test_rclpy_compat.py test_lifecycle_requests.py test_node_exit.p
   test_node_runtime.py test_faults.py test_bad_input.py test_emotion_node.py \
   test_person_detector_node.py test_debug_image.py test_camera_encodings.py \
   test_backend_options.py test_behaviour_node.py test_restart_detection.py \
-  test_image_conversion.py test_bags.py test_end_to_end.py
+  test_image_conversion.py test_bags.py test_end_to_end.py test_worker_survival.py \
+  test_straggler_calls.py test_log_flood.py test_start_up_signals.py
 
 $(KILTED_STAMP): requirements/kilted.txt requirements/kilted-constraints.txt requirements/models.txt
 	rm -rf $(KILTED_VENV)

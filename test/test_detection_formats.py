@@ -399,3 +399,64 @@ def test_rep155_out_received_by_another_process(harness, tmp_path):
         assert harness.node.count_publishers('/humans/bodies/b2/roi') == 1
     finally:
         listener.close()
+
+
+@needs_interfaces
+def test_detector_vision_msgs_out_feeds_an_emotion_node_reading_vision_msgs(harness, tmp_path):
+    """person_detector publish_vision_msgs -> a listener in another process sees the same
+    persons as the native array; an emotion node with detections_format vision_msgs remapped
+    to vision_detections answers them."""
+    from emotion_perception.msg import PersonDetectionArray
+    from emotion_perception.nodes.person_detector import PersonDetectorNode
+    from emotion_perception.ros.qos import RESULTS_QOS
+    from rclpy.parameter import Parameter
+    det = harness.add(PersonDetectorNode(context=harness.context, parameter_overrides=[
+        Parameter('image_reliability', value='reliable'),
+        Parameter('publish_vision_msgs', value=True)]))
+    assert det.trigger_configure().name == 'SUCCESS', det.failure_reason
+    assert det.trigger_activate().name == 'SUCCESS'
+    native = harness.collect(PersonDetectionArray, 'detections', RESULTS_QOS)
+    node, out = start_node_remapped(harness)
+    listener = Listener(tmp_path, {'/vision_detections': 'vision'})
+    try:
+        run_peer(tmp_path, [{'kind': 'image', 'photo': 'bus', 'stamp': [50, 0]},
+                            {'kind': 'sleep', 's': 3.0},
+                            {'kind': 'image', 'photo': 'bus', 'stamp': [51, 0]}])
+        assert harness.wait_for(lambda: len(native) >= 2 and len(listener.records()) >= 2, 60)
+        msg = answer(harness, out, (51, 0), 60)
+    finally:
+        listener.close()
+    ref = native[-1]
+    vis = [r for r in listener.records() if r['stamp'] == [51, 0]][0]
+    assert len(ref.detections) == 4   # bus.jpg: four people
+    assert [d['id'] for d in vis['detections']] == [d.track_id for d in ref.detections]
+    assert all(d['class'] == 'person' for d in vis['detections'])
+    for d, r in zip(vis['detections'], ref.detections):
+        assert d['cxcywh'] == [r.bbox.x_offset + r.bbox.width / 2,
+                               r.bbox.y_offset + r.bbox.height / 2, r.bbox.width, r.bbox.height]
+        assert d['score'] == pytest.approx(r.confidence, abs=1e-6)
+    assert [p.track_id for p in msg.persons] == [d.track_id for d in ref.detections]
+    assert rois_of(msg) == [[r.bbox.x_offset, r.bbox.y_offset, r.bbox.width, r.bbox.height]
+                            for r in ref.detections]
+    assert all(p.status == 0 for p in msg.persons)
+
+
+def start_node_remapped(harness):
+    """An emotion node reading vision_msgs from vision_detections (a remap, as a user would)."""
+    from rclpy.parameter import Parameter
+
+    from emotion_perception.msg import PersonEmotionArray
+    from emotion_perception.nodes.emotion_node import EmotionNode
+    from emotion_perception.ros.qos import RESULTS_QOS
+    from emotion_perception.testing.fake_backends import FakeBackend, spec
+    params = {'backend.name': spec(FakeBackend), 'image_reliability': 'reliable',
+              'reuse.enabled': False, 'detections_format': 'vision_msgs'}
+    node = harness.add(EmotionNode(
+        'emotion_node', context=harness.context,
+        cli_args=['--ros-args', '-r', 'detections:=vision_detections'],
+        parameter_overrides=[Parameter(k, value=v) for k, v in params.items()]))
+    out: list = []
+    harness.node.create_subscription(PersonEmotionArray, 'emotions', out.append, RESULTS_QOS)
+    assert node.trigger_configure().name == 'SUCCESS', node.failure_reason
+    assert node.trigger_activate().name == 'SUCCESS', node.failure_reason
+    return node, out

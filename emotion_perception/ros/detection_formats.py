@@ -263,3 +263,21 @@ def convert(fmt: str, msg: Any, person_classes: Sequence[str], min_confidence: f
     if fmt == 'yolo':
         return from_yolo(msg, person_classes, min_confidence)
     raise ValueError(f'detections_format {fmt!r} is not an array format')
+
+
+def to_vision_msgs(msg: PersonDetectionArray) -> Any:
+    """Our ``PersonDetectionArray`` -> ``vision_msgs/Detection2DArray`` (the same header; per
+    person one hypothesis ``class_id='person'`` with the detector's score, ``id`` = track id,
+    box centre / size in pixels), for displays and nodes that read vision_msgs."""
+    vm = message_module('vision_msgs')
+    out = vm.Detection2DArray(header=msg.header)
+    for d in msg.detections:
+        det = vm.Detection2D(header=msg.header, id=d.track_id)
+        det.bbox.center.position.x = d.bbox.x_offset + d.bbox.width / 2.0
+        det.bbox.center.position.y = d.bbox.y_offset + d.bbox.height / 2.0
+        det.bbox.size_x, det.bbox.size_y = float(d.bbox.width), float(d.bbox.height)
+        hyp = vm.ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id, hyp.hypothesis.score = 'person', float(d.confidence)
+        det.results.append(hyp)
+        out.detections.append(det)
+    return out

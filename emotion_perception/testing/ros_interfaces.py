@@ -27,7 +27,8 @@ _done: dict[tuple[str, ...], str | None] = {}
 
 def prefix_dir() -> pathlib.Path:
     """Where the colcon workspace of the interface packages is (built or to be built)."""
-    return pathlib.Path(os.environ.get('EP_ROS2_INTERFACES', REPO / '.venv' / 'ros2-interfaces'))
+    return pathlib.Path(os.environ.get('EP_ROS2_INTERFACES',
+                                       REPO / '.venv' / 'ros2-interfaces')).absolute()
 
 
 def sources_dir() -> pathlib.Path:

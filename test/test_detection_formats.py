@@ -460,3 +460,18 @@ def start_node_remapped(harness):
     assert node.trigger_configure().name == 'SUCCESS', node.failure_reason
     assert node.trigger_activate().name == 'SUCCESS', node.failure_reason
     return node, out
+
+
+@needs_interfaces
+@pytest.mark.slow
+def test_bench_formats_answers_every_array_of_each_format():
+    """bench/bench_formats.py (short): exit 0 = every array of each format's stream answered
+    exactly once; both tables printed."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, os.path.join(repo, 'bench', 'bench_formats.py'),
+                           '--seconds', '1', '--reps', '50'], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'x native' in proc.stdout and 'answered' in proc.stdout
+    for fmt in ('vision_msgs', 'yolo', 'rep155'):
+        assert proc.stdout.count(fmt) == 2

@@ -475,3 +475,29 @@ def test_bench_formats_answers_every_array_of_each_format():
     assert 'x native' in proc.stdout and 'answered' in proc.stdout
     for fmt in ('vision_msgs', 'yolo', 'rep155'):
         assert proc.stdout.count(fmt) == 2
+
+
+@needs_interfaces
+def test_rep155_in_and_out_uses_the_body_ids_and_is_not_a_body_source(harness, tmp_path):
+    from emotion_perception.msg import PersonEmotionArray
+    from emotion_perception.ros.rep155 import HRI_QOS
+    node, out = start_node(harness, detections_format='rep155', **{'rep155.publish': True})
+    got = harness.collect(PersonEmotionArray, '/humans/bodies/alice/emotion', HRI_QOS)
+    tracked = {'kind': 'ids', 'topic': '/humans/bodies/tracked'}
+    run_peer(tmp_path, [
+        {**tracked, 'ids': ['alice', 'bob'], 'stamp': [60, 0]}, {'kind': 'sleep', 's': 0.5},
+        *body_frame([60, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
+        {'kind': 'sleep', 's': 0.5},
+        *body_frame([61, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
+        {'kind': 'sleep', 's': 0.5},
+        {**tracked, 'ids': ['bob'], 'stamp': [62, 0]}, {'kind': 'sleep', 's': 0.3},
+        *body_frame([62, 0], {'bob': norm(*BUS[1])}),
+    ])
+    answer(harness, out, (62, 0))
+    assert got and all([p.track_id for p in m.persons] == ['alice'] for m in got)
+    assert all(m.persons[0].status == 0 for m in got)
+    # not the body source: no tracked list nor rois from the node; alice's topic removed
+    assert node.count_publishers('/humans/bodies/tracked') == 0
+    assert harness.wait_for(lambda: harness.node.count_publishers(
+        '/humans/bodies/alice/emotion') == 0)
+    assert harness.node.count_publishers('/humans/bodies/bob/emotion') == 1

@@ -239,9 +239,9 @@ def test_foreign_detections_answered_over_dds(harness, tmp_path, fmt):
     run_peer(tmp_path, [
         {'kind': 'image', 'photo': 'bus', 'stamp': [10, 0]},
         {'kind': fmt, 'stamp': [10, 0], 'detections': PERSON_DETS + extra},
-        {'kind': 'sleep', 's': 0.5},  # answered before the next (latest-wins under load)
+        {'kind': 'await', 'stamp': [10, 0]},  # answered before the next (else latest-wins)
         {'kind': fmt, 'stamp': [11, 0], 'detections': []},      # empty: answered empty
-        {'kind': 'sleep', 's': 0.5},
+        {'kind': 'await', 'stamp': [11, 0]},
         {'kind': fmt, 'stamp': [12, 0], 'detections': PERSON_DETS[:1]},  # no image: ERROR
     ])
     msg = answer(harness, out, (10, 0))
@@ -305,9 +305,10 @@ def test_rep155_bodies_in_over_dds(harness, tmp_path):
         {**tracked, 'stamp': [20, 0]},
         {'kind': 'sleep', 's': 0.5},
         *body_frame([20, 0], {'alice': alice, 'bob': bob}),
+        {'kind': 'await', 'stamp': [20, 0]},
         # bob's roi never comes for this stamp: answered after pair_timeout_s with bob ERROR
         *body_frame([21, 0], {'alice': alice}),
-        {'kind': 'sleep', 's': 1.5},  # (a newer frame ready meanwhile would win: latest-wins)
+        {'kind': 'await', 'stamp': [21, 0]},  # (a newer frame ready meanwhile would win)
         # bob's roi reaches outside [0, 1] (clipped), alice's is NaN
         *body_frame([22, 0], {'alice': [math.nan, 0.1, 0.5, 0.5],
                               'bob': [-0.2, 0.3, 0.4, 1.3]}),
@@ -363,16 +364,20 @@ def test_rep155_out_received_by_another_process(harness, tmp_path):
                  {'kind': 'roi', 'topic': '/humans/faces/f1/roi', 'xyxy': face,
                   'stamp': [40, 0]},
                  {'kind': 'native', 'stamp': [40, 0], 'width': BUS_W, 'height': BUS_H,
-                  'detections': PERSON_DETS[:2]}]
-        # 10 frames with persons 1 and 2, then 10 frames with person 2 only
+                  'detections': PERSON_DETS[:2]},
+                 {'kind': 'await', 'stamp': [40, 0]}]   # one frame at a time
+        # 8 frames with persons 1 and 2, then 8 frames with person 2 only
         gone = [dict(s, detections=PERSON_DETS[1:2]) if s['kind'] == 'native' else s
                 for s in frame]
-        run_peer(tmp_path, [{'kind': 'repeat', 'n': 10, 'hz': 10, 'steps': frame},
-                            {'kind': 'repeat', 'n': 10, 'hz': 10,
-                             'steps': [dict(s, stamp=[41, 0]) for s in gone]}])
-        assert harness.wait_for(lambda: len(out) >= 20)
+        run_peer(tmp_path, [{'kind': 'repeat', 'n': 8, 'hz': 4, 'steps': frame},
+                            {'kind': 'repeat', 'n': 8, 'hz': 4,
+                             'steps': [dict(s, stamp=[45, 0]) for s in gone]}])
+        assert harness.wait_for(lambda: len(out) >= 16)
         assert harness.wait_for(lambda: len(listener.records('/humans/faces/f1/expression'))
-                                >= 3 and len(listener.records('/humans/bodies/b2/emotion')) >= 15)
+                                >= 4 and len(listener.records('/humans/bodies/b2/emotion'))
+                                >= 12), ({t: len(listener.records(t)) for t in topics},
+                                         node.stats.snapshot())
+        assert node.stats.snapshot().get('drops.stale_frame', 0) == 0
         emotions = listener.records('/humans/bodies/b1/emotion')
         assert emotions and all(len(r['persons']) == 1 and r['persons'][0]['track_id'] == '1'
                                 for r in emotions)
@@ -420,7 +425,7 @@ def test_detector_vision_msgs_out_feeds_an_emotion_node_reading_vision_msgs(harn
     listener = Listener(tmp_path, {'/vision_detections': 'vision'})
     try:
         run_peer(tmp_path, [{'kind': 'image', 'photo': 'bus', 'stamp': [50, 0]},
-                            {'kind': 'sleep', 's': 3.0},
+                            {'kind': 'await', 'stamp': [50, 0], 'timeout_s': 60},
                             {'kind': 'image', 'photo': 'bus', 'stamp': [51, 0]}])
         assert harness.wait_for(lambda: len(native) >= 2 and len(listener.records()) >= 2, 60)
         msg = answer(harness, out, (51, 0), 60)
@@ -487,9 +492,9 @@ def test_rep155_in_and_out_uses_the_body_ids_and_is_not_a_body_source(harness, t
     run_peer(tmp_path, [
         {**tracked, 'ids': ['alice', 'bob'], 'stamp': [60, 0]}, {'kind': 'sleep', 's': 0.5},
         *body_frame([60, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
-        {'kind': 'sleep', 's': 0.5},
+        {'kind': 'await', 'stamp': [60, 0]},
         *body_frame([61, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
-        {'kind': 'sleep', 's': 0.5},
+        {'kind': 'await', 'stamp': [61, 0]},
         {**tracked, 'ids': ['bob'], 'stamp': [62, 0]}, {'kind': 'sleep', 's': 0.3},
         *body_frame([62, 0], {'bob': norm(*BUS[1])}),
     ])

@@ -16,6 +16,8 @@ until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and
   {"kind": "ids", "topic": "/humans/bodies/tracked", "stamp": [...], "ids": [...]}
   {"kind": "roi", "topic": "/humans/bodies/a/roi", "stamp": [...], "xyxy": [...], "c": 0.9}
   {"kind": "sleep", "s": 0.1}
+  {"kind": "await", "stamp": [...], "timeout_s": 30}   until ``emotions`` with that stamp came
+                                                        (lockstep with the emotion node)
   {"kind": "repeat", "n": 30, "hz": 30, "steps": [...]}  (stamps get +i/hz seconds)
 
 ``listen`` records every message of the given topics (types: emotions, expression, ids, roi,
@@ -28,10 +30,12 @@ import json
 import math
 import signal
 import sys
+import threading
 import time
 from typing import Any
 
 import rclpy
+import rclpy.executors
 from rclpy.node import Node
 
 from ..ros.qos import RESULTS_QOS, image_qos
@@ -128,6 +132,28 @@ class Publisher(Node):
         self.pubs: dict[tuple[str, type], Any] = {}
         self.photos: dict = {}
         self.match_timeout_s = match_timeout_s
+        self.answered: set = set()
+        self._answers_sub = None
+        self._executor = rclpy.executors.SingleThreadedExecutor()
+        self._executor.add_node(self)
+        threading.Thread(target=self._spin, daemon=True).start()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown
+            pass
+
+    def _await(self, stamp: list[int], timeout_s: float) -> None:
+        if self._answers_sub is None:
+            from emotion_perception.msg import PersonEmotionArray
+            self._answers_sub = self.create_subscription(
+                PersonEmotionArray, 'emotions',
+                lambda m: self.answered.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                RESULTS_QOS)
+        end = time.monotonic() + timeout_s
+        while tuple(stamp) not in self.answered and time.monotonic() < end:
+            time.sleep(0.01)
 
     def _publisher(self, msg_type: type, topic: str, qos: Any) -> Any:
         key = (topic, msg_type)
@@ -142,6 +168,8 @@ class Publisher(Node):
         for step in steps:
             if step['kind'] == 'sleep':
                 time.sleep(float(step['s']))
+            elif step['kind'] == 'await':
+                self._await(step['stamp'], float(step.get('timeout_s', 30.0)))
             elif step['kind'] == 'repeat':
                 period = 1.0 / float(step['hz'])
                 t0 = time.monotonic()

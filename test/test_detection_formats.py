@@ -333,6 +333,8 @@ def test_rep155_bodies_in_over_dds(harness, tmp_path):
     counts = node.stats.snapshot()
     assert counts['rep155.invalid_ids'] >= 2 and counts['rep155.rois_clipped'] >= 1
     assert counts['errors.no_roi_for_this_stamp'] >= 1
+    assert counts['detections_in'] == 3   # body frames count as this input's arrays
+    assert 'no detections' not in node.diagnostics()[1]
 
     # 10,000 ids: at most rep155.max_ids subscriptions; then alice leaves: hers is destroyed
     many = [f'id{i}' for i in range(10000)]
@@ -491,10 +493,10 @@ def test_rep155_in_and_out_uses_the_body_ids_and_is_not_a_body_source(harness, t
     tracked = {'kind': 'ids', 'topic': '/humans/bodies/tracked'}
     run_peer(tmp_path, [
         {**tracked, 'ids': ['alice', 'bob'], 'stamp': [60, 0]}, {'kind': 'sleep', 's': 0.5},
-        *body_frame([60, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
-        {'kind': 'await', 'stamp': [60, 0]},
-        *body_frame([61, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
-        {'kind': 'await', 'stamp': [61, 0]},
+        # 5 frames at 5 Hz: a subscriber discovers the new per-body publisher meanwhile
+        {'kind': 'repeat', 'n': 5, 'hz': 5, 'steps': [
+            *body_frame([60, 0], {'alice': norm(*BUS[0]), 'bob': norm(*BUS[1])}),
+            {'kind': 'await', 'stamp': [60, 0]}]},
         {**tracked, 'ids': ['bob'], 'stamp': [62, 0]}, {'kind': 'sleep', 's': 0.3},
         *body_frame([62, 0], {'bob': norm(*BUS[1])}),
     ])

@@ -432,6 +432,7 @@ class EmotionNode(PerceptionNode):
                 return job.received + timeout
             self._waiting.popleft()
             self._take_body_frame(job)
+            self.stats.count('detections_in')  # a body frame is this input's detections array
             self._pending.append(job)
         return None
 

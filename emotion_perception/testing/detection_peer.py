@@ -136,7 +136,14 @@ class Publisher(Node):
         self._answers_sub = None
         self._executor = rclpy.executors.SingleThreadedExecutor()
         self._executor.add_node(self)
-        threading.Thread(target=self._spin, daemon=True).start()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the spin thread before the context goes (else the process aborts at exit)."""
+        self._executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=10.0)
+        self.destroy_node()
 
     def _spin(self) -> None:
         try:
@@ -248,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
             with open(argv[1]) as f:
                 spec = json.load(f)
             node = Publisher(spec.get('match_timeout_s', 10.0))
-            node.run(spec['steps'])
-            time.sleep(spec.get('linger_s', 1.0))  # reliable delivery of the last messages
+            try:
+                node.run(spec['steps'])
+                time.sleep(spec.get('linger_s', 1.0))  # reliable delivery of the last messages
+            finally:
+                node.close()
         else:
             listen(argv[1], argv[2:])
     except KeyboardInterrupt:

@@ -8,10 +8,12 @@ top of native), median of ``--reps`` runs, and its ratio to ``native``.
 Table 2, a 30 Hz stream of each format for ``--seconds`` (real topics, the emotion node
 in-process with the fake backend, the camera and detector simulated in this process): a
 ``sensor_msgs/Image`` (bus.jpg, 810x1080) per frame and its detections in the format
-(``rep155``: the image, then each body's roi; the tracked list once per second); arrays sent,
-answered (exactly one emotions array each), persons OK, the node's p50 / p90 latency (receipt
-of the detections, or of the image for rep155, to publishing). Exit code 1 when an array is
-unanswered.
+(``rep155``: the image, then each body's roi; the tracked list once); arrays sent, received
+by the node (``detections_in``; rep155: body frames = images received), answered (exactly one
+emotions array each), persons OK, the node's p50 / p90 latency (receipt of the detections, or
+of the image for rep155, to publishing), and the rate the stream reached (this process
+publishes 2.4 MB images: on a loaded machine it falls short of 30 Hz). Exit code 1 when a
+received array is unanswered or answered twice, or a detections array is lost.
 
     .venv/bin/python bench/bench_formats.py            # make bench-formats
     .venv/bin/python bench/bench_formats.py --seconds 3 --reps 2000
@@ -141,6 +143,7 @@ def stream(fmt: str, n: int, seconds: float, hz: float) -> dict:
         pct = node.stats.percentiles()
         answered = {(s, ns) for s, ns, _ in out}
         return {'sent': frames, 'answered': len(answered), 'arrays_out': len(out),
+                'received': node.stats.snapshot().get('detections_in', 0),
                 'persons_ok': sum(st.count(0) for _, _, st in out),
                 'persons': sum(len(st) for _, _, st in out),
                 'p50': pct[50], 'p90': pct[90],
@@ -165,13 +168,18 @@ def main() -> int:
         print(f'{fmt:<12} {cost[fmt]:>9.1f} {cost[fmt] / cost["native"]:>9.2f}')
     print(f'\n{args.hz:.0f} Hz stream, {args.seconds:.0f} s, {args.persons} persons, bus.jpg '
           '810x1080 rgb8, fake backend:')
-    print(f'{"format":<12} {"sent":>5} {"answered":>8} {"arrays":>6} {"ok":>6}/{"persons":<7} '
-          f'{"p50 ms":>7} {"p90 ms":>7} {"Hz":>6}')
+    print(f'{"format":<12} {"sent":>5} {"received":>8} {"answered":>8} {"arrays":>6} '
+          f'{"ok":>6}/{"persons":<7} {"p50 ms":>7} {"p90 ms":>7} {"Hz":>6}')
     failed = False
     for fmt in FORMATS:
         r = stream(fmt, args.persons, args.seconds, args.hz)
-        failed |= r['answered'] != r['sent'] or r['arrays_out'] != r['sent']
-        print(f'{fmt:<12} {r["sent"]:>5} {r["answered"]:>8} {r["arrays_out"]:>6} '
+        # every array the node received answered exactly once; all sent arrays received
+        # (rep155: an array is a body frame, made by each image the node received: a reliable
+        # image stream can still lose images under load, keep-last 5)
+        failed |= r['answered'] != r['received'] or r['arrays_out'] != r['received']
+        failed |= fmt != 'rep155' and r['received'] != r['sent']
+        print(f'{fmt:<12} {r["sent"]:>5} {r["received"]:>8} {r["answered"]:>8} '
+              f'{r["arrays_out"]:>6} '
               f'{r["persons_ok"]:>6}/{r["persons"]:<7} {r["p50"]:>7.1f} {r["p90"]:>7.1f} '
               f'{r["rate_hz"]:>6.1f}')
     return 1 if failed else 0

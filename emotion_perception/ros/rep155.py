@@ -28,7 +28,6 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from emotion_perception.msg import PersonEmotionArray
 
 from ..core.expressions import to_expression
-from ..core.faces import Face, assign_faces
 from ..core.types import BBox, Status
 from .detection_formats import is_name_token, message_module, rep155_id
 from .messages import emotion_to_msg, roi_to_bbox, stamp_key
@@ -179,9 +178,10 @@ class FaceInput:
             if face_id in self.ids:
                 self.rois[face_id] = msg
 
-    def faces(self, stamp_s: float, width: int, height: int) -> list[tuple[str, Face]]:
+    def faces(self, stamp_s: float, width: int, height: int) -> list[tuple[str, Any]]:
         """(face id, Face in pixels) of the tracked faces with a roi no older than
         ``FACE_ROI_MAX_AGE_S`` before ``stamp_s`` (nor after it)."""
+        from ..core.faces import Face  # imports torch: only where faces are published
         out = []
         with self.lock:
             items = [(i, self.rois[i]) for i in self.ids if i in self.rois]
@@ -301,6 +301,7 @@ class Rep155Output:
         faces = self.faces.faces(stamp_s, width, height)
         if not faces:
             return
+        from ..core.faces import assign_faces
         boxes = [roi_to_bbox(det.bbox) for _, det, _ in answered]
         chosen = assign_faces(boxes, [f for _, f in faces], FACE_SEARCH_FRACTION)
         by_face = {id(f): i for i, f in faces}

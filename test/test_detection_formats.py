@@ -267,20 +267,36 @@ def test_missing_message_package_fails_configure_naming_apt(harness, monkeypatch
     from emotion_perception.ros import detection_formats
     real = detection_formats.importlib.import_module
 
-    def no_hri(name, *a):
-        if name.startswith('hri_msgs'):
+    def none_of_them(name, *a, **kw):
+        if name.split('.')[0] in ('hri_msgs', 'vision_msgs', 'yolo_msgs'):
             raise ImportError(f'No module named {name!r}')
-        return real(name, *a)
-    monkeypatch.setattr(detection_formats.importlib, 'import_module', no_hri)
+        return real(name, *a, **kw)
+    monkeypatch.setattr(detection_formats.importlib, 'import_module', none_of_them)
     from rclpy.parameter import Parameter
 
     from emotion_perception.nodes.emotion_node import EmotionNode
+    from emotion_perception.nodes.person_detector import PersonDetectorNode
     from emotion_perception.testing.fake_backends import FakeBackend, spec
-    node = harness.add(EmotionNode('emotion_node', context=harness.context, parameter_overrides=[
-        Parameter('backend.name', value=spec(FakeBackend)),
-        Parameter('detections_format', value='rep155')]))
-    assert node.trigger_configure().name == 'FAILURE'
-    assert 'ros-jazzy-hri-msgs' in node.failure_reason
+    for i, (params, apt) in enumerate([
+            ({'detections_format': 'rep155'}, 'ros-jazzy-hri-msgs'),
+            ({'detections_format': 'vision_msgs'}, 'ros-jazzy-vision-msgs'),
+            ({'detections_format': 'yolo'}, 'yolo_ros'),
+            ({'rep155.publish': True}, 'ros-jazzy-hri-msgs')]):
+        node = harness.add(EmotionNode(f'emotion_node{i}', context=harness.context,
+                                       parameter_overrides=[
+            Parameter('backend.name', value=spec(FakeBackend)),
+            *[Parameter(k, value=v) for k, v in params.items()]]))
+        assert node.trigger_configure().name == 'FAILURE', params
+        assert apt in node.failure_reason and node.lifecycle_state == 'unconfigured'
+    det = harness.add(PersonDetectorNode(context=harness.context, parameter_overrides=[
+        Parameter('publish_vision_msgs', value=True)]))
+    assert det.trigger_configure().name == 'FAILURE'
+    assert 'ros-jazzy-vision-msgs' in det.failure_reason
+    # without them, the defaults configure (the package runs without these packages)
+    node = harness.add(EmotionNode('emotion_node_plain', context=harness.context,
+                                   parameter_overrides=[
+        Parameter('backend.name', value=spec(FakeBackend))]))
+    assert node.trigger_configure().name == 'SUCCESS', node.failure_reason
 
 
 def body_frame(stamp, rois: dict, photo='bus'):

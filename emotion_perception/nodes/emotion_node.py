@@ -451,7 +451,6 @@ class EmotionNode(PerceptionNode):
         if clipped and job.msg is None:
             self.stats.count('rep155.rois_clipped', clipped)
         job.msg, job.errors = conv.msg, conv.errors
-        job.received = min(job.received, time.monotonic())
 
     def _work_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():

@@ -206,7 +206,10 @@ def start_node(harness, **params):
 
 def answer(harness, out, stamp, timeout=30.0):
     got = lambda: [m for m in out if (m.header.stamp.sec, m.header.stamp.nanosec) == stamp]
-    assert harness.wait_for(lambda: got(), timeout), f'no answer for {stamp}'
+    nodes = [n for n in harness._nodes if hasattr(n, 'stats')]
+    assert harness.wait_for(lambda: got(), timeout), (
+        f'no answer for {stamp}; got {[(m.header.stamp.sec, m.header.stamp.nanosec) for m in out]}'
+        f'; node counters {[n.stats.snapshot() for n in nodes]}')
     time.sleep(0.2)
     assert len(got()) == 1, 'one answer per array'
     return got()[0]

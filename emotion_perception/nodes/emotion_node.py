@@ -454,7 +454,13 @@ class EmotionNode(PerceptionNode):
 
     def _work_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            got = self._next_job(stop)
+            try:
+                got = self._next_job(stop)
+            except Exception as exc:  # noqa: BLE001 - e.g. a body frame that cannot be read
+                self.stats.count('errors.internal')
+                self.kind_log.warn('internal', f'{type(exc).__name__}: {exc}', error=True)
+                time.sleep(0.01)
+                continue
             if got is None:
                 return
             job, image, stale = got

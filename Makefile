@@ -16,8 +16,8 @@ export TRANSFORMERS_OFFLINE := 1
 export YOLO_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: all venv build tokenizers vllm demo test test-fast colcon-test check-robot-pins bench \
-  bench-remote clean venv-kilted build-kilted test-kilted
+.PHONY: all venv build tokenizers vllm interfaces demo test test-fast colcon-test \
+  check-robot-pins bench bench-remote bench-formats clean venv-kilted build-kilted test-kilted
 
 all: build
 
@@ -64,6 +64,20 @@ $(VLLM_STAMP): $(VLLM_REQS)
 	touch $@
 
 vllm: $(VLLM_STAMP)
+
+# The interface packages of other stacks (vision_msgs, hri_msgs, yolo_msgs: not on PyPI), built
+# with colcon from ../shared/ros2_interfaces (about a minute, once) for the tests of
+# detections_format / REP-155 (testing/ros_interfaces.py activates them). Without those sources
+# the tests say why they skip. A robot takes them from apt instead (README "Use your own detector").
+ROS2_INTERFACES := $(VENV)/ros2-interfaces
+ROS2_INTERFACES_SRC ?= ../shared/ros2_interfaces
+IFACES_STAMP := $(ROS2_INTERFACES)/.stamp
+$(IFACES_STAMP): $(STAMP)
+	@if [ -f $(ROS2_INTERFACES_SRC)/build.sh ]; then \
+	  bash $(ROS2_INTERFACES_SRC)/build.sh $(VENV) $(ROS2_INTERFACES) && touch $@; \
+	else echo "no $(ROS2_INTERFACES_SRC)/build.sh: the vision_msgs/hri_msgs/yolo_msgs tests skip"; fi
+
+interfaces: $(IFACES_STAMP)
 
 demo: build
 	$(VENV)/bin/emotion-perception demo --output out/demo
@@ -118,12 +132,13 @@ test-kilted: build-kilted
 
 # EP_VLLM_PYTHON: the remote-backend tests start real vLLM servers with it (they fail, not
 # skip, when it is set and does not work). Then the ROS-facing tests again on Kilted's rclpy.
-test: build $(TOKENIZERS) $(VLLM_STAMP) $(KILTED_STAMP)
-	EP_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest test -q
+test: build $(TOKENIZERS) $(VLLM_STAMP) $(IFACES_STAMP) $(KILTED_STAMP)
+	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) EP_VLLM_PYTHON=$(VLLM_VENV)/bin/python \
+	  $(PY) -m pytest test -q
 	$(MAKE) test-kilted
 
-test-fast: build $(TOKENIZERS)
-	$(PY) -m pytest test -q -m "not slow"
+test-fast: build $(TOKENIZERS) $(IFACES_STAMP)
+	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) $(PY) -m pytest test -q -m "not slow"
 
 # Proves the robot build path: colcon (from PyPI) builds and tests the same tree against the venv.
 colcon-test: build
@@ -158,6 +173,10 @@ bench: build
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'
 bench-remote: build $(TOKENIZERS) $(VLLM_STAMP)
 	EP_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) bench/bench_remote.py $(ARGS)
+
+# per-array overhead of each detections_format vs native, and a 30 Hz stream of each
+bench-formats: build $(IFACES_STAMP)
+	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) $(PY) bench/bench_formats.py $(ARGS)
 
 clean:
 	rm -rf build install log out *.egg-info emotion_perception/msg emotion_perception/*.so \

@@ -17,6 +17,13 @@ Both nodes subscribe ``image``, remapped to ``camera_topic``; with
 the remapped topic first, as image_transport does). emotion_node pairs the images with the
 detector's ``detections`` (same namespace) and publishes ``emotions``.
 
+Another stack's detector instead of ours (README "Use your own detector"):
+``detections_format:=vision_msgs|yolo|rep155`` sets the emotion node's input format,
+``detections_topic:=/yolo/tracking`` remaps its ``detections`` there, ``start_detector:=false``
+leaves the project's person_detector out. ``publish_vision_msgs:=true`` makes our detector also
+publish ``vision_detections`` (vision_msgs/Detection2DArray); ``rep155:=true`` sets the emotion
+node's ``rep155.publish`` (ROS4HRI outputs).
+
 Each node is sent ``configure`` at start and ``activate`` once it reaches ``inactive``. A
 configure that fails (bad parameter, model not found) leaves that node unconfigured and
 logs why; it is not retried.
@@ -45,15 +52,27 @@ ARGUMENTS = {  # name: (default, description)
                 "('' = from the parameter files: face_baseline)"),
     'params_file': ('', 'a parameter YAML applied on top of the package config/ files'),
     'use_sim_time': ('false', "'true': the nodes take their clock from /clock (bag replay)"),
+    'detections_format': ('', "emotion_node input: native, vision_msgs, yolo or rep155 ('' = "
+                          'from the parameter files: native)'),
+    'detections_topic': ('', "topic the emotion node reads detections from, e.g. /yolo/tracking "
+                         "('' = detections in the namespace)"),
+    'publish_vision_msgs': ('', "'true': person_detector also publishes vision_detections "
+                            "(vision_msgs/Detection2DArray); '' = from the parameter files"),
+    'start_detector': ('true', "'false': do not start the project's person_detector (another "
+                       'stack publishes the detections)'),
+    'rep155': ('', "'true': emotion_node publishes REP-155 (ROS4HRI) emotions and expressions; "
+               "'' = from the parameter files"),
 }
+FORMATS = ['native', 'vision_msgs', 'yolo', 'rep155']
+BOOLS = ('', 'true', 'false')
 
 
 def managed_lifecycle_node(executable: str, namespace: str, camera_topic: str,
-                           parameters: list) -> list:
+                           parameters: list, remaps: list | None = None) -> list:
     """The node, a handler that activates it when it becomes inactive, and its configure event."""
     node = LifecycleNode(
         package=PACKAGE, executable=executable, name=executable, namespace=namespace,
-        parameters=parameters, remappings=[('image', camera_topic)],
+        parameters=parameters, remappings=[('image', camera_topic), *(remaps or [])],
         output='screen', emulate_tty=True)
     activate_when_inactive = RegisterEventHandler(OnStateTransition(
         target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
@@ -77,6 +96,12 @@ def launch_nodes(context) -> list:
                            f"{arg['backend']!r}")
     if arg['use_sim_time'].lower() not in ('true', 'false'):
         raise RuntimeError(f"use_sim_time must be 'true' or 'false', got {arg['use_sim_time']!r}")
+    if arg['detections_format'] not in ('', *FORMATS):
+        raise RuntimeError(f'detections_format must be one of {FORMATS}, got '
+                           f"{arg['detections_format']!r}")
+    for name in ('publish_vision_msgs', 'start_detector', 'rep155'):
+        if arg[name].lower() not in BOOLS:
+            raise RuntimeError(f"{name} must be 'true' or 'false', got {arg[name]!r}")
     user_file = arg['params_file']
     if user_file and not os.path.isfile(user_file):
         raise RuntimeError(f'params_file {user_file!r} does not exist')
@@ -84,14 +109,25 @@ def launch_nodes(context) -> list:
     common = {'use_sim_time': arg['use_sim_time'].lower() == 'true', 'autostart': False}
     if arg['image_transport']:
         common['image_transport'] = arg['image_transport']
-    emotion = dict(common)
+    emotion, detector = dict(common), dict(common)
     if arg['backend']:
         emotion['backend.name'] = arg['backend']
+    if arg['detections_format']:
+        emotion['detections_format'] = arg['detections_format']
+    if arg['rep155']:
+        emotion['rep155.publish'] = arg['rep155'].lower() == 'true'
+    if arg['publish_vision_msgs']:
+        detector['publish_vision_msgs'] = arg['publish_vision_msgs'].lower() == 'true'
+    remaps = {'person_detector': [], 'emotion_node': (
+        [('detections', arg['detections_topic'])] if arg['detections_topic'] else [])}
+    nodes = [('emotion_node', emotion)]
+    if arg['start_detector'].lower() != 'false':
+        nodes.insert(0, ('person_detector', detector))
     actions = []
-    for executable, overrides in (('person_detector', common), ('emotion_node', emotion)):
+    for executable, overrides in nodes:
         files = [os.path.join(config, f'{executable}.yaml')] + ([user_file] if user_file else [])
         actions += managed_lifecycle_node(executable, arg['namespace'], arg['camera_topic'],
-                                          [*files, overrides])
+                                          [*files, overrides], remaps[executable])
     return actions
 
 

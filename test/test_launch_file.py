@@ -29,7 +29,10 @@ def _arguments(tree: ast.Module) -> dict:
 def test_declares_the_arguments_with_defaults(tree):
     args = _arguments(tree)
     assert set(args) == {'camera_topic', 'image_transport', 'namespace', 'backend',
-                         'params_file', 'use_sim_time'}
+                         'params_file', 'use_sim_time', 'detections_format',
+                         'detections_topic', 'publish_vision_msgs', 'start_detector', 'rep155'}
+    assert args['start_detector'][0] == 'true'
+    assert args['detections_format'][0] == args['detections_topic'][0] == ''
     assert args['camera_topic'][0] == '/camera/image_raw'
     assert args['use_sim_time'][0] == 'false'
     # '' = keep what the parameter files say
@@ -41,7 +44,8 @@ def test_starts_both_executables_as_lifecycle_nodes_driven_by_the_launch(tree):
     source = ast.unparse(tree)
     assert _calls(tree, 'LifecycleNode') and _calls(tree, 'OpaqueFunction')
     assert "'person_detector'" in source and "'emotion_node'" in source
-    assert "remappings=[('image', camera_topic)]" in source
+    assert "remappings=[('image', camera_topic), *(remaps or [])]" in source
+    assert "[('detections', arg['detections_topic'])]" in source
     assert "'autostart': False" in source  # the launch file drives the lifecycle, not autostart
     handlers = _calls(tree, 'OnStateTransition')
     goal = {kw.arg: kw.value.value for kw in handlers[0].keywords

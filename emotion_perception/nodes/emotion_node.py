@@ -8,6 +8,16 @@ LLM) through the ROS-free ``EmotionPipeline`` (with per-track result reuse), and
 ``emotions`` (PersonEmotionArray, same header as the detections), optionally ``debug_image``,
 and ``/diagnostics`` at 1 Hz.
 
+Other stacks' detections (``detections_format``, read-only; ``ros.detection_formats``):
+``vision_msgs`` (Detection2DArray) and ``yolo`` (yolo_msgs/DetectionArray) on ``detections``,
+non-person classes and scores below ``min_confidence`` left out of the answer (counted
+``left_out.<kind>``), unusable boxes answered ERROR; ``rep155``: ROS4HRI bodies
+(``/humans/bodies/tracked`` + each ``/humans/bodies/<id>/roi``, ``ros.rep155``): every image
+is a body frame, answered when the rois of all tracked ids for its stamp are here or after
+``pair_timeout_s`` (missing bodies ERROR 'no roi for this stamp'). ``rep155.publish`` adds the
+REP-155 outputs (``ros.rep155.Rep155Output``). The message packages are imported only for the
+format chosen; a missing one fails configure naming the apt package.
+
 Guarantee: exactly one ``emotions`` array for every ``detections`` array received while
 active, in arrival order of processing, also when it is empty, late or failed; then each person
 carries status CACHED / SKIPPED / ERROR and a reason.
@@ -48,14 +58,16 @@ import sys
 import threading
 import time
 
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
 
 from ..core.backends import BACKENDS, BackendError, ImageError, backend_class
 from ..core.drawing import draw_persons
-from ..core.pipeline import EmotionPipeline, ReuseOptions
+from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
 from ..core.types import EmotionResult, Status
+from ..ros import detection_formats as formats
 from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
@@ -63,7 +75,7 @@ from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kin
                               subscribe_image, with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
-from ..ros.qos import RESULTS_QOS
+from ..ros.qos import RELIABILITY, RESULTS_QOS
 from .base import PerceptionNode
 from .lifecycle import run_node_process
 
@@ -156,13 +168,36 @@ PARAMS = [
     ParamSpec('stall_timeout_s', 10.0, 'diagnostics ERROR when detections arrive but nothing '
               'was published for this long', in_range(0.1, 3600)),
     ParamSpec('autostart', False, 'configure and activate by itself at start-up'),
+    ParamSpec('detections_format', 'native', "what arrives on detections: 'native' "
+              "(PersonDetectionArray), 'vision_msgs' (vision_msgs/Detection2DArray), 'yolo' "
+              "(yolo_ros' yolo_msgs/DetectionArray) or 'rep155' (ROS4HRI bodies: "
+              '/humans/bodies/tracked + /humans/bodies/<id>/roi; no detections topic)',
+              one_of(*formats.FORMATS), read_only=True),
+    ParamSpec('detections_reliability', 'reliable', "detections subscription reliability "
+              "('reliable' or 'best_effort' for a best-effort detector)",
+              one_of('best_effort', 'reliable')),
+    ParamSpec('person_classes', ['person', '0'], "vision_msgs / yolo: class ids or names "
+              'counted as persons (other classes are left out of the answer)', list_of=str),
+    ParamSpec('min_confidence', 0.0, 'vision_msgs / yolo: persons with a lower score are left '
+              'out of the answer', in_range(0.0, 1.0)),
+    ParamSpec('rep155.publish', False, 'also publish REP-155: /humans/bodies/<id>/emotion per '
+              'person and /humans/faces/<id>/expression for the faces in /humans/faces/tracked; '
+              'with a non-rep155 input also /humans/bodies/tracked and each body roi'),
+    ParamSpec('rep155.forget_after_s', 2.0, 'body source: an id unseen this long leaves '
+              '/humans/bodies/tracked (its topics are removed)', in_range(0.0, 3600.0)),
+    ParamSpec('rep155.max_ids', 64, 'most body (and face) ids followed or published at once; '
+              'ids beyond are ignored and counted (rep155.ids_over_cap)', in_range(1, 10000)),
 ]
 
 
 @dataclasses.dataclass
 class _Pending:
-    msg: PersonDetectionArray
+    msg: PersonDetectionArray | None  # None: a rep155 body frame still waiting for its rois
     received: float  # time.monotonic()
+    #: index in msg.detections -> reason: answered ERROR without evaluation (unusable box)
+    errors: dict = dataclasses.field(default_factory=dict)
+    image: object = None  # rep155 body frames: their image message
+    body: tuple | None = None  # rep155 body frames: (ids, rois) once taken
 
 
 class EmotionNode(PerceptionNode):
@@ -184,6 +219,9 @@ class EmotionNode(PerceptionNode):
         self._det_topic = 'detections'  # resolved on activate
         self._reset_tracks = False  # set by the executor thread, applied by the worker
         self._current_job: _Pending | None = None  # the array the worker is processing
+        self._bodies = None  # rep155.BodyInput with detections_format rep155
+        self._waiting: collections.deque[_Pending] = collections.deque()  # body frames
+        self._rep155_out = None  # rep155.Rep155Output with rep155.publish
         super().__init__(node_name, **kwargs)
 
     def _backend_options(self, name: str) -> dict:
@@ -205,6 +243,9 @@ class EmotionNode(PerceptionNode):
 
     # -- PerceptionNode hooks ------------------------------------------------------------------
     def _configure_model(self, p: dict) -> str:
+        formats.format_message_type(p['detections_format'])  # the message package is there
+        if p['rep155.publish']:
+            formats.message_module('hri_msgs')
         backend = backend_class(p['backend.name'])(self._backend_options(p['backend.name']))
         reuse = ReuseOptions(enabled=p['reuse.enabled'], max_age_s=p['reuse.max_age_s'],
                              min_iou=p['reuse.min_iou'],
@@ -238,27 +279,64 @@ class EmotionNode(PerceptionNode):
         image_sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
                                     5, self._on_image,
                                     on_incompatible_qos=self._on_incompatible_qos)
-        det_sub = self.create_subscription(PersonDetectionArray, 'detections',
-                                           with_message_info(self._on_detections), RESULTS_QOS)
-        self._det_topic = det_sub.topic_name
+        subs = [image_sub]
+        fmt = p['detections_format']
+        if fmt == 'rep155':
+            from ..ros.rep155 import BodyInput
+            self._bodies = BodyInput(self, self._cond, p['rep155.max_ids'],
+                                     4 * p['image_cache_size'])
+            subs.append(self._bodies.tracked_sub)
+            self._det_topic = self._bodies.tracked_sub.topic_name
+        else:
+            qos = RESULTS_QOS
+            if p['detections_reliability'] != 'reliable':
+                qos = QoSProfile(history=RESULTS_QOS.history, depth=RESULTS_QOS.depth,
+                                 durability=RESULTS_QOS.durability,
+                                 reliability=RELIABILITY[p['detections_reliability']])
+            det_sub = self.create_subscription(formats.format_message_type(fmt), 'detections',
+                                               with_message_info(self._on_detections), qos)
+            subs.append(det_sub)
+            self._det_topic = det_sub.topic_name
+        if p['rep155.publish']:
+            from ..ros.rep155 import Rep155Output
+            self._rep155_out = Rep155Output(
+                self, p['rep155.max_ids'], p['rep155.forget_after_s'],
+                body_source=fmt != 'rep155',
+                tracked=(lambda: set(self._bodies.ids)) if fmt == 'rep155' else None)
+            subs.append(self._rep155_out.faces.tracked_sub)
         self.get_logger().info(f'subscribed {image_sub.topic_name} ({p["image_transport"]}) and '
-                               f'{self._det_topic}')
-        return [image_sub, det_sub]
+                               f'{self._det_topic} ({fmt})')
+        return subs
 
     def _drain(self) -> None:
         with self._cond:
             # Answer what is still pending so that no detections array goes unanswered.
             pending, self._pending = list(self._pending), collections.deque()
+            waiting, self._waiting = list(self._waiting), collections.deque()
             self._images.clear()
             self._evicted.clear()
-        for item in pending:
+        for item in waiting:
+            self._take_body_frame(item)
+        for item in [*waiting, *pending]:
             self._answer_unprocessed(item, Status.SKIPPED, 'node deactivated before processing',
                                      'deactivated')
+        if self._bodies is not None:
+            self._bodies.close()
+            self._bodies = None
+        if self._rep155_out is not None:
+            self._rep155_out.close()
+            self._rep155_out = None
 
     # -- callbacks (executor thread): store and wake ------------------------------------------
     def _on_image(self, msg) -> None:
         self.stats.count('images_in')
+        overflow = None
         with self._cond:
+            if self._bodies is not None:  # rep155: each image is a body frame
+                self._waiting.append(_Pending(None, time.monotonic(), image=msg))
+                if len(self._waiting) > self.params['max_pending']:
+                    overflow = self._waiting.popleft()
+                    self._take_body_frame(overflow)
             self._images[stamp_key(msg.header)] = msg
             while len(self._images) > self.params['image_cache_size']:
                 key, _ = self._images.popitem(last=False)
@@ -267,6 +345,8 @@ class EmotionNode(PerceptionNode):
                 while len(self._evicted) > 4 * self.params['image_cache_size']:
                     self._evicted.popitem(last=False)
             self._cond.notify()
+        if overflow is not None:
+            self._answer_unprocessed(overflow, Status.SKIPPED, 'dropped: queue full', 'queue_full')
 
     def _detections_publishers(self) -> list[bytes]:
         """gids of the publishers on the detections topic now (from the ROS graph)."""
@@ -297,17 +377,25 @@ class EmotionNode(PerceptionNode):
             self.stats.count('detector_restarts')
             self.kind_log.warn('detector_restart', f'{why}: track cache cleared')
 
-    def _on_detections(self, msg: PersonDetectionArray, info: dict | None = None) -> None:
+    def _on_detections(self, msg, info: dict | None = None) -> None:
         self.stats.count('detections_in')
         overflow = None
         self._check_publisher(info)
+        fmt = self.params['detections_format']
+        conv = formats.convert(fmt, msg, self.params['person_classes'],
+                               self.params['min_confidence'])
+        for item in conv.left_out:
+            self.stats.count(f'left_out.{item.kind}')
+            if item.kind == 'no_hypothesis':
+                self.kind_log.warn('left_out.no_hypothesis', f'{fmt} detection {item.index} '
+                                   f'left out: {item.reason}')
         failed = self._worker.failed_reason
         if failed:  # the worker died and was not restarted: nobody else answers
-            self._answer_safely(_Pending(msg, time.monotonic()),
+            self._answer_safely(_Pending(conv.msg, time.monotonic(), conv.errors),
                                 f'internal error: worker thread not running ({failed})')
             return
         with self._cond:
-            self._pending.append(_Pending(msg, time.monotonic()))
+            self._pending.append(_Pending(conv.msg, time.monotonic(), conv.errors))
             if len(self._pending) > self.params['max_pending']:
                 overflow = self._pending.popleft()
             self._cond.notify()
@@ -326,13 +414,14 @@ class EmotionNode(PerceptionNode):
         """
         with self._cond:
             while not stop.is_set():
+                next_deadline = self._promote_body_frames()
                 if self._pending:
                     stale = []
                     while len(self._pending) > 1:  # latest wins
                         stale.append(self._pending.popleft())
                     job = self._pending[0]
                     key = stamp_key(job.msg.header)
-                    image = self._images.get(key)
+                    image = job.image if job.image is not None else self._images.get(key)
                     waited = time.monotonic() - job.received
                     if (image is not None or key in self._evicted
                             or waited >= self.params['pair_timeout_s']):
@@ -342,12 +431,51 @@ class EmotionNode(PerceptionNode):
                         return None, None, stale
                     self._cond.wait(max(0.005, self.params['pair_timeout_s'] - waited))
                 else:
-                    self._cond.wait(0.5)
+                    self._cond.wait(0.5 if next_deadline is None else
+                                    max(0.005, min(0.5, next_deadline - time.monotonic())))
         return None
+
+    def _promote_body_frames(self) -> float | None:
+        """rep155 (under ``_cond``): body frames whose rois are all here, or that waited
+        ``pair_timeout_s``, move (in image order) to the pending queue. Returns when the first
+        still waiting one times out (monotonic), or None."""
+        timeout = self.params['pair_timeout_s']
+        while self._waiting:
+            job = self._waiting[0]
+            ready = self._bodies is not None and self._bodies.ready(stamp_key(job.image.header))
+            if not ready and time.monotonic() - job.received < timeout:
+                return job.received + timeout
+            self._waiting.popleft()
+            self._take_body_frame(job)
+            self.stats.count('detections_in')  # a body frame is this input's detections array
+            self._pending.append(job)
+        return None
+
+    def _take_body_frame(self, job: _Pending, width: int | None = None,
+                         height: int | None = None) -> None:
+        """Fill a body frame's ``msg`` from the ids and rois of its stamp (under ``_cond``;
+        again after decoding with the image's size when it was not known before)."""
+        if job.body is None:
+            job.body = (self._bodies.take(stamp_key(job.image.header)) if self._bodies
+                        else ([], {}))
+        if width is None:
+            width, height = (int(getattr(job.image, 'width', 0)),
+                             int(getattr(job.image, 'height', 0)))
+        conv, clipped = formats.from_rep155(job.image.header, job.body[0], job.body[1],
+                                            width, height)
+        if clipped and job.msg is None:
+            self.stats.count('rep155.rois_clipped', clipped)
+        job.msg, job.errors = conv.msg, conv.errors
 
     def _work_loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            got = self._next_job(stop)
+            try:
+                got = self._next_job(stop)
+            except Exception as exc:  # noqa: BLE001 - e.g. a body frame that cannot be read
+                self.stats.count('errors.internal')
+                self.kind_log.error('internal', f'{type(exc).__name__}: {exc}')
+                time.sleep(0.01)
+                continue
             if got is None:
                 return
             job, image, stale = got
@@ -436,6 +564,9 @@ class EmotionNode(PerceptionNode):
             self.kind_log.warn(f'bad_image.{kind}', f'cannot use image: {exc}')
             self._answer_unprocessed(job, Status.ERROR, f'bad image ({kind}): {exc}', None)
             return
+        if job.body is not None and not (msg.image_width and msg.image_height):
+            self._take_body_frame(job, rgb.shape[1], rgb.shape[0])  # compressed: size now known
+            msg = job.msg
         width, height = int(msg.image_width), int(msg.image_height)
         if (width or height) and (width, height) != (rgb.shape[1], rgb.shape[0]):
             self.stats.count('errors.size_mismatch')
@@ -445,8 +576,10 @@ class EmotionNode(PerceptionNode):
                                'or a resized stream?)')
             self._answer_unprocessed(job, Status.ERROR, reason, None)
             return
+        todo = [i for i in range(len(detections)) if i not in job.errors]
         try:
-            frame = self.pipeline.process(rgb, detections, stamp_s)
+            frame = (self.pipeline.process(rgb, [detections[i] for i in todo], stamp_s) if todo
+                     else FrameEmotions([]))
         except (BackendError, ImageError, RuntimeError, ValueError) as exc:
             self.stats.count('errors.backend')
             self.kind_log.error('backend', f'backend failed: {type(exc).__name__}: {exc}')
@@ -460,7 +593,8 @@ class EmotionNode(PerceptionNode):
             self.kind_log.warn('duplicate_track_ids', f'{frame.duplicate_ids} track id(s) occur '
                                'more than once in one detections array: those persons are '
                                'evaluated without the track cache')
-        for res in frame.results:
+        results = self._with_errors(job, frame.results, todo)
+        for res in results:
             if res.status in (Status.ERROR, Status.SKIPPED) or res.reason:
                 kind = reason_kind(res.reason)
                 group = {Status.ERROR: 'errors', Status.SKIPPED: 'skipped'}.get(res.status,
@@ -468,7 +602,17 @@ class EmotionNode(PerceptionNode):
                 self.stats.count(f'{group}.{kind}')
                 if kind != 'no_face_found_in_person_box':  # routine, not a fault
                     self.kind_log.warn(f'{group}.{kind}', f'person {group}: {res.reason}')
-        self._publish(job, frame.results, rgb)
+        self._publish(job, results, rgb)
+
+    def _with_errors(self, job: _Pending, results: list[EmotionResult], todo: list[int]
+                     ) -> list[EmotionResult]:
+        """All persons' results: those of ``todo`` (evaluated) and ERROR for ``job.errors``."""
+        out: list[EmotionResult] = [None] * len(job.msg.detections)  # type: ignore[list-item]
+        for i, res in zip(todo, results):
+            out[i] = res
+        for i, reason in job.errors.items():
+            out[i] = EmotionResult.failed(Status.ERROR, reason)
+        return out
 
     def _answer_unprocessed(self, job: _Pending, status: Status, reason: str,
                             drop_reason: str | None) -> None:
@@ -480,6 +624,8 @@ class EmotionNode(PerceptionNode):
                                                        status, reason)
         else:
             results = [EmotionResult.failed(status, reason) for _ in detections]
+        for i, why in job.errors.items():  # an unusable box stays the more specific reason
+            results[i] = EmotionResult.failed(Status.ERROR, why)
         self._publish(job, results, None)
 
     def _publish(self, job: _Pending, results: list[EmotionResult], rgb) -> None:
@@ -489,6 +635,18 @@ class EmotionNode(PerceptionNode):
             self._pub.publish(out)
         self.stats.count('emotions_out')
         self.stats.latency(latency_ms)
+        if self._rep155_out is not None:
+            if rgb is not None:
+                height, width = rgb.shape[:2]
+            else:
+                width, height = int(job.msg.image_width), int(job.msg.image_height)
+            try:
+                self._rep155_out.publish(job.msg.header, width, height, job.msg.detections,
+                                         results)
+            except Exception as exc:  # noqa: BLE001 - the emotions array is out already
+                self.stats.count('errors.rep155_publish')
+                self.kind_log.warn('rep155_publish', f'REP-155 publishing failed: '
+                                   f'{type(exc).__name__}: {exc}', error=True)
         if (rgb is not None and self.params.get('publish_debug_image') and self._debug_pub
                 is not None and self.count_subscribers('debug_image') > 0):
             drawn = draw_persons(rgb, detections_from_msg(job.msg), results)
@@ -505,6 +663,7 @@ class EmotionNode(PerceptionNode):
         busy_since = self._busy_since
         with self._cond:
             depth, cached_images = len(self._pending), len(self._images)
+            body_frames_waiting = len(self._waiting)
             oldest = self._pending[0].received if self._pending else None
         busy_s = now - busy_since if busy_since is not None else 0.0
         waiting_s = now - oldest if oldest is not None else 0.0
@@ -534,7 +693,7 @@ class EmotionNode(PerceptionNode):
             'emotions_out_hz': f'{self.stats.rate("emotions_out"):.2f}',
             'latency_ms_p50': f'{pct[50]:.1f}', 'latency_ms_p90': f'{pct[90]:.1f}',
             'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': depth,
-            'image_cache': cached_images,
+            'image_cache': cached_images, 'body_frames_waiting': body_frames_waiting,
             'backend': backend.name if backend else '', 'model': backend.model_id if backend else '',
             'device': getattr(backend, 'device', '') if backend else '',
             'model_loaded': bool(backend and backend.loaded),

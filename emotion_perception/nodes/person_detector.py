@@ -3,7 +3,8 @@
 Subscribes ``image`` (sensor_msgs/Image, or with image_transport 'compressed' the resolved
 ``image`` topic + ``/compressed``, so a remap of ``image`` moves it too) and publishes
 ``detections`` (PersonDetectionArray, the image's header copied unchanged), optionally
-``debug_image``, and ``/diagnostics`` at 1 Hz.
+``debug_image`` and (``publish_vision_msgs``) ``vision_detections``
+(vision_msgs/Detection2DArray), and ``/diagnostics`` at 1 Hz.
 
 Concurrency: the image callback only stores the newest frame (latest-wins, overwritten frames
 are counted as drops 'stale_frame'); a worker thread runs the detector, so the executor thread
@@ -51,6 +52,7 @@ from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
 from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros import detection_formats
 from ..ros.messages import detections_to_msg
 from ..ros.node_utils import DEFAULT_MAX_IMAGE_PIXELS, decode_image, subscribe_image
 from ..ros.params import ParamSpec, in_range, one_of
@@ -90,6 +92,9 @@ PARAMS = [
               'were published for this long', in_range(0.1, 3600)),
     ParamSpec('autostart', False, 'configure and activate by itself at start-up (no lifecycle '
               'manager needed)'),
+    ParamSpec('publish_vision_msgs', False, 'also publish vision_msgs/Detection2DArray on '
+              "vision_detections (class_id 'person', score, id = track id, the image's header) "
+              'for displays and other nodes (needs ros-jazzy-vision-msgs)'),
 ]
 
 
@@ -102,7 +107,7 @@ class PersonDetectorNode(PerceptionNode):
 
     def __init__(self, node_name: str = 'person_detector', **kwargs) -> None:
         self.detector: PersonDetector | None = None
-        self._pub = self._debug_pub = None
+        self._pub = self._debug_pub = self._vision_pub = None
         self._slot_lock = threading.Condition()
         self._slot = None  # newest unprocessed image message
         self._id_offset = 0  # added to the tracker's ids since its last restart
@@ -111,6 +116,8 @@ class PersonDetectorNode(PerceptionNode):
 
     # -- PerceptionNode hooks ------------------------------------------------------------------
     def _configure_model(self, p: dict) -> str:
+        if p['publish_vision_msgs']:
+            detection_formats.message_module('vision_msgs')  # fail now, naming the apt package
         options = DetectorOptions(
             model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
             image_size=p['image_size'], half=p['half'],
@@ -170,6 +177,11 @@ class PersonDetectorNode(PerceptionNode):
     def _create_outputs(self) -> None:
         self._pub = self._lifecycle_publisher(PersonDetectionArray, 'detections', RESULTS_QOS)
         self._debug_pub = self._lifecycle_publisher(Image, 'debug_image', 1)
+        self._vision_pub = None
+        if self.params.get('publish_vision_msgs'):
+            vm = detection_formats.message_module('vision_msgs')
+            self._vision_pub = self._lifecycle_publisher(vm.Detection2DArray, 'vision_detections',
+                                                         RESULTS_QOS)
 
     def _subscribe(self) -> list:
         p = self.params
@@ -239,6 +251,8 @@ class PersonDetectorNode(PerceptionNode):
         out = detections_to_msg(result, msg.header)
         if self._pub is not None:
             self._pub.publish(out)
+        if self._vision_pub is not None:
+            self._vision_pub.publish(detection_formats.to_vision_msgs(out))
         self.stats.count('detections_out')
         self.stats.count('persons', len(result.detections))
         self.stats.latency((time.perf_counter() - t0) * 1e3)

@@ -1,0 +1,274 @@
+"""Another stack, as a separate process: publishes images and detections in each format, or
+listens to what the emotion node publishes (tests and benches of ``detections_format`` and
+REP-155).
+
+    python -m emotion_perception.testing.detection_peer publish SPEC.json
+    python -m emotion_perception.testing.detection_peer listen OUT.json TOPIC=TYPE ...
+
+``publish`` runs the steps of SPEC (JSON: {"steps": [...]}) in order; each publish step waits
+until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and then publishes:
+
+  {"kind": "image", "photo": "bus", "stamp": [sec, nsec]}          sensor_msgs/Image on image
+  {"kind": "native" | "vision_msgs" | "yolo", "stamp": [...], "topic": "detections",
+   "detections": [{"id": "7", "class": "person", "class_id": 0, "score": 0.9,
+                   "cxcywh": [cx, cy, w, h]}, ...]}      (vision_msgs: "hypotheses": false
+                                                           gives an empty results list)
+  {"kind": "ids", "topic": "/humans/bodies/tracked", "stamp": [...], "ids": [...]}
+  {"kind": "roi", "topic": "/humans/bodies/a/roi", "stamp": [...], "xyxy": [...], "c": 0.9}
+  {"kind": "sleep", "s": 0.1}
+  {"kind": "await", "stamp": [...], "timeout_s": 30}   until ``emotions`` with that stamp came
+                                                        (lockstep with the emotion node)
+  {"kind": "repeat", "n": 30, "hz": 30, "steps": [...]}  (stamps get +i/hz seconds)
+
+``listen`` records every message of the given topics (types: emotions, expression, ids, roi,
+vision) as JSON lines of simplified fields to OUT, flushing each, until SIGTERM/SIGINT.
+The caller sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and ROS_DOMAIN_ID.
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import rclpy
+import rclpy.executors
+from rclpy.node import Node
+
+from ..ros.qos import RESULTS_QOS, image_qos
+from ..ros.rep155 import HRI_QOS
+
+
+def _header(stamp: list[int], frame: str = 'camera') -> Any:
+    from std_msgs.msg import Header
+    h = Header(frame_id=frame)
+    h.stamp.sec, h.stamp.nanosec = int(stamp[0]), int(stamp[1])
+    return h
+
+
+def _photo(name: str) -> Any:
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from ..core.model_files import sample_image_paths
+    from ..ros.image_conversion import numpy_to_image_msg
+    rgb = np.asarray(PILImage.open(sample_image_paths()[name]).convert('RGB'))
+    return numpy_to_image_msg(rgb, 'rgb8')
+
+
+def build(step: dict, photos: dict) -> tuple[type, str, Any, Any]:
+    """(message type, topic, message, QoS) of one publish step."""
+    kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]))
+    if kind == 'image':
+        if step['photo'] not in photos:
+            photos[step['photo']] = _photo(step['photo'])
+        msg = photos[step['photo']]
+        msg.header = hdr
+        return type(msg), step.get('topic', 'image'), msg, image_qos('reliable', 10)
+    if kind == 'native':
+        from sensor_msgs.msg import RegionOfInterest
+
+        from emotion_perception.msg import PersonDetection, PersonDetectionArray
+        msg = PersonDetectionArray(header=hdr, image_width=step.get('width', 0),
+                                   image_height=step.get('height', 0))
+        for d in step['detections']:
+            cx, cy, w, h = d['cxcywh']
+            msg.detections.append(PersonDetection(
+                track_id=d.get('id', ''), confidence=d.get('score', 0.9),
+                bbox=RegionOfInterest(x_offset=int(cx - w / 2), y_offset=int(cy - h / 2),
+                                      width=int(w), height=int(h))))
+        return PersonDetectionArray, step.get('topic', 'detections'), msg, RESULTS_QOS
+    if kind == 'vision_msgs':
+        from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+        msg = Detection2DArray(header=hdr)
+        for d in step['detections']:
+            det = Detection2D(header=hdr, id=d.get('id', ''))
+            det.bbox.center.position.x, det.bbox.center.position.y = map(float, d['cxcywh'][:2])
+            det.bbox.size_x, det.bbox.size_y = map(float, d['cxcywh'][2:])
+            if d.get('hypotheses', True):
+                hyp = ObjectHypothesisWithPose()
+                hyp.hypothesis.class_id = str(d.get('class', 'person'))
+                hyp.hypothesis.score = float(d.get('score', 0.9))
+                det.results.append(hyp)
+            msg.detections.append(det)
+        return Detection2DArray, step.get('topic', 'detections'), msg, RESULTS_QOS
+    if kind == 'yolo':
+        from yolo_msgs.msg import Detection, DetectionArray
+        msg = DetectionArray(header=hdr)
+        for d in step['detections']:
+            det = Detection(class_id=int(d.get('class_id', 0)), class_name=d.get('class', ''),
+                            score=float(d.get('score', 0.9)), id=d.get('id', ''))
+            det.bbox.center.position.x, det.bbox.center.position.y = map(float, d['cxcywh'][:2])
+            det.bbox.size.x, det.bbox.size.y = map(float, d['cxcywh'][2:])
+            msg.detections.append(det)
+        return DetectionArray, step.get('topic', 'detections'), msg, RESULTS_QOS
+    if kind == 'ids':
+        from hri_msgs.msg import IdsList
+        return IdsList, step['topic'], IdsList(header=hdr, ids=list(step['ids'])), HRI_QOS
+    if kind == 'roi':
+        from hri_msgs.msg import NormalizedRegionOfInterest2D as Roi
+        x1, y1, x2, y2 = (float(v) for v in step['xyxy'])
+        return Roi, step['topic'], Roi(header=hdr, xmin=x1, ymin=y1, xmax=x2, ymax=y2,
+                                       c=float(step.get('c', 0.9))), HRI_QOS
+    raise ValueError(f'unknown step kind {kind!r}')
+
+
+def _shifted(step: dict, dt: float) -> dict:
+    out = dict(step)
+    if 'stamp' in step:
+        ns = int(step['stamp'][0]) * 10**9 + int(step['stamp'][1]) + int(round(dt * 1e9))
+        out['stamp'] = [ns // 10**9, ns % 10**9]
+    return out
+
+
+class Publisher(Node):
+    """Runs publish steps (see the module docstring)."""
+
+    def __init__(self, match_timeout_s: float = 10.0) -> None:
+        super().__init__('detection_peer')
+        self.pubs: dict[tuple[str, type], Any] = {}
+        self.photos: dict = {}
+        self.match_timeout_s = match_timeout_s
+        self.answered: set = set()
+        self._answers_sub = None
+        self._executor = rclpy.executors.SingleThreadedExecutor()
+        self._executor.add_node(self)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the spin thread before the context goes (else the process aborts at exit)."""
+        self._executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=10.0)
+        self.destroy_node()
+
+    def _spin(self) -> None:
+        try:
+            self._executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown
+            pass
+
+    def _await(self, stamp: list[int], timeout_s: float) -> None:
+        if self._answers_sub is None:
+            from emotion_perception.msg import PersonEmotionArray
+            self._answers_sub = self.create_subscription(
+                PersonEmotionArray, 'emotions',
+                lambda m: self.answered.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                RESULTS_QOS)
+        end = time.monotonic() + timeout_s
+        while tuple(stamp) not in self.answered and time.monotonic() < end:
+            time.sleep(0.01)
+
+    def _publisher(self, msg_type: type, topic: str, qos: Any) -> Any:
+        key = (topic, msg_type)
+        if key not in self.pubs:
+            self.pubs[key] = self.create_publisher(msg_type, topic, qos)
+            end = time.monotonic() + self.match_timeout_s
+            while self.pubs[key].get_subscription_count() < 1 and time.monotonic() < end:
+                time.sleep(0.01)
+        return self.pubs[key]
+
+    def run(self, steps: list[dict]) -> None:
+        for step in steps:
+            if step['kind'] == 'sleep':
+                time.sleep(float(step['s']))
+            elif step['kind'] == 'await':
+                self._await(step['stamp'], float(step.get('timeout_s', 30.0)))
+            elif step['kind'] == 'repeat':
+                period = 1.0 / float(step['hz'])
+                t0 = time.monotonic()
+                for i in range(int(step['n'])):
+                    self.run([_shifted(s, i * period) for s in step['steps']])
+                    time.sleep(max(0.0, t0 + (i + 1) * period - time.monotonic()))
+            else:
+                msg_type, topic, msg, qos = build(step, self.photos)
+                self._publisher(msg_type, topic, qos).publish(msg)
+
+
+def _num(v: float) -> float | None:
+    return float(v) if math.isfinite(v) else None
+
+
+def summary(kind: str, msg: Any) -> dict:
+    """JSON-able fields of a received message."""
+    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec]}
+    if kind == 'emotions':
+        out['persons'] = [{'track_id': p.track_id, 'status': int(p.status),
+                           'reason': p.status_reason,
+                           'bbox': [p.bbox.x_offset, p.bbox.y_offset, p.bbox.width,
+                                    p.bbox.height],
+                           'scores': [_num(s) for s in p.scores],
+                           'vad': [_num(p.valence), _num(p.arousal), _num(p.dominance)]}
+                          for p in msg.persons]
+    elif kind == 'expression':
+        out.update(expression=msg.expression, valence=_num(msg.valence),
+                   arousal=_num(msg.arousal), confidence=_num(msg.confidence))
+    elif kind == 'ids':
+        out['ids'] = list(msg.ids)
+    elif kind == 'roi':
+        out['xyxy'] = [msg.xmin, msg.ymin, msg.xmax, msg.ymax]
+    elif kind == 'vision':
+        out['detections'] = [{'id': d.id, 'class': d.results[0].hypothesis.class_id,
+                              'score': d.results[0].hypothesis.score,
+                              'cxcywh': [d.bbox.center.position.x, d.bbox.center.position.y,
+                                         d.bbox.size_x, d.bbox.size_y]}
+                             for d in msg.detections]
+    return out
+
+
+def listen(path: str, specs: list[str]) -> None:
+    from emotion_perception.msg import PersonEmotionArray
+    types: dict[str, tuple[Any, Any]] = {'emotions': (PersonEmotionArray, RESULTS_QOS)}
+    if any(not s.endswith('=emotions') for s in specs):
+        from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D
+        types.update(expression=(Expression, HRI_QOS), ids=(IdsList, HRI_QOS),
+                     roi=(NormalizedRegionOfInterest2D, HRI_QOS))
+    if any(s.endswith('=vision') for s in specs):
+        from vision_msgs.msg import Detection2DArray
+        types['vision'] = (Detection2DArray, RESULTS_QOS)
+    node = Node('detection_listener')
+    out = open(path, 'w')
+    for spec in specs:
+        topic, kind = spec.rsplit('=', 1)
+        msg_type, qos = types[kind]
+
+        def record(msg: Any, topic: str = topic, kind: str = kind) -> None:
+            out.write(json.dumps({'topic': topic, **summary(kind, msg)}) + '\n')
+            out.flush()
+        node.create_subscription(msg_type, topic, record, qos)
+    print('listening', flush=True)
+    try:
+        rclpy.spin(node)
+    finally:
+        out.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    rclpy.init()
+    try:
+        if argv[0] == 'publish':
+            with open(argv[1]) as f:
+                spec = json.load(f)
+            node = Publisher(spec.get('match_timeout_s', 10.0))
+            try:
+                node.run(spec['steps'])
+                time.sleep(spec.get('linger_s', 1.0))  # reliable delivery of the last messages
+            finally:
+                node.close()
+        else:
+            listen(argv[1], argv[2:])
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -212,3 +212,31 @@ def test_worker_thread_restarts_a_dying_loop_then_gives_up_with_the_reason():
         time.sleep(0.01)
     assert not worker.running and [g for _, g in deaths] == [False, False, True]
     assert 'died 3 times' in worker.failed_reason and 'broken for good' in worker.failed_reason
+
+
+def test_callback_guard_logs_a_failure_but_not_the_shutdown_itself():
+    """After SIGINT the context is invalid and a timer's publish raises RCLError: that is the
+    shutdown, not a failure to report with a traceback (the launch test's clean exit)."""
+    lines, counted = [], []
+
+    class Logger:
+        def error(self, text):
+            lines.append(text)
+
+        def warning(self, text):
+            lines.append(text)
+
+    from emotion_perception.ros.node_utils import CallbackGuard
+    stopping = [False]
+    guard = CallbackGuard(Logger(), counted.append)
+    guard.shutting_down = lambda: stopping[0]
+
+    def boom():
+        raise RuntimeError('publisher context is invalid')
+
+    wrapped = guard.wrap('timer', boom)
+    wrapped()
+    assert counted == ['timer'] and len(lines) == 1 and 'Traceback' in lines[0]
+    stopping[0] = True
+    wrapped()
+    assert counted == ['timer', 'timer'] and len(lines) == 1

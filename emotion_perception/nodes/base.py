@@ -107,6 +107,7 @@ class PerceptionNode(LifecycleNode):
         self.kind_log = KindLogger(self.get_logger())
         self._callback_guard.logger = self.get_logger()
         self._callback_guard.count = self._count_callback_error
+        self._callback_guard.shutting_down = lambda: not self.context.ok()
         self._all_params = [*self.PARAMS, *COMMON_PARAMS]
         declare_params(self, self._all_params)
         self._read_only = read_only_names(self._all_params)

@@ -403,10 +403,20 @@ class CallbackGuard:
                  period_s: float = 5.0) -> None:
         self.logger = logger
         self.count = count
+        #: returns True once the process is shutting down (the node's context is no longer ok):
+        #: an exception then (a timer publishing on an invalidated context after SIGINT) is the
+        #: shutdown itself, counted but not logged as a failure
+        self.shutting_down: Callable[[], bool] | None = None
         self._logged: set[str] = set()
         self._kind_log: KindLogger | None = None
         self._period_s = period_s
         self._lock = threading.Lock()
+
+    def _during_shutdown(self) -> bool:
+        try:
+            return self.shutting_down is not None and bool(self.shutting_down())
+        except Exception:  # noqa: BLE001 - a destroyed context during shutdown
+            return True
 
     def failed(self, kind: str, where: str, exc: BaseException) -> None:
         if self.count is not None:
@@ -414,7 +424,7 @@ class CallbackGuard:
                 self.count(kind)
             except Exception:  # noqa: BLE001 - counting must never raise out of here
                 pass
-        if self.logger is None:
+        if self.logger is None or self._during_shutdown():
             return
         logger = safe_logger(self.logger)
         with self._lock:

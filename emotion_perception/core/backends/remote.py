@@ -232,7 +232,7 @@ class Server:
 class ServerPool:
     """Servers balanced by least in-flight work. A server is taken out after
     ``fail_threshold`` consecutive failures for ``down_s`` (doubling, at most 16x), then the
-    next caller probes it (alone); a success puts it back."""
+    next caller probes it (alone, while other servers are up); a success puts it back."""
 
     def __init__(self, urls: Sequence[str], down_s: float = 1.0, fail_threshold: int = 3
                  ) -> None:
@@ -257,8 +257,12 @@ class ServerPool:
         now = time.monotonic()
         with self._lock:
             pool = [s for s in self.servers if s not in exclude]
-            due = [s for s in pool if not s.up and s.down_until <= now and s.in_flight == 0]
-            usable = due[:1] or [s for s in pool if s.up]
+            up = [s for s in pool if s.up]
+            due = [s for s in pool if not s.up and s.down_until <= now]
+            idle = [s for s in due if s.in_flight == 0]
+            # a server due for a probe gets the next request alone while others are up;
+            # with none up, everyone tries the due ones (rather than failing at once)
+            usable = idle[:1] if idle and up else (up or due)
             if not usable:
                 last = min(self.servers, key=lambda s: s.down_until)
                 raise RequestFailed('unreachable', f'{UNREACHABLE} ({last.last_error})',

@@ -117,6 +117,34 @@ def test_urls_images_and_tls_without_a_server(tmp_path):
         tls_context(True, str(tmp_path / 'missing.pem'))
 
 
+def test_a_server_is_taken_out_only_after_consecutive_failures():
+    from emotion_perception.core.backends.remote import RequestFailed, ServerPool
+    pool = ServerPool(['http://a/v1', 'http://b/v1'], down_s=0.05, fail_threshold=3)
+    a, b = pool.servers
+    pool.failed(a, 'HTTP 503')
+    pool.failed(a, 'HTTP 503')
+    pool.succeeded(a)  # a success in between: the count starts again
+    pool.failed(a, 'HTTP 503')
+    pool.failed(a, 'HTTP 503')
+    assert a.up
+    pool.failed(a, 'HTTP 503')
+    assert not a.up
+    for _ in range(5):  # out: everything goes to b
+        s = pool.acquire()
+        assert s is b
+        pool.release(s)
+    pool.failed(b, 'reset')
+    pool.failed(b, 'reset')
+    pool.failed(b, 'reset')
+    with pytest.raises(RequestFailed, match='server unreachable'):
+        pool.acquire()
+    time.sleep(0.06)  # the backoff ran out: probed back in
+    s = pool.acquire()
+    pool.succeeded(s)
+    pool.release(s)
+    assert s.up
+
+
 def test_server_down_at_configure_is_a_load_error():
     port = vs.free_port()  # nothing listens there
     backend = create_backend('remote', {'url': f'http://127.0.0.1:{port}/v1', 'retries': 0})
@@ -225,6 +253,28 @@ def test_server_without_the_batch_route_gets_one_request_per_question(vllm_serve
         backend.unload()
     assert max_diff(got, local.predict(img, boxes[:1])) < 1e-3
     assert wire.requests == n and wire.uploads == 1  # the image still once
+
+
+def test_a_forgotten_image_is_sent_again(vllm_server, local, exact, monkeypatch):
+    """The batch names an image the server does not have (HTTP 400 'Cache miss'): the image
+    is uploaded again and the person is answered."""
+    img, boxes = photo('bus')
+    real_ask = exact._ask
+    calls = []
+
+    def ask(convs, p, server, upload):
+        calls.append(upload)
+        if upload and len(calls) == 1:  # the first upload goes under another uuid
+            uuid, p.uuid = p.uuid, 'x' + p.uuid[1:]
+            try:
+                return real_ask(convs, p, server, upload)
+            finally:
+                p.uuid = uuid
+        return real_ask(convs, p, server, upload)
+    monkeypatch.setattr(exact, '_ask', ask)
+    got = exact.predict(img, boxes[:1])
+    assert calls[:3] == [True, False, True]  # upload, cache miss, upload again
+    assert max_diff(got, local.predict(img, boxes[:1])) < 1e-3
 
 
 FAULTS = [Fault('503', 7), Fault('429', 5, retry_after=0.2), Fault('reset', 4),
@@ -394,9 +444,10 @@ def test_process_cli_with_the_remote_backend(vllm_server, tmp_path):
     assert all(r['model'] == 'tiny-llava' and len(r['scores']) == 26 for r in rows)
 
 
-def test_bench_remote_prints_every_table(vllm_server, tmp_path):
-    """bench/bench_remote.py against the session's server (any URL works the same): every
-    table printed, the persons answered, the cache counters read from /metrics."""
+@pytest.mark.timeout(1200)
+def test_bench_remote_prints_the_before_after_table(vllm_server, tmp_path):
+    """bench/bench_remote.py against the session's server (any URL works the same): the
+    baseline commit and this tree through a counting proxy, one table."""
     import json
     import subprocess
     import sys
@@ -405,17 +456,15 @@ def test_bench_remote_prints_every_table(vllm_server, tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, str(repo / 'bench' / 'bench_remote.py'), '--url', vllm_server.url,
-         '--frames', '1', '--persons', '2', '--concurrency', '1,4', '--new-tokens', '4',
-         '--json', str(out)], cwd=repo, capture_output=True, text=True, timeout=900)
+         '--model-dir', str(vllm_server.model_dir), '--photos', 'zidane', '--concurrency', '4',
+         '--json', str(out)], cwd=repo, capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    for title in ('### 1. ms per person, score vs generate', '### 2. score mode throughput',
-                  '### 3. server caches'):
-        assert title in proc.stdout, proc.stdout[-2000:]
+    assert '| HTTP requests per person | 59.0 | 3.0 | <= 3 |' in proc.stdout, proc.stdout
+    assert '| image uploads per person | 59.0 | 1.0 | 1 |' in proc.stdout
     report = json.loads(out.read_text())
-    assert set(report['throughput_persons_per_s']) == {'1', '4'}
-    assert report['prefix_cache_hit_rate'] != 'n/a'  # /metrics counters were read
-    assert '| score | ' in proc.stdout and 'ok 2 |' in proc.stdout  # table 1: both OK
-    assert '| 2/2 |' in proc.stdout  # table 2
+    now = report['now']
+    assert now['persons_per_s']['4']['ok'] == 2 and now['prefix_cache_hit_rate'] != 'n/a'
+    assert now['per_person']['bytes'] < 512 * 1024
 
 
 # -- a second server: keys, killed, restarted ----------------------------------------------------

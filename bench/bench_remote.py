@@ -19,7 +19,8 @@ protocol's costs, not a GPU's speed. With ``--url`` (and ``--model-dir`` for the
 comparison) it measures any server::
 
     .venv/bin/python bench/bench_remote.py [--url http://gpu:8000/v1 --model-dir DIR]
-        [--baseline c39d99c] [--concurrency 1,4,16] [--rounds 1] [--json out]
+        [--api-key-env NAME] [--baseline c39d99c] [--concurrency 1,4,16] [--rounds 1]
+        [--photos zidane,bus] [--json out]
 """
 from __future__ import annotations
 
@@ -96,7 +97,8 @@ def worker(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {'new': new}
     extra = {'processor': args.model_dir} if new and args.model_dir else {}
     with fp.FaultProxy(args.url) as proxy:
-        common = {'url': proxy.url, 'model': args.model, 'timeout_s': 300.0, **extra}
+        common = {'url': proxy.url, 'model': args.model, 'timeout_s': 300.0,
+                  'api_key_env': args.api_key_env, **extra}
         # configure
         proxy.reset_counts()
         t0 = time.perf_counter()
@@ -154,6 +156,7 @@ def run_version(tree: Path, args: argparse.Namespace, url: str, model_dir: str) 
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', str(out), '--url', url,
            '--model', args.model, '--concurrency', args.concurrency,
+           '--api-key-env', args.api_key_env,
            '--rounds', str(args.rounds), '--model-dir', model_dir, '--photos', args.photos]
     proc = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -194,6 +197,7 @@ def main() -> int:
     ap.add_argument('--url', help='server base URL ending in /v1 (default: start a vLLM server '
                     'here on a tiny model)')
     ap.add_argument('--model', default='', help="served model name ('' = the first listed)")
+    ap.add_argument('--api-key-env', default='', help='env variable holding the API key')
     ap.add_argument('--model-dir', default='', help='the served model folder (processor '
                     'config; local reference scores)')
     ap.add_argument('--baseline', default=BASELINE, help='git commit of "before"')

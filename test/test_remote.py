@@ -194,6 +194,8 @@ def test_remote_equals_local_on_photos_with_one_upload_per_person(vllm_server, l
     want = local.predict(img, boxes)
     assert max_diff(got, want) < 1e-3
     assert np.abs(got[0].scores - got[1].scores).max() > 1e-4  # persons differ
+    # one plan: the answer sequences found with the server's tokenizer are the local ones
+    assert exact._plans == list(local._score.plans)
     diag = exact.diagnostics()
     assert diag['readout'] == 'token_ids' and diag['vad'] == 'ok' and diag['batch_route']
     assert diag['continuation_sequences'] >= 1  # Llama-2's digits: ['▁', '5']

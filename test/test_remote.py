@@ -261,6 +261,8 @@ def test_a_forgotten_image_is_sent_again(vllm_server, local, exact, monkeypatch)
     """The batch names an image the server does not have (HTTP 400 'Cache miss'): the image
     is uploaded again and the person is answered."""
     img, boxes = photo('bus')
+    # pixels no earlier test sent (the uuid is the image's hash: a known image is a cache hit)
+    img[:200, :200] = np.random.default_rng(time.time_ns()).integers(0, 255, 3, dtype=np.uint8)
     real_ask = exact._ask
     calls = []
 

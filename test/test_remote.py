@@ -76,9 +76,16 @@ def exact(vllm_server):
 
 
 @pytest.fixture(scope='module')
-def second_server(vllm_server):
-    """A second server of the same model that needs an API key (killed and restarted here)."""
-    server = vs.VLLMServer(vllm_server.model_dir, name='tiny-llava',
+def second_server(tiny_vlm_dir):
+    """A second server of the same model that needs an API key (killed and restarted here);
+    it does not need the first one (tests that use only this one start only this one)."""
+    from conftest import VLLM_TINY_LLAVA
+    import os
+    if vs.missing_reason():
+        if os.environ.get('EP_VLLM_PYTHON'):
+            pytest.fail(f'EP_VLLM_PYTHON is set but {vs.missing_reason()}')
+        pytest.skip(vs.missing_reason())
+    server = vs.VLLMServer(tiny_vlm_dir('llava', **VLLM_TINY_LLAVA), name='tiny-llava',
                            extra=['--api-key', KEY])
     server.start()
     yield server
@@ -472,8 +479,7 @@ def test_bench_remote_prints_the_before_after_table(vllm_server, tmp_path):
 
 
 # -- a second server: keys, killed, restarted ----------------------------------------------------
-def test_api_key_from_the_environment_never_shown(vllm_server, second_server, monkeypatch,
-                                                  caplog):
+def test_api_key_from_the_environment_never_shown(second_server, monkeypatch, caplog):
     with pytest.raises(ModelLoadError, match='HTTP 401'):
         remote(second_server.url)
     with pytest.raises(ModelLoadError, match=f'{KEY_ENV}.*not set'):

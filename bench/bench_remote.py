@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""The remote backend against a real vLLM server, in one run.
+"""The remote backend against a real vLLM server: before (the baseline commit) vs now, one table.
 
-1. ms per person, ``score`` (29 concurrent requests per person, ``max_tokens: 1``, plus one
-   teacher-forcing request per answer of several tokens) vs ``generate`` (one request,
-   ``--new-tokens`` tokens forced with vLLM's ``min_tokens``), interleaved frame by frame.
-2. Persons per second in score mode for ``max_concurrency`` 1 / 4 / 16 / 32.
-3. The server's prefix-cache and multi-modal-cache hit rates over the score runs, from its
-   ``/metrics`` (vLLM's ``prefix_cache_queries/hits`` and ``mm_cache_queries/hits`` counters),
-   and the client's request latency percentiles.
+Both versions run against the SAME server through a counting HTTP proxy on loopback
+(``testing.fault_proxy``, no faults), each in its own process (the baseline's package is taken
+from ``git archive BASELINE``), on real photographs (zidane.jpg: 2 persons at both edges of a
+1280x720 frame; bus.jpg: 4 persons, portrait), score mode:
+
+* per person: HTTP requests, image uploads, bytes uploaded (what the proxy saw);
+* persons/s at each ``max_concurrency``; the server's prefix-cache hit rate over those runs
+  (vLLM's ``/metrics``);
+* configure: requests and seconds;
+* the max difference of the category scores and of VAD from the local ``vlm`` backend on the
+  same model folder, PNG and JPEG (now: with ``processor`` = the model folder).
 
 Without ``--url`` it starts a server here (``.venv-vllm``, ``make vllm``) on a tiny random
-LLaVA-1.5 with the real Llama-2 tokenizer (CPU: the numbers show the client's overheads and
-the protocol's request counts, not a GPU's speed). With ``--url`` it measures any server, e.g.
-a GPU server running llava-hf/llava-1.5-7b-hf (README "GPU server")::
+LLaVA-1.5 (CLIP processor with a centre crop, real Llama-2 tokenizer): CPU numbers show the
+protocol's costs, not a GPU's speed. With ``--url`` (and ``--model-dir`` for the score
+comparison) it measures any server::
 
-    .venv/bin/python bench/bench_remote.py [--url http://gpu:8000/v1 --model NAME]
-        [--frames 3] [--persons 4] [--concurrency 1,4,16,32] [--new-tokens 32] [--json out]
+    .venv/bin/python bench/bench_remote.py [--url http://gpu:8000/v1 --model-dir DIR]
+        [--api-key-env NAME] [--baseline c39d99c] [--concurrency 1,4,16] [--rounds 1]
+        [--photos zidane,bus] [--json out]
 """
 from __future__ import annotations
 
@@ -25,38 +30,23 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
 import argparse  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
-import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections import Counter  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np  # noqa: E402
-
-from emotion_perception.core.backends import create_backend  # noqa: E402
-from emotion_perception.core.types import BBox, Status  # noqa: E402
-
-#: person boxes on a 640x480 frame (xyxy), the first n are used
-BOXES = [BBox(40, 60, 180, 460), BBox(200, 40, 330, 470), BBox(350, 80, 470, 450),
-         BBox(480, 50, 620, 470), BBox(10, 200, 120, 470), BBox(150, 220, 260, 470),
-         BBox(300, 200, 410, 470), BBox(430, 210, 540, 470)]
-
-
-def frames(n: int) -> list[np.ndarray]:
-    import cv2
-    out = []
-    for i in range(n):
-        rng = np.random.default_rng(i)
-        out.append(cv2.resize(rng.integers(0, 255, (12, 16, 3), dtype=np.uint8), (640, 480)))
-    return out
+REPO = Path(__file__).resolve().parents[1]
+PEOPLE_N = {'zidane': (0, 1), 'bus': (0, 1, 2, 3)}
+PHOTOS = ('zidane', 'bus')
+USE = list(PHOTOS)
+BASELINE = 'c39d99c'
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -67,18 +57,131 @@ def scrape(url: str) -> dict[str, float]:
     except OSError:
         return {}
     out: dict[str, float] = {}
-    for name in ('prefix_cache_queries', 'prefix_cache_hits', 'mm_cache_queries',
-                 'mm_cache_hits'):
+    for name in ('prefix_cache_queries', 'prefix_cache_hits'):
         vals = re.findall(rf'^vllm:{name}_total(?:{{[^}}]*}})? ([0-9.e+]+)$', text, re.M)
         if vals:
             out[name] = sum(float(v) for v in vals)
     return out
 
 
-def rate(after: dict, before: dict, what: str) -> str:
-    q = after.get(f'{what}_queries', 0) - before.get(f'{what}_queries', 0)
-    h = after.get(f'{what}_hits', 0) - before.get(f'{what}_hits', 0)
-    return f'{100 * h / q:.1f} % of {q:.0f}' if q > 0 else 'n/a'
+def hit_rate(after: dict, before: dict) -> str:
+    q = after.get('prefix_cache_queries', 0) - before.get('prefix_cache_queries', 0)
+    h = after.get('prefix_cache_hits', 0) - before.get('prefix_cache_hits', 0)
+    return f'{100 * h / q:.1f} %' if q > 0 else 'n/a'
+
+
+def photos() -> list[tuple[str, Any, list]]:
+    import cv2
+
+    from emotion_perception.core.model_files import sample_image_paths
+    from emotion_perception.core.types import BBox
+    from emotion_perception.testing.sample_people import PEOPLE
+    paths = sample_image_paths()
+    return [(n, cv2.cvtColor(cv2.imread(str(paths[n])), cv2.COLOR_BGR2RGB),
+             [BBox(*p.box) for p in PEOPLE[n]]) for n in USE]
+
+
+# -- one version, in its own process ----------------------------------------------------------
+def worker(args: argparse.Namespace) -> int:
+    """Measure the ``emotion_perception`` first on sys.path (this repo's or the baseline's)."""
+    spec = importlib.util.spec_from_file_location(
+        'fault_proxy', REPO / 'emotion_perception' / 'testing' / 'fault_proxy.py')
+    fp = importlib.util.module_from_spec(spec)
+    sys.modules['fault_proxy'] = fp
+    spec.loader.exec_module(fp)
+    from emotion_perception.core.backends import create_backend
+    from emotion_perception.core.types import Status
+    new = importlib.util.find_spec('emotion_perception.core.backends.scoring_plan') is not None
+    shots = photos()
+    n_persons = sum(len(b) for _, _, b in shots)
+    out: dict[str, Any] = {'new': new}
+    extra = {'processor': args.model_dir} if new and args.model_dir else {}
+    with fp.FaultProxy(args.url) as proxy:
+        common = {'url': proxy.url, 'model': args.model, 'timeout_s': 300.0,
+                  'api_key_env': args.api_key_env, **extra}
+        # configure
+        proxy.reset_counts()
+        t0 = time.perf_counter()
+        b = create_backend('remote', {**common, 'image_format': 'png', 'max_concurrency': 16})
+        b.load()
+        out['configure_s'] = time.perf_counter() - t0
+        out['configure_requests'] = proxy.reset_counts().requests
+        # scores (png) and the wire per person
+        b.predict(shots[0][1], shots[0][2][:1])  # warm-up
+        proxy.reset_counts()
+        res = {name: b.predict(img, boxes) for name, img, boxes in shots}
+        wire = proxy.reset_counts()
+        out['per_person'] = {'requests': wire.requests / n_persons,
+                             'uploads': wire.uploads / n_persons,
+                             'bytes': wire.bytes_in / n_persons}
+        out['scores'] = {'png': _dump(res, Status)}
+        b.unload()
+        jp = create_backend('remote', {**common, 'image_format': 'jpeg', 'max_concurrency': 16})
+        jp.load()
+        proxy.reset_counts()
+        out['scores']['jpeg'] = _dump({n: jp.predict(i, bx) for n, i, bx in shots}, Status)
+        out['per_person']['bytes_jpeg'] = proxy.reset_counts().bytes_in / n_persons
+        jp.unload()
+        # throughput by max_concurrency; the prefix cache over these runs
+        before = scrape(args.url)
+        out['persons_per_s'] = {}
+        for c in [int(x) for x in args.concurrency.split(',')]:
+            bc = create_backend('remote', {**common, 'image_format': 'png',
+                                           'max_concurrency': c})
+            bc.load()
+            bc.predict(shots[0][1], shots[0][2][:1])
+            t0 = time.perf_counter()
+            ok = 0
+            for _ in range(args.rounds):
+                for _, img, boxes in shots:
+                    ok += sum(r.status == Status.OK for r in bc.predict(img, boxes))
+            el = time.perf_counter() - t0
+            out['persons_per_s'][str(c)] = {'rate': args.rounds * n_persons / el, 'ok': ok,
+                                            'of': args.rounds * n_persons}
+            bc.unload()
+        out['prefix_cache_hit_rate'] = hit_rate(scrape(args.url), before)
+    Path(args.worker).write_text(json.dumps(out))
+    return 0
+
+
+def _dump(results: dict, Status) -> dict:
+    return {name: [{'ok': r.status == Status.OK, 'reason': r.reason,
+                    'scores': [float(x) for x in r.scores], 'vad': [float(v) for v in r.vad]}
+                   for r in rs] for name, rs in results.items()}
+
+
+# -- the driver -------------------------------------------------------------------------------
+def run_version(tree: Path, args: argparse.Namespace, url: str, model_dir: str) -> dict:
+    out = Path(tempfile.mkstemp(suffix='.json')[1])
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', str(out), '--url', url,
+           '--model', args.model, '--concurrency', args.concurrency,
+           '--api-key-env', args.api_key_env,
+           '--rounds', str(args.rounds), '--model-dir', model_dir, '--photos', args.photos]
+    proc = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'{tree}: worker failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}')
+    return json.loads(out.read_text())
+
+
+def local_scores(model_dir: str) -> dict:
+    from emotion_perception.core.backends import create_backend
+    b = create_backend('vlm', {'model': model_dir, 'device': 'cpu'})
+    b.load()
+    out = {n: [{'scores': list(map(float, r.scores)), 'vad': list(map(float, r.vad))}
+               for r in b.predict(img, boxes)] for n, img, boxes in photos()}
+    b.unload()
+    return out
+
+
+def diff(remote: dict, local: dict, name: str, key: str) -> str:
+    import numpy as np
+    rs = remote[name]
+    if not all(r['ok'] for r in rs):
+        return 'ERROR: ' + '; '.join(sorted({r['reason'][:60] for r in rs if not r['ok']}))
+    worst = max(float(np.max(np.abs(np.subtract(r[key], w[key]))))
+                for r, w in zip(rs, local[name]))
+    return f'{worst:.2g}'
 
 
 def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
@@ -91,114 +194,88 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--url', action='append', help='server base URL(s) ending in /v1 '
-                    '(default: start a vLLM server here on a tiny model)')
+    ap.add_argument('--url', help='server base URL ending in /v1 (default: start a vLLM server '
+                    'here on a tiny model)')
     ap.add_argument('--model', default='', help="served model name ('' = the first listed)")
     ap.add_argument('--api-key-env', default='', help='env variable holding the API key')
-    ap.add_argument('--frames', type=int, default=3)
-    ap.add_argument('--persons', type=int, default=4, help='persons per frame (<= 8)')
-    ap.add_argument('--concurrency', default='1,4,16,32')
-    ap.add_argument('--new-tokens', type=int, default=32, help='generate: answer length')
+    ap.add_argument('--model-dir', default='', help='the served model folder (processor '
+                    'config; local reference scores)')
+    ap.add_argument('--baseline', default=BASELINE, help='git commit of "before"')
+    ap.add_argument('--concurrency', default='1,4,16')
+    ap.add_argument('--rounds', type=int, default=1, help='throughput: passes over the photos')
+    ap.add_argument('--photos', default=','.join(PHOTOS), help='of zidane,bus')
     ap.add_argument('--json', type=Path, help='write the numbers here')
+    ap.add_argument('--worker', help=argparse.SUPPRESS)
     args = ap.parse_args()
-    persons = BOXES[:max(1, min(args.persons, len(BOXES)))]
-    levels = [int(c) for c in args.concurrency.split(',')]
+    USE[:] = [p for p in args.photos.split(',') if p in PHOTOS]
+    if args.worker:
+        sys.path.insert(0, os.getcwd())
+        return worker(args)
+    sys.path.insert(0, str(REPO))
     server = None
+    model_dir = args.model_dir
     if not args.url:
         from emotion_perception.testing import tiny_models
         from emotion_perception.testing.vllm_server import VLLMServer
         folder = Path(tempfile.mkdtemp(prefix='bench_remote_')) / 'tiny-llava'
         tiny_models.build_tiny_vlm('llava', folder, hidden=256, heads=4, kv_heads=4,
                                    intermediate=512, pad_vocab=False)
+        model_dir = str(folder)
         print(f'starting vLLM on {folder} ...', flush=True)
         t0 = time.perf_counter()
         server = VLLMServer(folder, name='tiny-llava').start()
         print(f'ready after {time.perf_counter() - t0:.0f} s: {server.url}', flush=True)
-        urls, what = [server.url], 'tiny random LLaVA-1.5 (Llama-2 SPM tokenizer), vLLM CPU'
+        url, what = server.url, 'tiny random LLaVA-1.5 (CLIP centre crop, Llama-2 SPM), vLLM CPU'
     else:
-        urls, what = args.url, f'{args.model or "(first served)"} at {", ".join(args.url)}'
+        url, what = args.url, f'{args.model or "(first served)"} at {args.url}'
+    base = Path(tempfile.mkdtemp(prefix='bench_remote_baseline_'))
+    archive = subprocess.run(['git', '-C', str(REPO), 'archive', args.baseline,
+                              'emotion_perception'], capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(base)], input=archive, check=True)
     report: dict[str, Any] = {'machine': platform.platform(), 'model': what,
-                              'persons_per_frame': len(persons), 'frames': args.frames}
+                              'baseline': args.baseline}
     try:
-        common = {'url': urls, 'model': args.model, 'api_key_env': args.api_key_env,
-                  'timeout_s': 300.0}
-        imgs = frames(args.frames)
-        score = create_backend('remote', {**common, 'max_concurrency': 16})
-        gen = create_backend('remote', {**common, 'mode': 'generate', 'max_concurrency': 16,
-                                        'max_new_tokens': args.new_tokens})
-        t0 = time.perf_counter()
-        score.load()
-        load_s = time.perf_counter() - t0
-        gen.load()
-        gen._min_new_tokens = args.new_tokens
-        # warm-up (first image request)
-        score.predict(imgs[0], persons[:1])
-        gen.predict(imgs[0], persons[:1])
-        # 1. score vs generate, interleaved
-        times: dict[str, list[float]] = {'score': [], 'generate': []}
-        statuses: dict[str, Counter] = {'score': Counter(), 'generate': Counter()}
-        reasons: dict[str, Counter] = {'score': Counter(), 'generate': Counter()}
-        for img in imgs:
-            for name, b in (('score', score), ('generate', gen)):
-                t = time.perf_counter()
-                res = b.predict(img, persons)
-                times[name].append((time.perf_counter() - t) * 1e3 / len(persons))
-                statuses[name].update(r.status.name.lower() for r in res)
-                reasons[name].update(r.reason for r in res if r.reason)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        rows = [[k, f'{med[k]:.0f}', f'{min(v):.0f}-{max(v):.0f}',
-                 ', '.join(f'{s} {n}' for s, n in statuses[k].most_common())]
-                for k, v in times.items()]
-        d = score.diagnostics()
-        per_person = (29 + int(d.get('continuation_sequences', 0)))
-        table(f'1. ms per person, score vs generate ({len(persons)} persons/frame, '
-              f'{args.frames} frames, max_concurrency 16; generate: {args.new_tokens} tokens)',
-              ['mode', 'ms/person (median)', 'range', 'statuses'], rows)
-        for k, c in reasons.items():
-            for why, n in c.most_common(2):  # e.g. a random model's answer names no category
-                print(f'{k}: {n} x {why}')
-        print(f'\nscore / generate = {med["score"] / med["generate"]:.2f}; score sends '
-              f'{per_person} requests per person (29 questions + '
-              f'{d.get("continuation_sequences", 0)} answers of several tokens); read-out '
-              f'{d.get("readout")}; configure (plans, probes) {load_s:.1f} s')
-        report['score_vs_generate'] = {'ms_per_person': med, 'requests_per_person': per_person,
-                                       'readout': d.get('readout'), 'configure_s': load_s}
-        score.unload()
-        gen.unload()
-        # 2. persons/s by max_concurrency, 3. cache hit rates
-        before = scrape(urls[0])
-        rows, thr = [], {}
-        for c in levels:
-            b = create_backend('remote', {**common, 'max_concurrency': c})
-            b.load()
-            b.predict(imgs[0], persons[:1])
-            t = time.perf_counter()
-            n_ok = 0
-            for img in imgs:
-                n_ok += sum(r.status == Status.OK for r in b.predict(img, persons))
-            el = time.perf_counter() - t
-            thr[c] = len(imgs) * len(persons) / el
-            dd = b.diagnostics()
-            rows.append([c, f'{thr[c]:.2f}', f'{thr[c] / thr[levels[0]]:.2f}',
-                         dd.get('latency_ms.p50', ''), dd.get('latency_ms.p90', ''),
-                         f'{n_ok}/{len(imgs) * len(persons)}'])
-            b.unload()
-        after = scrape(urls[0])
-        table(f'2. score mode throughput by max_concurrency ({len(imgs)} frames x '
-              f'{len(persons)} persons)',
-              ['max_concurrency', 'persons/s', f'vs {levels[0]}', 'request p50 ms',
-               'request p90 ms', 'OK'], rows)
-        table('3. server caches over the runs of table 2 (from /metrics)',
-              ['cache', 'hit rate'],
-              [['prefix cache (KV of the shared image + text prefix)',
-                rate(after, before, 'prefix_cache')],
-               ['multi-modal cache (processed image)', rate(after, before, 'mm_cache')]])
-        report['throughput_persons_per_s'] = thr
-        report['prefix_cache_hit_rate'] = rate(after, before, 'prefix_cache')
-        report['mm_cache_hit_rate'] = rate(after, before, 'mm_cache')
+        ref = local_scores(model_dir) if model_dir else None
+        got = {'before': run_version(base, args, url, model_dir),
+               'now': run_version(REPO, args, url, model_dir)}
     finally:
         if server is not None:
             server.stop()
+    levels = args.concurrency.split(',')
+    b, n = got['before'], got['now']
+    rows = [
+        ['HTTP requests per person', f"{b['per_person']['requests']:.1f}",
+         f"{n['per_person']['requests']:.1f}", '<= 3'],
+        ['image uploads per person', f"{b['per_person']['uploads']:.1f}",
+         f"{n['per_person']['uploads']:.1f}", '1'],
+        ['KiB uploaded per person (png)', f"{b['per_person']['bytes'] / 1024:.0f}",
+         f"{n['per_person']['bytes'] / 1024:.0f}", '<= 512'],
+        ['KiB uploaded per person (jpeg)', f"{b['per_person']['bytes_jpeg'] / 1024:.0f}",
+         f"{n['per_person']['bytes_jpeg'] / 1024:.0f}", ''],
+    ]
+    for c in levels:
+        rb, rn = b['persons_per_s'][c], n['persons_per_s'][c]
+        rows.append([f'persons/s, max_concurrency {c}',
+                     f"{rb['rate']:.2f} ({rb['ok']}/{rb['of']} OK)",
+                     f"{rn['rate']:.2f} ({rn['ok']}/{rn['of']} OK)",
+                     f">= 3x: now {rn['rate'] / rb['rate']:.1f}x"])
+    rows += [['server prefix-cache hit rate (throughput runs)', b['prefix_cache_hit_rate'],
+              n['prefix_cache_hit_rate'], ''],
+             ['configure: requests', b['configure_requests'], n['configure_requests'], ''],
+             ['configure: seconds', f"{b['configure_s']:.1f}", f"{n['configure_s']:.1f}", '']]
+    if ref is not None:
+        for fmt in ('png', 'jpeg'):
+            for name in USE:
+                for key, label in (('scores', 'scores'), ('vad', 'VAD (1-10)')):
+                    rows.append([f'max |remote - local| {label}, {name}.jpg, {fmt}',
+                                 diff(b['scores'][fmt], ref, name, key),
+                                 diff(n['scores'][fmt], ref, name, key),
+                                 '< 1e-3' if fmt == 'png' else 'measured'])
+    table(f'remote backend, score mode: before ({args.baseline}) vs now, same server '
+          f'({what}); {" + ".join(USE)} ({sum(len(PEOPLE_N[u]) for u in USE)} persons), '
+          f'x{args.rounds}; now with '
+          '--processor (the model folder)', ['', 'before', 'now', 'target'], rows)
+    report.update(got)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0

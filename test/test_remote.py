@@ -1,11 +1,14 @@
 """The remote backend against a REAL serving engine: vLLM's CPU build (``make vllm``) serving a
-tiny random LLaVA-1.5 saved in the hub's layout, with the real Llama-2 SentencePiece tokenizer
-and the LLaVA-1.5 chat template, on 127.0.0.1.
+tiny random LLaVA-1.5 saved in the hub's layout, with the real Llama-2 SentencePiece tokenizer,
+the LLaVA-1.5 chat template and a CLIP image processor that centre-crops (as
+llava-hf/llava-1.5-7b-hf's does), on 127.0.0.1.
 
-The reference is the local ``vlm`` backend on the same folder: the frames are 56 x 56, the
-tiny model's input size, so both engines see the same pixels (no resize on either side) and
-the images go as PNG (lossless) where scores are compared.
+The reference is the local ``vlm`` backend on the same folder, on real photographs of both
+aspect ratios with people at the frame's edges (zidane.jpg 1280x720, bus.jpg 810x1080): with
+the model's processor config (``processor``) and PNG the server sees the local backend's pixels.
+Faults are injected by ``testing.fault_proxy`` between the backend and the real server.
 """
+import ssl
 import threading
 import time
 
@@ -14,9 +17,14 @@ import numpy as np
 import pytest
 
 from emotion_perception.core.backends import ModelLoadError, create_backend
-from emotion_perception.core.backends.remote import encode_image, parse_urls
+from emotion_perception.core.backends.remote import (MAX_RESPONSE_BYTES, encode_image,
+                                                     is_loopback, parse_urls, tls_context)
+from emotion_perception.core.backends.scoring_plan import square_plan
+from emotion_perception.core.model_files import sample_image_paths
 from emotion_perception.core.types import BBox, Status
 from emotion_perception.testing import vllm_server as vs
+from emotion_perception.testing.fault_proxy import Fault, FaultProxy
+from emotion_perception.testing.sample_people import PEOPLE
 from test_vlm_node import bag, run_bag  # noqa: F401  (the replayed bag of the vlm node test)
 
 pytestmark = pytest.mark.slow
@@ -33,10 +41,22 @@ def frame(seed: int = 0) -> np.ndarray:
     return img
 
 
+def photo(name: str) -> tuple[np.ndarray, list[BBox]]:
+    """A sample photograph (RGB) and its hand-annotated people."""
+    img = cv2.cvtColor(cv2.imread(str(sample_image_paths()[name])), cv2.COLOR_BGR2RGB)
+    return img, [BBox(*p.box) for p in PEOPLE[name]]
+
+
 def remote(url, **options):
     backend = create_backend('remote', {'url': url, 'timeout_s': 60.0, **options})
     backend.load()
     return backend
+
+
+def max_diff(got, want) -> float:
+    assert [r.status for r in got] == [Status.OK] * len(got), [r.reason for r in got]
+    return max(max(float(np.abs(g.scores - w.scores).max()),
+                   float(np.abs(np.subtract(g.vad, w.vad)).max())) for g, w in zip(got, want))
 
 
 @pytest.fixture(scope='module')
@@ -48,9 +68,24 @@ def local(vllm_server):
 
 
 @pytest.fixture(scope='module')
-def second_server(vllm_server):
-    """A second server of the same model that needs an API key (killed and restarted here)."""
-    server = vs.VLLMServer(vllm_server.model_dir, name='tiny-llava',
+def exact(vllm_server):
+    """The remote backend with the served model's processor config and PNG images."""
+    backend = remote(vllm_server.url, processor=str(vllm_server.model_dir))
+    yield backend
+    backend.unload()
+
+
+@pytest.fixture(scope='module')
+def second_server(tiny_vlm_dir):
+    """A second server of the same model that needs an API key (killed and restarted here);
+    it does not need the first one (tests that use only this one start only this one)."""
+    from conftest import VLLM_TINY_LLAVA
+    import os
+    if vs.missing_reason():
+        if os.environ.get('EP_VLLM_PYTHON'):
+            pytest.fail(f'EP_VLLM_PYTHON is set but {vs.missing_reason()}')
+        pytest.skip(vs.missing_reason())
+    server = vs.VLLMServer(tiny_vlm_dir('llava', **VLLM_TINY_LLAVA), name='tiny-llava',
                            extra=['--api-key', KEY])
     server.start()
     yield server
@@ -58,23 +93,63 @@ def second_server(vllm_server):
 
 
 # -- no server needed ----------------------------------------------------------------------------
-def test_urls_and_images_without_a_server():
+def test_urls_images_and_tls_without_a_server(tmp_path):
     assert parse_urls('http://a:8000/v1, https://b/v1') == ['http://a:8000/v1', 'https://b/v1']
     assert parse_urls(['http://a:8000/v1/']) == ['http://a:8000/v1']
     with pytest.raises(ValueError, match='not an http'):
         parse_urls('gpu-server:8000')
+    assert is_loopback('http://127.0.0.1:8000/v1') and is_loopback('http://localhost/v1')
+    assert not is_loopback('http://gpu-server:8000/v1') and not is_loopback('http://10.0.0.2/v1')
     img = np.zeros((300, 600, 3), np.uint8)
     img[:, :300] = (255, 0, 0)  # left half red (RGB)
-    url = encode_image(img, 'jpeg', 90, max_side=200)
-    assert url.startswith('data:image/jpeg;base64,')
-    import base64
-    raw = np.frombuffer(base64.b64decode(url.split(',', 1)[1]), np.uint8)
-    back = cv2.cvtColor(cv2.imdecode(raw, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+    data = encode_image(img, 'jpeg', 90, max_side=200)
+    back = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                        cv2.COLOR_BGR2RGB)
     assert back.shape == (100, 200, 3)  # long side capped, aspect kept
     assert back[50, 20, 0] > 200 and back[50, 20, 2] < 60  # still red: channel order kept
+    png = cv2.imdecode(np.frombuffer(encode_image(img, 'png', max_side=600), np.uint8),
+                       cv2.IMREAD_COLOR)
+    assert np.array_equal(cv2.cvtColor(png, cv2.COLOR_BGR2RGB), img)  # lossless
     noisy = np.random.default_rng(0).integers(0, 255, (1000, 1000, 3), dtype=np.uint8)
-    capped = encode_image(noisy, 'jpeg', 95, max_side=2000, max_bytes=100_000)
-    assert len(base64.b64decode(capped.split(',', 1)[1])) <= 100_000
+    assert len(encode_image(noisy, 'jpeg', 95, max_side=2000, max_bytes=100_000)) <= 100_000
+    # letterbox to a square: the whole 1280x720 frame is inside the centre of the square
+    plan = square_plan(720, 1280, 336)
+    assert plan.size == (336, 336) and plan.offset == (0, 74)
+    assert plan.box(BBox(1150, 0, 1280, 720)).x2 == pytest.approx(336)
+    # TLS: the system trust store (what update-ca-certificates maintains), or the CA file
+    ctx = tls_context(True)
+    assert isinstance(ctx, ssl.SSLContext) and ctx.verify_mode == ssl.CERT_REQUIRED
+    assert tls_context(False) is False
+    with pytest.raises(ModelLoadError, match='ca_bundle'):
+        tls_context(True, str(tmp_path / 'missing.pem'))
+
+
+def test_a_server_is_taken_out_only_after_consecutive_failures():
+    from emotion_perception.core.backends.remote import RequestFailed, ServerPool
+    pool = ServerPool(['http://a/v1', 'http://b/v1'], down_s=0.05, fail_threshold=3)
+    a, b = pool.servers
+    pool.failed(a, 'HTTP 503')
+    pool.failed(a, 'HTTP 503')
+    pool.succeeded(a)  # a success in between: the count starts again
+    pool.failed(a, 'HTTP 503')
+    pool.failed(a, 'HTTP 503')
+    assert a.up
+    pool.failed(a, 'HTTP 503')
+    assert not a.up
+    for _ in range(5):  # out: everything goes to b
+        s = pool.acquire()
+        assert s is b
+        pool.release(s)
+    pool.failed(b, 'reset')
+    pool.failed(b, 'reset')
+    pool.failed(b, 'reset')
+    with pytest.raises(RequestFailed, match='server unreachable'):
+        pool.acquire()
+    time.sleep(0.06)  # the backoff ran out: probed back in
+    s = pool.acquire()
+    pool.succeeded(s)
+    pool.release(s)
+    assert s.up
 
 
 def test_server_down_at_configure_is_a_load_error():
@@ -84,6 +159,9 @@ def test_server_down_at_configure_is_a_load_error():
         backend.load()
     with pytest.raises(ModelLoadError, match='needs backend.url'):
         create_backend('remote', {}).load()
+    with pytest.raises(ModelLoadError, match='processor.*no such folder'):
+        create_backend('remote', {'url': f'http://127.0.0.1:{port}/v1',
+                                  'processor': '/nonexistent/model'}).load()
 
 
 def test_node_stays_unconfigured_when_the_server_is_down():
@@ -101,98 +179,219 @@ def test_node_stays_unconfigured_when_the_server_is_down():
         assert node.trigger_configure().name == 'FAILURE'
         assert node.lifecycle_state == 'unconfigured'
         assert 'server unreachable' in node.failure_reason
+        # verify_tls is read-only like url and ca_bundle: no run-time switch to unverified
+        result = node.set_parameters([Parameter('backend.verify_tls', value=False)])[0]
+        assert not result.successful
 
 
 # -- one real server -----------------------------------------------------------------------------
-def test_score_equals_the_local_vlm_backend(vllm_server, local):
-    backend = remote(vllm_server.url, image_format='png')
+@pytest.mark.parametrize('name', ['zidane', 'bus'])
+def test_remote_equals_local_on_photos_with_one_upload_per_person(vllm_server, local, exact,
+                                                                  name):
+    """Landscape (persons at both edges) and portrait photos: the server sees the local
+    backend's letterboxed pixels; per person 3 requests, ONE image upload, < 512 KiB."""
+    img, boxes = photo(name)
+    with FaultProxy(vllm_server.url) as proxy:
+        exact.transport.pool.servers[0].url = proxy.url  # count what goes over the wire
+        try:
+            got = exact.predict(img, boxes)
+        finally:
+            exact.transport.pool.servers[0].url = vllm_server.url
+        wire = proxy.reset_counts()
+    want = local.predict(img, boxes)
+    assert max_diff(got, want) < 1e-3
+    assert np.abs(got[0].scores - got[1].scores).max() > 1e-4  # persons differ
+    # one plan: the answer sequences found with the server's tokenizer are the local ones
+    assert exact._plans == list(local._score.plans)
+    diag = exact.diagnostics()
+    assert diag['readout'] == 'token_ids' and diag['vad'] == 'ok' and diag['batch_route']
+    assert diag['continuation_sequences'] >= 1  # Llama-2's digits: ['▁', '5']
+    assert wire.requests == 3 * len(boxes) and wire.uploads == len(boxes), wire
+    assert wire.paths['/v1/chat/completions/batch'] == 2 * len(boxes)
+    assert wire.bytes_in / len(boxes) < 512 * 1024
+
+
+def test_configure_in_a_handful_of_requests(vllm_server):
+    with FaultProxy(vllm_server.url) as proxy:
+        backend = remote(proxy.url, processor=str(vllm_server.model_dir))
+        backend.unload()
+        wire = proxy.reset_counts()
+    assert wire.requests <= 20, wire.paths
+    assert wire.paths['/tokenize'] <= 12
+
+
+def test_without_processor_the_frame_is_letterboxed_and_jpeg_is_close(vllm_server, local,
+                                                                      exact, caplog):
+    """No processor config: a grey letterbox square (everyone kept), logged; JPEG: measured."""
+    img, boxes = photo('zidane')
+    caplog.set_level('WARNING')
+    square = remote(vllm_server.url)
+    jpeg = remote(vllm_server.url, processor=str(vllm_server.model_dir), image_format='jpeg')
     try:
-        got = backend.predict(frame(), BOXES)
-        want = local.predict(frame(), BOXES)
-        diag = backend.diagnostics()
+        assert 'no backend.processor given' in caplog.text
+        sent = square.marked_images(img, boxes)
+        assert sent[0].shape == (1280, 1280, 3) and (sent[0][:200] == 127).all()
+        assert all(r.status == Status.OK for r in square.predict(img, boxes))
+        want = local.predict(img, boxes)
+        # JPEG: the same working-size pixels up to JPEG's error; what that changes in the
+        # scores is measured by bench_remote (a random 56-px model is very sensitive to it)
+        sent = jpeg.preprocess(img, boxes)[0]
+        assert sent.image[:3] == b'\xff\xd8\xff'
+        decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(sent.image, np.uint8),
+                                            cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        lossless = exact.marked_images(img, boxes)[0]
+        assert decoded.shape == lossless.shape
+        assert np.abs(decoded.astype(int) - lossless).mean() < 4
+        assert all(r.status == Status.OK for r in jpeg.predict(img, boxes))
+        assert max_diff(exact.predict(img, boxes), want) < 1e-3
+    finally:
+        square.unload()
+        jpeg.unload()
+
+
+def test_server_without_the_batch_route_gets_one_request_per_question(vllm_server, local):
+    img, boxes = photo('zidane')
+    backend = remote(vllm_server.url, processor=str(vllm_server.model_dir), batch='off')
+    try:
+        with FaultProxy(vllm_server.url) as proxy:
+            backend.transport.pool.servers[0].url = proxy.url
+            got = backend.predict(img, boxes[:1])
+            wire = proxy.reset_counts()
+        n = len(backend._convs)
     finally:
         backend.unload()
-    assert [r.status for r in got] == [Status.OK, Status.OK], [r.reason for r in got]
-    assert backend.model_id == 'tiny-llava'
-    # exact read-out, and Llama-2's digits ' 5' -> ['▁', '5'] read by teacher forcing
-    assert diag['readout'] == 'token_ids' and diag['vad'] == 'ok'
-    assert diag['continuation_sequences'] >= 30
-    assert diag['errors.unreachable'] == diag['errors.http_4xx'] == 0 and diag['requests'] > 100
-    for g, w in zip(got, want):
-        assert np.abs(g.scores - w.scores).max() < 1e-3, np.abs(g.scores - w.scores).max()
-        assert np.abs(np.subtract(g.vad, w.vad)).max() < 1e-3, (g.vad, w.vad)
-        assert g.labels == w.labels
-    # the two persons differ (a wrong image per request would show here)
-    assert np.abs(got[0].scores - got[1].scores).max() > 1e-4
+    assert max_diff(got, local.predict(img, boxes[:1])) < 1e-3
+    assert wire.requests == n and wire.uploads == 1  # the image still once
 
 
-def test_top_logprobs_readout_reads_the_servers_top_tokens(vllm_server):
+def test_a_forgotten_image_is_sent_again(vllm_server, local, exact, monkeypatch):
+    """The batch names an image the server does not have (HTTP 400 'Cache miss'): the image
+    is uploaded again and the person is answered."""
+    img, boxes = photo('bus')
+    # pixels no earlier test sent (the uuid is the image's hash: a known image is a cache hit)
+    img[:200, :200] = np.random.default_rng(time.time_ns()).integers(0, 255, 3, dtype=np.uint8)
+    real_ask = exact._ask
+    calls = []
+
+    def ask(convs, p, server, upload):
+        calls.append(upload)
+        if upload and len(calls) == 1:  # the first upload goes under another uuid
+            uuid, p.uuid = p.uuid, 'x' + p.uuid[1:]
+            try:
+                return real_ask(convs, p, server, upload)
+            finally:
+                p.uuid = uuid
+        return real_ask(convs, p, server, upload)
+    monkeypatch.setattr(exact, '_ask', ask)
+    got = exact.predict(img, boxes[:1])
+    assert calls[:3] == [True, False, True]  # upload, cache miss, upload again
+    assert max_diff(got, local.predict(img, boxes[:1])) < 1e-3
+
+
+FAULTS = [Fault('503', 7), Fault('429', 5, retry_after=0.2), Fault('reset', 4),
+          Fault('slow', 6, slow_s=4.0), Fault('truncate', 5), Fault('oversize', 6),
+          Fault('badjson', 4)]
+
+
+@pytest.mark.parametrize('fault', FAULTS, ids=[f.kind for f in FAULTS])
+def test_transient_faults_cost_no_person(vllm_server, local, fault):
+    """Every N-th request broken, from configure on: every array answered, nobody lost, the
+    same scores as without the fault."""
+    img, boxes = photo('zidane')
+    with FaultProxy(vllm_server.url, [fault]) as proxy:
+        backend = remote(proxy.url, processor=str(vllm_server.model_dir), down_s=0.2,
+                         timeout_s=2.0 if fault.kind == 'slow' else 60.0)
+        try:
+            results = [backend.predict(img, boxes) for _ in range(2)]
+            diag = backend.diagnostics()
+        finally:
+            backend.unload()
+    assert fault.injected >= 2
+    want = local.predict(img, boxes)
+    for got in results:
+        assert max_diff(got, want) < 1e-3
+    assert diag['retries'] >= fault.injected - 1
+
+
+def test_persistent_faults_are_errors_with_their_reason(vllm_server):
+    img, boxes = photo('zidane')
+    with FaultProxy(vllm_server.url) as proxy:
+        backend = remote(proxy.url, processor=str(vllm_server.model_dir), down_s=0.2,
+                         retries=1)
+        try:
+            proxy.faults = [Fault('dropid', 1, path='/v1/chat')]
+            got = backend.predict(img, boxes)
+            assert [r.status for r in got] == [Status.ERROR] * 2
+            assert all(r.reason.startswith('bad response: the log-probs of requested token '
+                                           'ids') for r in got), [r.reason for r in got]
+            assert backend.diagnostics()['errors.bad_response'] >= 2
+            proxy.faults = [Fault('503', 1, path='/v1/chat')]
+            got = backend.predict(img, boxes)
+            assert all(r.status == Status.ERROR and 'HTTP 503' in r.reason for r in got)
+            proxy.faults = []
+            time.sleep(3.5)  # past the backoff: probed back in
+            assert all(r.status == Status.OK for r in backend.predict(img, boxes))
+        finally:
+            backend.unload()
+        proxy.faults = [Fault('503', 1)]
+        with pytest.raises(ModelLoadError, match='HTTP 503'):
+            remote(proxy.url, retries=1)
+
+
+def test_oversized_answers_are_refused_with_a_clear_reason(vllm_server):
+    img, boxes = photo('zidane')
+    with FaultProxy(vllm_server.url) as proxy:
+        backend = remote(proxy.url, processor=str(vllm_server.model_dir), retries=0)
+        try:
+            proxy.faults = [Fault('oversize', 1, path='/v1/chat')]
+            got = backend.predict(img, boxes[:1])[0]
+        finally:
+            backend.unload()
+    assert got.status == Status.ERROR
+    assert got.reason.startswith('bad response') and str(MAX_RESPONSE_BYTES) in got.reason
+
+
+def test_top_logprobs_readout_reads_the_servers_top_tokens(vllm_server, exact):
     """The approximate read-out (servers without requested ids) parses the real server's
-    top_logprobs: the same log-probs as the exact read-out asks for by id; the mass they cover
-    is reported. (The whole vocabulary, top_logprobs -1, crashes vLLM 0.32's output handler on
-    a checkpoint whose vocabulary is padded past the tokenizer's, as llava-hf's is.)"""
-    from emotion_perception.core.backends.remote import _user_message
-    backend = remote(vllm_server.url, image_format='png', readout='top_logprobs')
+    top_logprobs: the same log-probs as the exact read-out; the mass they cover is reported."""
+    img, boxes = photo('zidane')
+    backend = remote(vllm_server.url, processor=str(vllm_server.model_dir),
+                     readout='top_logprobs')
     try:
         assert backend.diagnostics()['readout'] == 'top_logprobs'
-        image = backend.preprocess(frame(), BOXES[:1])[0].image_url
-        messages = [_user_message(image, backend._questions[0].text)]
-        post = backend.transport.request
-        top = backend._root_logprobs(post('POST', '/v1/chat/completions', backend._root_payload(
-            messages, 'top_logprobs', [])), 'top_logprobs')
-        exact = backend._root_logprobs(post('POST', '/v1/chat/completions', backend._root_payload(
-            messages, 'token_ids', sorted(top))), 'token_ids')
-        result = backend.predict(frame(), BOXES[:1])[0]
+        p = backend.preprocess(img, boxes[:1])
+        backend.forward(p)
+        q = exact.preprocess(img, boxes[:1])
+        exact.forward(q)
+        result = backend.postprocess(p, None)[0]
         diag = backend.diagnostics()
     finally:
         backend.unload()
+    top, ids = p[0].logprobs[0], q[0].logprobs[0]
     assert 20 <= len(top) <= 21  # the top 20 and the sampled token
-    for tid, lp in top.items():
-        assert abs(lp - exact[tid]) < 1e-5, (tid, lp, exact[tid])
-    assert 0 < float(np.exp(list(top.values())).sum()) <= 1 + 1e-6
+    shared = set(top) & set(ids)
+    for tid in shared:
+        assert abs(top[tid] - ids[tid]) < 1e-5, (tid, top[tid], ids[tid])
     assert 0 < diag['top_logprobs_mass'] <= 1 + 1e-6
-    # a random model rarely puts yes/no in its top 20: then the person says so, it is not 0.5
-    if result.status != Status.OK:
+    if result.status != Status.OK:  # a random model rarely puts yes/no in its top 20
         assert result.reason.startswith('answer not readable: neither yes nor no')
 
 
 def test_generate_equals_the_local_vlm_backend(vllm_server):
     opts = {'mode': 'generate', 'max_new_tokens': 6}
-    backend = remote(vllm_server.url, image_format='png', **opts)
+    img, boxes = photo('bus')
+    backend = remote(vllm_server.url, processor=str(vllm_server.model_dir), **opts)
     local = create_backend('vlm', {'model': str(vllm_server.model_dir), 'device': 'cpu', **opts})
     local.load()
     try:
-        got = backend.predict(frame(), BOXES)
-        want = local.predict(frame(), BOXES)
+        got = backend.predict(img, boxes[:2])
+        want = local.predict(img, boxes[:2])
     finally:
         backend.unload()
         local.unload()
     assert all(r.status in (Status.OK, Status.SKIPPED) for r in got), [r.reason for r in got]
     assert all(r.text for r in got)
     assert [r.text for r in got] == [r.text for r in want]  # greedy: the same answer
-
-
-def test_jpeg_images_by_default_scored_on_the_decoded_pixels(vllm_server, local, monkeypatch):
-    """The default JPEG: the server scores the pixels it decodes. The local backend, given the
-    same decoded images (PIL, as vLLM decodes them), gives the same scores."""
-    import base64
-    import io
-
-    from PIL import Image
-    backend = remote(vllm_server.url)
-    try:
-        sent = [p.image_url for p in backend.preprocess(frame(), BOXES)]
-        got = backend.predict(frame(), BOXES)
-    finally:
-        backend.unload()
-    assert all(u.startswith('data:image/jpeg;base64,') for u in sent)
-    decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(u.split(',', 1)[1])))
-                          .convert('RGB')) for u in sent]
-    monkeypatch.setattr(local, 'marked_images', lambda image, boxes: decoded)
-    want = local.predict(frame(), BOXES)
-    assert all(r.status == Status.OK for r in got)
-    for g, w in zip(got, want):
-        assert np.abs(g.scores - w.scores).max() < 1e-3, np.abs(g.scores - w.scores).max()
 
 
 def test_http_4xx_is_the_persons_reason_and_the_node_goes_on(vllm_server):
@@ -235,7 +434,8 @@ def test_emotion_node_over_a_replayed_bag_with_the_remote_backend(vllm_server, b
             assert p.status_reason.startswith('dropped: stale frame'), p.status_reason
     assert sum(int(v) for k, v in diag.items() if k.startswith('drops.')) == len(dropped_arrays)
     assert diag['backend.readout'] == 'token_ids'
-    assert int(diag['backend.requests']) >= 29 * len(ok)
+    assert int(diag['backend.requests']) >= 2 * len(ok)
+    assert diag['backend.batch_route'] in (True, 'True')
     assert int(diag['backend.errors.unreachable']) == 0
 
 
@@ -248,15 +448,17 @@ def test_process_cli_with_the_remote_backend(vllm_server, tmp_path):
     out = tmp_path / 'out'
     assert cli_main(['process', str(sample_image_paths()['astronaut']), '--output', str(out),
                      '--no-progress', '--no-images', '--backend', 'remote', '--url',
-                     vllm_server.url, '--model', 'tiny-llava', '--timeout-s', '60']) == 0
+                     vllm_server.url, '--model', 'tiny-llava', '--timeout-s', '60',
+                     '--processor', str(vllm_server.model_dir), '--image-format', 'jpeg']) == 0
     rows = [json.loads(line) for line in (out / 'emotions.jsonl').read_text().splitlines()]
     assert rows and all(r['status'] == 'ok' and r['backend'] == 'remote' for r in rows), rows
     assert all(r['model'] == 'tiny-llava' and len(r['scores']) == 26 for r in rows)
 
 
-def test_bench_remote_prints_every_table(vllm_server, tmp_path):
-    """bench/bench_remote.py against the session's server (any URL works the same): every
-    table printed, the persons answered, the cache counters read from /metrics."""
+@pytest.mark.timeout(1200)
+def test_bench_remote_prints_the_before_after_table(vllm_server, tmp_path):
+    """bench/bench_remote.py against the session's server (any URL works the same): the
+    baseline commit and this tree through a counting proxy, one table."""
     import json
     import subprocess
     import sys
@@ -265,29 +467,26 @@ def test_bench_remote_prints_every_table(vllm_server, tmp_path):
     out = tmp_path / 'bench.json'
     proc = subprocess.run(
         [sys.executable, str(repo / 'bench' / 'bench_remote.py'), '--url', vllm_server.url,
-         '--frames', '1', '--persons', '2', '--concurrency', '1,4', '--new-tokens', '4',
-         '--json', str(out)], cwd=repo, capture_output=True, text=True, timeout=900)
+         '--model-dir', str(vllm_server.model_dir), '--photos', 'zidane', '--concurrency', '4',
+         '--json', str(out)], cwd=repo, capture_output=True, text=True, timeout=1100)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    for title in ('### 1. ms per person, score vs generate', '### 2. score mode throughput',
-                  '### 3. server caches'):
-        assert title in proc.stdout, proc.stdout[-2000:]
+    assert '| HTTP requests per person | 59.0 | 3.0 | <= 3 |' in proc.stdout, proc.stdout
+    assert '| image uploads per person | 59.0 | 1.0 | 1 |' in proc.stdout
     report = json.loads(out.read_text())
-    assert set(report['throughput_persons_per_s']) == {'1', '4'}
-    assert report['prefix_cache_hit_rate'] != 'n/a'  # /metrics counters were read
-    assert '| score | ' in proc.stdout and 'ok 2 |' in proc.stdout  # table 1: both OK
-    assert '| 2/2 |' in proc.stdout  # table 2
+    now = report['now']
+    assert now['persons_per_s']['4']['ok'] == 2 and now['prefix_cache_hit_rate'] != 'n/a'
+    assert now['per_person']['bytes'] < 512 * 1024
 
 
 # -- a second server: keys, killed, restarted ----------------------------------------------------
-def test_api_key_from_the_environment_never_shown(vllm_server, second_server, monkeypatch,
-                                                  caplog):
+def test_api_key_from_the_environment_never_shown(second_server, monkeypatch, caplog):
     with pytest.raises(ModelLoadError, match='HTTP 401'):
         remote(second_server.url)
     with pytest.raises(ModelLoadError, match=f'{KEY_ENV}.*not set'):
         remote(second_server.url, api_key_env=KEY_ENV)
     monkeypatch.setenv(KEY_ENV, KEY)
     caplog.set_level('DEBUG')
-    backend = remote(second_server.url, api_key_env=KEY_ENV, image_format='png')
+    backend = remote(second_server.url, api_key_env=KEY_ENV)
     try:
         assert backend.predict(frame(), BOXES[:1])[0].status == Status.OK
         shown = str(backend.diagnostics()) + caplog.text + repr(backend.options)
@@ -299,12 +498,12 @@ def test_api_key_from_the_environment_never_shown(vllm_server, second_server, mo
 def test_two_servers_one_killed_and_brought_back(vllm_server, second_server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)  # the first server accepts any key
     backend = remote([vllm_server.url, second_server.url], api_key_env=KEY_ENV,
-                     image_format='png', down_s=0.2)
+                     down_s=0.2)
     try:
         first = backend.predict(frame(), BOXES)
         assert all(r.status == Status.OK for r in first)
         pool = {s.url: s for s in backend.transport.pool.servers}
-        assert all(s.requests > 20 for s in pool.values())  # both took their share
+        assert all(s.requests >= 3 for s in pool.values())  # both took their share
         second_server.stop()
         during = backend.predict(frame(), BOXES)
         # retries went to the live server: nobody lost
@@ -317,7 +516,7 @@ def test_two_servers_one_killed_and_brought_back(vllm_server, second_server, mon
         before = pool[second_server.url].requests
         for _ in range(2):  # the first request after the backoff probes it back in
             assert all(r.status == Status.OK for r in backend.predict(frame(), BOXES))
-        assert pool[second_server.url].requests > before + 5
+        assert pool[second_server.url].requests >= before + 3
         assert backend.diagnostics()[f'server {second_server.url}'].startswith('up')
     finally:
         backend.unload()
@@ -325,7 +524,7 @@ def test_two_servers_one_killed_and_brought_back(vllm_server, second_server, mon
 
 def test_server_killed_mid_run_then_restarted(second_server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)
-    backend = remote(second_server.url, api_key_env=KEY_ENV, image_format='png', down_s=0.2,
+    backend = remote(second_server.url, api_key_env=KEY_ENV, down_s=0.2,
                      retries=1)
     try:
         assert all(r.status == Status.OK for r in backend.predict(frame(), BOXES))

@@ -43,7 +43,8 @@ staying unconfigured with the reason logged, when the model cannot be loaded); a
 subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
 with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
 ``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter``,
-``backend.trust_remote_code``, ``backend.url``, ``backend.api_key_env`` and ``backend.ca_bundle``
+``backend.trust_remote_code``, ``backend.url``, ``backend.api_key_env``, ``backend.ca_bundle``,
+``backend.verify_tls`` and ``backend.processor``
 are read-only: set at start-up only.
 """
 from __future__ import annotations
@@ -127,12 +128,19 @@ BACKEND_PARAMS = [
     ParamSpec('backend.timeout_s', 30.0, 'remote: per-request timeout (s)', in_range(0.01, 3600)),
     ParamSpec('backend.max_concurrency', 16, 'remote: most requests in flight (all servers)',
               in_range(1, 1024)),
-    ParamSpec('backend.retries', 2, 'remote: retries of a request after a connection error, '
-              'timeout or HTTP 5xx (with backoff, on another server when there are several)',
-              in_range(0, 10)),
-    ParamSpec('backend.verify_tls', True, 'remote: verify https certificates (keep on)'),
-    ParamSpec('backend.ca_bundle', '', "remote: CA bundle file for https ('' = the system's)",
+    ParamSpec('backend.retries', 3, 'remote: retries of a request after a transient failure '
+              '(HTTP 5xx, 429, connection refused or reset, timeout, a broken answer), on the '
+              'same server with backoff', in_range(0, 10)),
+    ParamSpec('backend.verify_tls', True, 'remote: verify https certificates (keep on; false '
+              'is warned)', read_only=True),
+    ParamSpec('backend.ca_bundle', '', "remote: CA bundle file for https ('' = the system's "
+              'trust store)', read_only=True),
+    ParamSpec('backend.processor', '', "remote: the served model's image processor config "
+              "(a folder, or a hub id when online), e.g. 'llava-hf/llava-1.5-7b-hf': the pixels "
+              "sent are exactly the local backend's; '' = letterbox to a square",
               read_only=True),
+    ParamSpec('backend.image_format', 'png', "remote: 'png' (lossless: the scores of the local "
+              "backend) or 'jpeg' (smaller)", one_of('png', 'jpeg')),
 ]
 
 PARAMS = [

@@ -275,6 +275,11 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
                    help='remote: environment variable holding the API key')
     p.add_argument('--timeout-s', type=float, help='remote: per-request timeout (s)')
     p.add_argument('--max-concurrency', type=int, help='remote: most requests in flight')
+    p.add_argument('--processor', metavar='DIR_OR_ID',
+                   help="remote: the served model's image processor config (a folder or hub id) "
+                        "so the pixels sent are the local backend's; default: letterbox")
+    p.add_argument('--image-format', choices=('png', 'jpeg'),
+                   help='remote: image encoding (png: lossless, default; jpeg: smaller)')
 
 
 #: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
@@ -282,7 +287,8 @@ BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_
                  'batch_size',
                  'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
                  'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code',
-                 'url', 'api_key_env', 'timeout_s', 'max_concurrency')
+                 'url', 'api_key_env', 'timeout_s', 'max_concurrency', 'processor',
+                 'image_format')
 
 
 def backend_overrides(args: argparse.Namespace) -> dict:

@@ -40,8 +40,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer, DynamicSlidingWindowLayer
 
-from ..readout import (DIGIT_SPELLINGS, DIGITS, NO_SPELLINGS, YES_NO, YES_SPELLINGS, AnswerPlan,
-                       ReadoutError, digit_expectation, yes_probability)
+from ..readout import AnswerPlan, ReadoutError
 
 #: keys of processor outputs that are per-token (shape (P, L)) besides input_ids/attention_mask;
 #: text tokens get 0
@@ -432,32 +431,13 @@ class ScorePrompts:
         Raises:
             ReadoutError: yes/no cannot be written after the prompt (score mode impossible).
         """
-        head_ids = list(tokenize(head))
-        full = [list(tokenize(head + q + tail)) for q in queries]
+        from .scoring_plan import one_by_one, plan_answers
+        prompts = [head + q + tail for q in queries]
+        ids = one_by_one(tokenize)([head, *prompts])
+        head_ids, full = ids[0], ids[1:]
         common = min(common_prefix_len(head_ids, f) for f in full)
         suffixes = tuple(tuple(f[common:]) for f in full)
-        plans: list[AnswerPlan | None] = []
-        vad_reason = ''
-        for q, query in enumerate(queries):
-            prompt = head + query + tail
-            if q < n_categories:
-                plan = AnswerPlan.for_prompt(tokenize, prompt, YES_NO,
-                                             (YES_SPELLINGS, NO_SPELLINGS), unk_id)
-                if not all(plan.expressible):
-                    raise ReadoutError(
-                        'the tokenizer cannot write yes and no after the prompt '
-                        f'({"; ".join(plan.dropped) or "no tokens"}); score mode needs them: '
-                        'use mode=generate')
-            else:
-                plan = AnswerPlan.for_prompt(tokenize, prompt, DIGITS, DIGIT_SPELLINGS, unk_id)
-                if not any(plan.expressible):
-                    vad_reason = ('the tokenizer cannot write any digit 0-9 after the prompt '
-                                  f'({"; ".join(plan.dropped)}): VAD is not scored (NaN)')
-                    plan = None
-                elif not all(plan.expressible) and not vad_reason:
-                    missing = [d for d, ok in zip(DIGITS, plan.expressible) if not ok]
-                    vad_reason = f'digits {missing} cannot be written: they get probability 0'
-            plans.append(plan)
+        plans, vad_reason, _ = plan_answers(one_by_one(tokenize), prompts, n_categories, unk_id)
         return cls(head, len(head_ids) - common, suffixes, tuple(plans),
                    QuestionTree.build(suffixes, plans), n_categories, vad_reason)
 
@@ -508,14 +488,10 @@ class ScorePrompts:
 
     def results(self, logp: torch.Tensor) -> list[tuple[Any, tuple[float, float, float]]]:
         """Per person: (26 scores float32 array, (valence, arousal, dominance) on 1-10 or NaN)."""
-        import numpy as np
+        from .scoring_plan import read_scores
         out = []
         for per_q in readout_outcomes(logp, self.tree, self.plans, len(self.plans)):
-            scores = np.array([yes_probability(per_q[q]) for q in range(self.n_categories)],
-                              dtype=np.float32)
-            vad = tuple(float(1.0 + digit_expectation(lp)) if lp is not None else float('nan')
-                        for lp in per_q[self.n_categories:])
-            out.append((scores, vad))
+            out.append(read_scores(per_q, self.n_categories))
         return out
 
 

@@ -196,7 +196,7 @@ class CaptionLLMBackend(EmotionBackend):
     # -- stages ------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> VLMBatch:
         """Mark each person (frame resized once) and encode the captioning prompt per batch."""
-        from ._vision_input import marked_images
+        from .scoring_plan import marked_images
         images = marked_images(image, boxes, self.options.marking,
                                getattr(self.processor, 'image_processor', None))
         size = int(self.options.batch_size)

@@ -1,101 +1,80 @@
 """Emotions from a VLM served on another machine: vLLM's OpenAI-compatible HTTP API.
 
 For robots whose GPU cannot hold the model: the model runs on a GPU server on the robot's
-network (one server, with tensor/data parallelism or several replicas, serves a fleet) and this
-backend sends it the marked images. Same interface, options and results as ``vlm``; nodes,
-``process`` and ``evaluate`` do not change.
+network and this backend sends it the marked images. Same interface, options and results as
+``vlm``, and the same plan (``scoring_plan``): the same questions, answer token sequences,
+read-out and pixels, so a served model scores what the local backend would score with it.
 
-``score`` (default): per person, the 26 category questions and the 3 VAD questions are 29
-    concurrent chat-completion requests, each with the same marked image and the same text
-    prefix (image first, then the shared category list, the question last), so the server's
-    prefix cache reuses the prefix's KV cache and its encoder cache the image; ``max_tokens: 1``,
-    ``temperature: 0``. The answers are read with ``core.readout``, the rules of the local
-    backend: for each spelling of each answer, the token sequence the model would emit right
-    after the prompt (found at configure with the server's ``/tokenize`` of prompt + spelling,
-    the prompt being the server's own rendering of the chat, checked to round-trip), and
-    ``score = P(yes) / (P(yes) + P(no))``, VAD ``1 + E[d]``. Read-out methods, probed once at
-    configure and logged (``diagnostics()['readout']``):
+Pixels: the frame is brought to the model's working resolution once and each person's box
+drawn there, letterboxed where the processor centre-crops, from the model's image processor
+config (``processor``: a folder or hub id, e.g. ``llava-hf/llava-1.5-7b-hf``, whose 336 x 336
+crop is also what is sent). Without it the frame is letterboxed to a square (at most
+``image_max_side``), logged once: a centre crop then keeps everyone. ``image_format`` 'png'
+(lossless: remote equals local) or 'jpeg' (smaller, 4:4:4).
 
-    * ``token_ids`` (exact): the server returns the log-probability of requested token ids
-      (vLLM's ``logprob_token_ids``).
-    * ``top_logprobs`` (approximate): only the ``top_logprobs`` most likely tokens come back;
-      answer tokens outside them get probability 0, and the probability mass the top tokens
-      cover is recorded (``diagnostics()['top_logprobs_mass']``).
+``score`` (default), per person and frame, on ONE server:
 
-    Answers of several tokens (SentencePiece writes ``' 5'`` as ``['▁', '5']``) are scored
-    exactly by teacher forcing when the server returns prompt log-probabilities (vLLM's
-    ``prompt_logprobs``): one more request whose chat ends with the answer as the start of the
-    assistant's message (``continue_final_message``), checked with ``/tokenize`` to give exactly
-    prompt + answer tokens. Sequences that cannot be sent that way are left out, and said so
-    at configure (``diagnostics()['readout_dropped']``).
-``generate``: one chat completion per person (the paper's question), parsed as in ``vlm``.
+1. the first question as a chat completion carrying the marked image (data URL) and its
+   multi-modal ``uuid`` (the content hash): the image's only upload;
+2. the other questions in ONE ``/v1/chat/completions/batch`` request naming the image by its
+   uuid only (vLLM serves it from its processor cache; a cache miss, HTTP 400, resends it);
+3. for answers of several tokens (Llama-2 writes ``' 5'`` as ``['▁', '5']``), ONE more batch of
+   continuations: each ends the chat with the assistant text whose tokens are the answer's
+   first tokens (``continue_final_message``, checked with the server's tokenizer at
+   configure) and asks the log-probs of the next token. No ``prompt_logprobs``: vLLM skips its
+   prefix cache for those, and the image + shared text prefix would be prefilled again.
 
-Faults: a server that does not answer at configure -> ``ModelLoadError`` (the node stays
-unconfigured with the reason). At run time each request has ``timeout_s`` and at most
-``retries`` retries with exponential backoff, on the least busy other server when there are
-several; a person whose requests fail is ERROR with the reason (``server unreachable``,
-``timeout``, ``HTTP 400: ...``) and the other persons and frames go on; a server that fails is
-taken out for a backoff period and probed back in by the next request after it, so a restarted
-server is used again without restarting the node. Counters (requests, errors by kind, latency
-percentiles, in flight) are in ``diagnostics()``. The API key is read from the environment
-variable named by ``api_key_env`` and is never logged. TLS certificates are verified unless
-``verify_tls`` is false (or set to a CA bundle file). Images go as JPEG data URLs, their long
-side capped at ``image_max_side`` and their size at ``max_image_bytes``.
+Log-probs come back for the requested token ids (vLLM's ``logprob_token_ids``: exact; every id
+must come back, else the person is ERROR ``bad response: ...``) or, on servers without it, the
+``top_logprobs`` most likely tokens (approximate; the mass covered is reported). Servers
+without the batch route (probed at configure, logged) get one request per question, the image
+still uploaded once. Configure renders the chat template twice on the server and tokenizes all
+prompts and answers in one or two ``/tokenize`` requests (texts joined by a special token).
+``generate``: one chat completion per person, parsed as in ``vlm``.
+
+Faults: a transient failure of a server (HTTP 5xx, 429 honouring ``Retry-After``, connection
+refused or reset, timeout, a truncated, oversized or non-JSON answer) is retried on the same
+server with exponential backoff, ``retries`` times; a server is taken out only after
+``fail_threshold`` consecutive failures and probed back in after ``down_s`` (doubling, at most
+16x); a person whose server is out moves to another one. A person whose requests still fail is
+ERROR with the reason; the other persons and frames go on. Configure retries the same way; a
+server that never answers -> ``ModelLoadError``. Responses are capped at 16 MiB.
+
+TLS: the system's trust store (``ssl.create_default_context``: a fleet CA added with
+``update-ca-certificates`` is trusted) unless ``ca_bundle`` names a CA file; ``verify_tls``
+false turns verification off (warned). The API key is read from the environment variable
+named by ``api_key_env``, never logged; sending it over plain http to a host other than
+loopback is warned.
 """
 from __future__ import annotations
 
 import base64
 import collections
 import concurrent.futures as cf
+import hashlib
 import logging
 import os
 import random
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from .. import prompts
 from ..categories import NUM_CATEGORIES
-from ..readout import (DIGIT_SPELLINGS, DIGITS, NO_SPELLINGS, YES_NO, YES_SPELLINGS, AnswerPlan,
-                       TokenIds, digit_expectation, yes_probability)
-from ..types import NAN_VAD, BBox, EmotionResult, Status
+from ..readout import AnswerPlan, TokenIds
+from ..types import BBox, EmotionResult, Status
+from . import scoring_plan as sp
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError
+from .http_pool import (BAD_RESPONSE, MAX_RESPONSE_BYTES, RequestFailed, Server, ServerPool,
+                        Transport, is_loopback, parse_urls, tls_context)
 from .vlm import MODES, PARSERS, answer_result
 
 LOG = logging.getLogger(__name__)
 
-#: person reasons (EmotionResult.reason) of the transport failures
-UNREACHABLE = 'server unreachable'
-TIMEOUT = 'timeout'
-#: error kinds counted in diagnostics
-ERROR_KINDS = ('unreachable', 'timeout', 'http_4xx', 'http_5xx', 'bad_response')
-IMAGE_FORMATS = ('jpeg', 'png')
+IMAGE_FORMATS = ('png', 'jpeg')
 READOUTS = ('auto', 'token_ids', 'top_logprobs')
-
-
-class RequestFailed(BackendError):
-    """One HTTP request failed (after its retries). ``kind`` is one of ``ERROR_KINDS``;
-    ``reason`` is what a person's result says."""
-
-    def __init__(self, kind: str, reason: str, retry: bool) -> None:
-        super().__init__(reason)
-        self.kind, self.reason, self.retry = kind, reason, retry
-
-
-def parse_urls(url: Any) -> list[str]:
-    """Base URLs (ending in /v1) from a string (comma/space separated) or a list of strings."""
-    items = url.replace(',', ' ').split() if isinstance(url, str) else list(url or [])
-    urls = [str(u).strip().rstrip('/') for u in items if str(u).strip()]
-    for u in urls:
-        parts = urlsplit(u)
-        if parts.scheme not in ('http', 'https') or not parts.netloc:
-            raise ValueError(f'backend url {u!r} is not an http(s) URL (e.g. '
-                             "'http://gpu-server:8000/v1')")
-    return urls
+#: texts per batched /tokenize request
+TOKENIZE_CHUNK = 256
 
 
 @dataclass
@@ -108,20 +87,22 @@ class RemoteOptions(BackendOptions):
         api_key_env: name of the environment variable holding the API key ('' = no key).
         timeout_s: per-request timeout (connect + read).
         max_concurrency: most requests in flight at once (all servers together).
-        retries: retries of a failed request (connection errors, timeouts, HTTP 5xx).
+        retries: retries of a request after a transient failure (same server, backoff).
+        fail_threshold: consecutive failures after which a server is taken out.
         verify_tls: verify https certificates (keep on).
-        ca_bundle: CA bundle file for https ('' = the system's).
+        ca_bundle: CA bundle file for https ('' = the system's trust store).
+        processor: the served model's image processor config (a folder or hub id) for the
+            exact pixels; '' = letterbox to a square.
         mode, marking, definitions, num_labels, max_new_tokens, parser: as in ``vlm``.
-        readout: score mode: 'auto' (probe the server: 'token_ids' when it returns the
-            log-probs of requested token ids, else 'top_logprobs'), or one of them.
-        top_logprobs: how many top log-probs the 'top_logprobs' read-out asks for, 1-20 (the
-            OpenAI API's limit and vLLM's default ``--max-logprobs``; the whole vocabulary,
-            -1, crashes vLLM 0.32 on checkpoints whose vocabulary is padded, e.g. llava-hf).
-        image_format: 'jpeg' (default) or 'png' (lossless, larger).
+        readout: score mode: 'auto' (probe: 'token_ids' when the server returns the log-probs
+            of requested token ids, else 'top_logprobs'), or one of them.
+        top_logprobs: how many top log-probs the 'top_logprobs' read-out asks for, 1-20.
+        batch: 'auto' (use ``/v1/chat/completions/batch`` when the server has it) or 'off'.
+        image_format: 'png' (lossless; default) or 'jpeg'.
         jpeg_quality: JPEG quality of the images sent.
-        image_max_side: long side of the images sent is at most this (pixels).
+        image_max_side: without ``processor``: the square's side is at most this (pixels).
         max_image_bytes: an encoded image larger than this is sent smaller.
-        down_s: a failing server is left out for this long (doubling while it keeps failing,
+        down_s: a server taken out is left out this long (doubling while it keeps failing,
             at most 16x) before a request probes it again.
     """
 
@@ -129,9 +110,11 @@ class RemoteOptions(BackendOptions):
     api_key_env: str = ''
     timeout_s: float = 30.0
     max_concurrency: int = 16
-    retries: int = 2
+    retries: int = 3
+    fail_threshold: int = 3
     verify_tls: bool = True
     ca_bundle: str = ''
+    processor: str = ''
     mode: str = 'score'
     marking: str = 'red_box'
     definitions: bool = False
@@ -141,13 +124,15 @@ class RemoteOptions(BackendOptions):
     score_prompt: str = 'question'
     readout: str = 'auto'
     top_logprobs: int = 20
-    image_format: str = 'jpeg'
+    batch: str = 'auto'
+    image_format: str = 'png'
     jpeg_quality: int = 90
     image_max_side: int = 1344
     max_image_bytes: int = 4_000_000
     down_s: float = 1.0
 
     def __post_init__(self) -> None:
+        from .. import prompts
         if self.mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.marking not in prompts.MARKINGS:
@@ -159,227 +144,27 @@ class RemoteOptions(BackendOptions):
                              "continue the template's assistant start verbatim)")
         if self.readout not in READOUTS:
             raise ValueError(f'readout must be one of {READOUTS}, got {self.readout!r}')
+        if self.batch not in ('auto', 'off'):
+            raise ValueError("batch must be 'auto' or 'off'")
         if not 1 <= int(self.top_logprobs) <= 20:
             raise ValueError('top_logprobs must be in 1..20')
         if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f'image_format must be one of {IMAGE_FORMATS}')
+            raise ValueError(f'image_format must be one of {IMAGE_FORMATS}, '
+                             f'got {self.image_format!r}')
         if float(self.timeout_s) <= 0 or int(self.max_concurrency) < 1 or int(self.retries) < 0:
             raise ValueError('timeout_s must be > 0, max_concurrency >= 1, retries >= 0')
+        if int(self.fail_threshold) < 1:
+            raise ValueError('fail_threshold must be >= 1')
         if int(self.image_max_side) < 16 or int(self.max_image_bytes) < 10_000:
             raise ValueError('image_max_side must be >= 16 and max_image_bytes >= 10000')
         self.urls = parse_urls(self.url)
 
 
-# -- transport: servers, requests, counters ---------------------------------------------------
-@dataclass
-class Server:
-    """One server of the pool and its health."""
-
-    url: str
-    in_flight: int = 0
-    up: bool = True
-    failures: int = 0
-    down_until: float = 0.0
-    requests: int = 0
-    errors: int = 0
-    last_error: str = ''
-
-    @property
-    def root(self) -> str:
-        """The server root (vLLM's /tokenize, /metrics, /health live there, not under /v1)."""
-        return self.url[:-3] if self.url.endswith('/v1') else self.url
-
-
-class ServerPool:
-    """Servers balanced by least in-flight requests; a failing server is taken out for a
-    backoff period (``down_s`` doubling, at most 16x) and then gets one probe request."""
-
-    def __init__(self, urls: Sequence[str], down_s: float = 1.0) -> None:
-        if not urls:
-            raise ValueError('no server URL')
-        self.servers = [Server(u) for u in urls]
-        self.down_s = float(down_s)
-        self._lock = threading.Lock()
-
-    def acquire(self) -> Server:
-        """The server for the next request (in-flight count taken).
-
-        Raises:
-            RequestFailed: every server is down and none is due for a probe.
-        """
-        now = time.monotonic()
-        with self._lock:
-            # a down server whose backoff ran out gets the next request alone (the probe; if
-            # it fails, the request is retried elsewhere); else the least busy live server
-            due = [s for s in self.servers if not s.up and s.down_until <= now
-                   and s.in_flight == 0]
-            usable = due[:1] or [s for s in self.servers if s.up]
-            if not usable:
-                last = min(self.servers, key=lambda s: s.down_until)
-                raise RequestFailed('unreachable', f'{UNREACHABLE} ({last.last_error})',
-                                    retry=False)
-            best = min(s.in_flight for s in usable)
-            server = random.choice([s for s in usable if s.in_flight == best])
-            server.in_flight += 1
-            server.requests += 1
-            return server
-
-    def release(self, server: Server, error: str = '') -> None:
-        """Return ``server``; ``error`` (a transport/5xx failure) takes it out for a while."""
-        with self._lock:
-            server.in_flight -= 1
-            if not error:
-                server.up, server.failures = True, 0
-                return
-            server.errors += 1
-            server.failures += 1
-            server.last_error = error
-            server.up = False
-            server.down_until = time.monotonic() + self.down_s * min(16, 2 ** (server.failures - 1))
-
-    def state(self) -> dict[str, str]:
-        with self._lock:
-            return {s.url: ('up' if s.up else 'down') + f', {s.in_flight} in flight, '
-                    f'{s.requests} requests, {s.errors} errors' for s in self.servers}
-
-
-class RequestStats:
-    """Request counters of the backend (thread-safe)."""
-
-    def __init__(self, window: int = 2048) -> None:
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.in_flight = 0
-        self.errors: collections.Counter = collections.Counter()
-        self._latency: collections.deque = collections.deque(maxlen=window)
-
-    def start(self) -> None:
-        with self._lock:
-            self.requests += 1
-            self.in_flight += 1
-
-    def done(self, latency_s: float, kind: str = '') -> None:
-        with self._lock:
-            self.in_flight -= 1
-            if kind:
-                self.errors[kind] += 1
-            else:
-                self._latency.append(latency_s * 1e3)
-
-    def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            lat = np.asarray(self._latency, dtype=np.float64)
-            out: dict[str, Any] = {'requests': self.requests, 'in_flight': self.in_flight}
-            for kind in ERROR_KINDS:
-                out[f'errors.{kind}'] = self.errors.get(kind, 0)
-            if lat.size:
-                for p in (50, 90, 99):
-                    out[f'latency_ms.p{p}'] = round(float(np.percentile(lat, p)), 1)
-            return out
-
-
-def _error_message(response: Any) -> str:
-    """The server's error message (OpenAI/vLLM JSON bodies), shortened."""
-    try:
-        body = response.json()
-        msg = body.get('error', body) if isinstance(body, dict) else body
-        msg = msg.get('message', msg) if isinstance(msg, dict) else msg
-    except Exception:  # noqa: BLE001 - not JSON
-        msg = response.text
-    return ' '.join(str(msg).split())[:300]
-
-
-class Transport:
-    """JSON POST/GET over a ``ServerPool`` with timeouts, bounded retries and counters."""
-
-    def __init__(self, urls: Sequence[str], api_key: str = '', timeout_s: float = 30.0,
-                 retries: int = 2, max_concurrency: int = 16, verify: Any = True,
-                 down_s: float = 1.0) -> None:
-        import httpx
-        self._httpx = httpx
-        headers = {'Authorization': f'Bearer {api_key}'} if api_key else {}
-        limits = httpx.Limits(max_connections=max(4, int(max_concurrency) * 2),
-                              max_keepalive_connections=max(4, int(max_concurrency)))
-        self.client = httpx.Client(headers=headers, timeout=float(timeout_s), verify=verify,
-                                   limits=limits, trust_env=False)
-        self.pool = ServerPool(urls, down_s)
-        self.stats = RequestStats()
-        self.timeout_s, self.retries = float(timeout_s), int(retries)
-        self.backoff_s = 0.1
-
-    def close(self) -> None:
-        self.client.close()
-
-    def _once(self, server: Server, method: str, path: str, payload: Any) -> Any:
-        """One request to ``server``; returns the parsed JSON body."""
-        httpx = self._httpx
-        url = server.url + path[3:] if path.startswith('/v1/') else server.root + path
-        try:
-            r = (self.client.post(url, json=payload) if method == 'POST'
-                 else self.client.get(url))
-        except httpx.TimeoutException as exc:
-            raise RequestFailed('timeout', f'{TIMEOUT} (after {self.timeout_s:g} s, '
-                                f'{server.url})', retry=True) from exc
-        except httpx.TransportError as exc:
-            raise RequestFailed('unreachable', f'{UNREACHABLE} ({server.url}: '
-                                f'{type(exc).__name__})', retry=True) from exc
-        if r.status_code >= 500:
-            raise RequestFailed('http_5xx', f'HTTP {r.status_code} ({server.url}): '
-                                f'{_error_message(r)}', retry=True)
-        if r.status_code >= 400:
-            raise RequestFailed('http_4xx', f'HTTP {r.status_code}: {_error_message(r)}',
-                                retry=False)
-        try:
-            return r.json()
-        except ValueError as exc:
-            raise RequestFailed('bad_response', f'the server answered no JSON ({server.url})',
-                                retry=False) from exc
-
-    def request(self, method: str, path: str, payload: Any = None,
-                server: Server | None = None) -> Any:
-        """``method`` ``path`` (``/v1/...`` under the base URL, else under the server root) on
-        the least busy server (or on ``server``), retried on transport errors and HTTP 5xx.
-
-        Raises:
-            RequestFailed: the last failure once the retries are spent (or a 4xx at once).
-        """
-        last: RequestFailed | None = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + random.random()))
-            try:
-                target = server or self.pool.acquire()
-            except RequestFailed as exc:
-                self.stats.start()
-                self.stats.done(0.0, exc.kind)
-                raise
-            if server is not None:
-                with self.pool._lock:
-                    target.in_flight += 1
-            self.stats.start()
-            t0 = time.perf_counter()
-            try:
-                body = self._once(target, method, path, payload)
-            except RequestFailed as exc:
-                self.stats.done(time.perf_counter() - t0, exc.kind)
-                # a 4xx answer means the server works; the request was wrong
-                self.pool.release(target, exc.reason if exc.retry else '')
-                last = exc
-                if not exc.retry:
-                    raise
-                continue
-            self.stats.done(time.perf_counter() - t0)
-            self.pool.release(target)
-            return body
-        assert last is not None
-        raise last
-
-
 # -- images -----------------------------------------------------------------------------------
-def encode_image(image: np.ndarray, fmt: str = 'jpeg', quality: int = 90, max_side: int = 1344,
-                 max_bytes: int = 4_000_000) -> str:
-    """RGB uint8 image -> data URL, long side capped at ``max_side``; smaller (quality, then
-    size) until it is at most ``max_bytes``."""
+def encode_image(image: np.ndarray, fmt: str = 'png', quality: int = 90, max_side: int = 1344,
+                 max_bytes: int = 4_000_000) -> bytes:
+    """RGB uint8 image -> PNG/JPEG bytes, long side capped at ``max_side``; smaller (quality,
+    then size) until it is at most ``max_bytes``."""
     import cv2
     img = image
     scale = max_side / max(img.shape[:2])
@@ -397,46 +182,96 @@ def encode_image(image: np.ndarray, fmt: str = 'jpeg', quality: int = 90, max_si
             if not ok:
                 raise BackendError(f'cannot encode the image as {fmt}')
             if buf.nbytes <= max_bytes:
-                data = base64.b64encode(buf.tobytes()).decode('ascii')
-                return f'data:image/{fmt};base64,{data}'
+                return buf.tobytes()
         scale = min(scale, 1.0) * 0.7
 
 
-def _user_message(image_url: str, text: str) -> dict[str, Any]:
-    return {'role': 'user', 'content': [{'type': 'image_url', 'image_url': {'url': image_url}},
-                                        {'type': 'text', 'text': text}]}
+def data_url(data: bytes, fmt: str) -> str:
+    return f'data:image/{fmt};base64,' + base64.b64encode(data).decode('ascii')
 
 
-def _assistant_message(text: str) -> dict[str, Any]:
+def image_part(url: str | None, uuid: str = '') -> dict[str, Any]:
+    """A chat content part: the image's data URL (and its uuid), or only its uuid (the
+    ``image_url`` key must be there, null: vLLM's rule)."""
+    part: dict[str, Any] = {'type': 'image_url', 'image_url': {'url': url} if url else None}
+    if uuid:
+        part['uuid'] = uuid
+    return part
+
+
+def user_message(image: dict[str, Any], text: str) -> dict[str, Any]:
+    return {'role': 'user', 'content': [image, {'type': 'text', 'text': text}]}
+
+
+def assistant_message(text: str) -> dict[str, Any]:
     return {'role': 'assistant', 'content': [{'type': 'text', 'text': text}]}
 
 
-#: a small grey picture for the configure-time probes
 def _probe_image() -> str:
-    return encode_image(np.full((64, 64, 3), 127, np.uint8), 'png')
+    """A small grey picture for the configure-time probes."""
+    return data_url(encode_image(np.full((64, 64, 3), 127, np.uint8), 'png'), 'png')
 
 
 # -- the read-out plan ------------------------------------------------------------------------
 @dataclass
-class QuestionPlan:
-    """One question of score mode: its text, answer plan, and the continuation requests of
-    its answers of several tokens (assistant text -> token sequence)."""
+class Conversation:
+    """One read-out of one question: the distribution after the question's prompt (``prefix``
+    empty: the chat's generation prompt) or after an assistant text whose tokens are
+    ``prefix`` (``text``, sent with ``continue_final_message``)."""
 
-    text: str
-    plan: AnswerPlan | None
-    continuations: dict[TokenIds, str] = field(default_factory=dict)
+    question: int
+    position: int
+    prefix: TokenIds
+    text: str | None
+    ids: tuple[int, ...]
 
 
 @dataclass
 class PersonRequests:
     """The requests of one person and what came back."""
 
-    image_url: str
-    root: list[Mapping[int, float] | None] = field(default_factory=list)
-    sequences: list[dict[TokenIds, list[float]]] = field(default_factory=list)
-    mass: list[float] = field(default_factory=list)
+    image: bytes
+    fmt: str
+    uuid: str
+    logprobs: dict[int, Mapping[int, float]] = field(default_factory=dict)
     error: RequestFailed | None = None
     text: str = ''
+
+    @property
+    def url(self) -> str:
+        return data_url(self.image, self.fmt)
+
+
+def _token_id(token: Any) -> int | None:
+    # vLLM with return_tokens_as_token_ids writes 'token_id:123'
+    if isinstance(token, str) and token.startswith('token_id:'):
+        try:
+            return int(token.split(':', 1)[1])
+        except ValueError:
+            return None
+    return None
+
+
+def first_logprobs(choice: Any) -> dict[int, float]:
+    """token id -> log-prob at the first generated position of one chat completion choice.
+
+    Raises:
+        RequestFailed: no log-probs in the choice (bad response).
+    """
+    try:
+        first = choice['logprobs']['content'][0]
+        entries = [first, *(first.get('top_logprobs') or [])]
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise RequestFailed('bad_response', f'{BAD_RESPONSE}: no log-probabilities in the '
+                            'answer', retry=True) from exc
+    out: dict[int, float] = {}
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        tid, lp = _token_id(entry.get('token')), entry.get('logprob')
+        if tid is not None and isinstance(lp, (int, float)):
+            out[tid] = max(out.get(tid, -np.inf), float(lp))
+    return out
 
 
 class RemoteBackend(EmotionBackend):
@@ -455,7 +290,18 @@ class RemoteBackend(EmotionBackend):
         self.readout = ''
         self.readout_dropped: list[str] = []
         self.vad_reason = ''
-        self._questions: list[QuestionPlan] = []
+        self.image_processor: Any = None
+        self.pixels = ''
+        #: server offers /v1/chat/completions/batch; images can be named by uuid
+        self.batch_route = False
+        self.uuids = False
+        self.configure_requests = 0
+        self._texts: list[str] = []
+        self._plans: list[AnswerPlan | None] = []
+        self._convs: list[Conversation] = []
+        #: a special token (id, text) joining texts in one /tokenize request (None: one each)
+        self._separator: tuple[int, str] | None = None
+        self._specials: list[tuple[int, str]] = []
         #: ask the server to add the tokenizer's special tokens (BOS) to chat prompts
         self._add_special = False
         #: generate mode: force this many new tokens (vLLM's min_tokens; the benchmark)
@@ -479,11 +325,12 @@ class RemoteBackend(EmotionBackend):
         return key
 
     def load(self) -> None:
-        """Connect: list the served models, build the read-out plan, probe the read-out method.
+        """Connect: list the served models, render and tokenize the prompts, probe the
+        read-out, the batch route and image uuids.
 
         Raises:
-            ModelLoadError: no URL, no server answers, the model is not served, or score mode
-                cannot read yes/no from this server (the reason says which).
+            ModelLoadError: no URL, no server answers, the model is not served, the processor
+                config cannot be read, or score mode cannot read yes/no from this server.
         """
         if self._loaded:
             return
@@ -491,24 +338,23 @@ class RemoteBackend(EmotionBackend):
         if not o.urls:
             raise ModelLoadError("backend 'remote' needs backend.url (e.g. "
                                  "'http://gpu-server:8000/v1')")
-        verify: Any = bool(o.verify_tls)
-        if verify and o.ca_bundle:
-            import ssl
-            try:
-                verify = ssl.create_default_context(cafile=o.ca_bundle)
-            except (OSError, ssl.SSLError) as exc:
-                raise ModelLoadError(f'backend.ca_bundle {o.ca_bundle!r}: {exc}') from exc
+        self._load_pixels()
+        verify = tls_context(bool(o.verify_tls), o.ca_bundle)
         if not verify:
             LOG.warning('remote: TLS certificate verification is OFF (backend.verify_tls false)')
-        self.transport = Transport(o.urls, self._api_key(), o.timeout_s, o.retries,
-                                   o.max_concurrency, verify, o.down_s)
+        key = self._api_key()
+        for u in o.urls:
+            if key and u.startswith('http://') and not is_loopback(u):
+                LOG.warning('remote: the API key goes to %s over plain http (readable on the '
+                            'network); use https', u)
+        self.transport = Transport(o.urls, key, o.timeout_s, o.retries, o.max_concurrency,
+                                   verify, o.down_s, o.fail_threshold)
         self._executor = cf.ThreadPoolExecutor(int(o.max_concurrency),
                                                thread_name_prefix='remote')
         try:
             self._connect()
             try:
-                self._add_special = self._probe_special_tokens(
-                    [_user_message(_probe_image(), 'Hello')])
+                self._add_special = self._probe_special_tokens()
             except RequestFailed as exc:
                 if exc.kind != 'http_4xx':
                     raise
@@ -523,10 +369,30 @@ class RemoteBackend(EmotionBackend):
         except RequestFailed as exc:
             self.unload()
             raise ModelLoadError(f'remote backend {", ".join(o.urls)}: {exc.reason}') from exc
-        except ModelLoadError:
+        except (ModelLoadError, ValueError) as exc:
             self.unload()
-            raise
+            raise exc if isinstance(exc, ModelLoadError) else ModelLoadError(str(exc)) from exc
+        self.configure_requests = self.transport.stats.requests
         self._loaded = True
+
+    def _load_pixels(self) -> None:
+        o = self.options
+        if o.processor:
+            try:
+                self.image_processor = sp.load_image_processor(o.processor)
+            except ValueError as exc:
+                raise ModelLoadError(f'backend.processor: {exc}') from exc
+            self.pixels = f'as the processor of {o.processor!r}'
+        else:
+            self.image_processor = None
+            self.pixels = (f'letterboxed to a square of at most {o.image_max_side} px (no '
+                           'backend.processor: the served model\'s own pixels are unknown)')
+            if o.marking == 'red_box':
+                LOG.warning('remote: no backend.processor given, so the frame is letterboxed '
+                            'to a square (at most %d px) for any served model: a centre crop '
+                            'keeps everyone, but the pixels are not exactly those of the local '
+                            'backend; set backend.processor to the model folder or hub id',
+                            o.image_max_side)
 
     def _connect(self) -> None:
         """Every server must list the model; the model name defaults to the first listed."""
@@ -536,7 +402,7 @@ class RemoteBackend(EmotionBackend):
         for server in servers:
             try:
                 body = self.transport.request('GET', '/v1/models', server=server)
-                names.append([m['id'] for m in body.get('data', [])])
+                names.append([m['id'] for m in body.get('data', []) if isinstance(m, dict)])
             except RequestFailed as exc:
                 if exc.kind == 'http_4xx':  # it answers, and refuses: a key, a proxy, a path
                     hint = (' (check backend.api_key_env)' if exc.reason[5:8] in ('401', '403')
@@ -573,22 +439,32 @@ class RemoteBackend(EmotionBackend):
             out.update(self.transport.stats.snapshot())
             for url, state in self.transport.pool.state().items():
                 out[f'server {url}'] = state
+        out['pixels'] = self.pixels
+        out['configure_requests'] = self.configure_requests
         if self.options.mode == 'score' and self.readout:
             out['readout'] = self.readout
             out['vad'] = self.vad_reason or 'ok'
+            out['batch_route'] = self.batch_route
+            out['image_uuids'] = self.uuids
             if self.readout_dropped:
                 out['readout_dropped'] = '; '.join(self.readout_dropped)[:400]
-            out['continuation_sequences'] = sum(len(q.continuations) for q in self._questions)
+            out['continuation_sequences'] = sum(1 for c in self._convs if c.prefix)
+            out['requests_per_person'] = self.requests_per_person
             if self.readout == 'top_logprobs' and self._masses:
                 out['top_logprobs_mass'] = round(float(np.mean(self._masses)), 4)
         return out
 
-    # -- the prompt and its read-out ----------------------------------------------------------
-    def _queries(self) -> tuple[str, list[str]]:
-        o = self.options
-        prefix = prompts.score_prefix(o.marking, o.definitions, o.score_prompt)
-        return prefix, prompts.score_queries(o.marking, score_prompt=o.score_prompt)
+    @property
+    def requests_per_person(self) -> int:
+        """HTTP requests per person in score mode (without faults)."""
+        if not self._convs:
+            return 0
+        if not self.batch_route:
+            return len(self._convs)
+        roots = sum(1 for c in self._convs if not c.prefix)
+        return 1 + int(roots > 1) + int(any(c.prefix for c in self._convs))
 
+    # -- server tokenizer --------------------------------------------------------------------
     def _tokenize_chat(self, messages: list[dict], cont: bool = False) -> list[int]:
         body = self.transport.request('POST', '/tokenize', {
             'model': self.served_model, 'messages': messages,
@@ -596,12 +472,18 @@ class RemoteBackend(EmotionBackend):
             'add_special_tokens': self._add_special})
         return [int(t) for t in body['tokens']]
 
-    def _tokenize_text(self, text: str, special: bool = False) -> list[int]:
+    def _tokenize_text(self, text: str, special: bool = False, strs: bool = False) -> Any:
         body = self.transport.request('POST', '/tokenize', {
-            'model': self.served_model, 'prompt': text, 'add_special_tokens': special})
-        return [int(t) for t in body['tokens']]
+            'model': self.served_model, 'prompt': text, 'add_special_tokens': special,
+            **({'return_token_strs': True} if strs else {})})
+        ids = [int(t) for t in body['tokens']]
+        return (ids, list(body.get('token_strs') or [])) if strs else ids
 
-    def _probe_special_tokens(self, messages: list[dict]) -> bool:
+    def _detokenize(self, ids: Sequence[int]) -> str:
+        return str(self.transport.request('POST', '/detokenize', {
+            'model': self.served_model, 'tokens': list(ids)})['prompt'])
+
+    def _probe_special_tokens(self) -> bool:
         """Whether chat requests must ask the server to add the tokenizer's special tokens.
 
         vLLM tokenizes a rendered chat without them (the template is expected to write BOS);
@@ -609,204 +491,284 @@ class RemoteBackend(EmotionBackend):
         the local ``vlm`` backend does. Templates without BOS (LLaVA-1.5's) thus reach the
         model without it over vLLM's chat API unless ``add_special_tokens`` is set.
         """
-        plain, special = self._tokenize_text('a'), self._tokenize_text('a', special=True)
+        plain, (special, strs) = (self._tokenize_text('a'),
+                                  self._tokenize_text('a', special=True, strs=True))
+        self._specials = [(i, s) for i, s in zip(special, strs) if i not in plain]
         if len(special) <= len(plain) or special[-len(plain):] != plain:
             return False
         lead = special[:len(special) - len(plain)]
-        return self._tokenize_chat(messages)[:len(lead)] != lead
+        chat = self._tokenize_chat([user_message(image_part(_probe_image()), 'Hello')])
+        return chat[:len(lead)] != lead
 
-    def _plan_question(self, text: str, kind: str, image_url: str, continuation: bool
-                       ) -> QuestionPlan:
-        """The answer plan of one question, from the server's own tokenizer and template."""
-        messages = [_user_message(image_url, text)]
-        ids = self._tokenize_chat(messages)
-        prompt = self.transport.request('POST', '/detokenize', {
-            'model': self.served_model, 'tokens': ids})['prompt']
-        if self._tokenize_text(prompt) != ids:
+    def _tokenize_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """The server's tokenization of each text, in few requests: the texts joined by a
+        special token (tokenizers split the text at special tokens first, so each piece is
+        tokenized on its own), split back at it; one request per text where that fails."""
+        out: list[list[int]] = []
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = list(texts[start:start + TOKENIZE_CHUNK])
+            got = self._joined(chunk) if self._separator else None
+            if got is None:
+                futures = [self._executor.submit(self._tokenize_text, t) for t in chunk]
+                got = [f.result() for f in futures]
+            out += got
+        return out
+
+    def _joined(self, texts: list[str]) -> list[list[int]] | None:
+        sep_id, sep = self._separator
+        ids = self._tokenize_text(sep + sep.join(texts))
+        pieces: list[list[int]] = [[]]
+        for t in ids:
+            if t == sep_id:
+                pieces.append([])
+            else:
+                pieces[-1].append(t)
+        pieces = pieces[1:]
+        out = []
+        for text in texts:  # a separator inside a text splits it too
+            n = text.count(sep) + 1
+            if len(pieces) < n:
+                return None
+            joined: list[int] = []
+            for k, piece in enumerate(pieces[:n]):
+                joined += ([sep_id] if k else []) + piece
+            out.append(joined)
+            pieces = pieces[n:]
+        return out if not pieces else None
+
+    def _find_separator(self) -> None:
+        """A special token (BOS, or one the template writes) that tokenizes alone to itself."""
+        self._separator = None
+        candidates = [s for _, s in self._specials]
+        candidates += ['</s>', '<|endoftext|>', '<|im_end|>', '<eos>', '<end_of_turn>']
+        for sep in dict.fromkeys(candidates):
+            if not sep:
+                continue
+            try:
+                ids = self._tokenize_text(sep)
+            except RequestFailed:
+                continue
+            if len(ids) == 1:
+                probe = self._tokenize_text(f'{sep}a b{sep}a b')
+                if probe.count(ids[0]) == 2:
+                    self._separator = (ids[0], sep)
+                    return
+
+    # -- the plan ----------------------------------------------------------------------------
+    def _plan_score(self) -> None:
+        """Render the template, plan the answers (one batched tokenization), find the
+        continuation texts, probe the read-out, the batch route and image uuids."""
+        from ..readout import ReadoutError
+        o = self.options
+        prefix, queries = sp.score_texts(o.marking, o.definitions, o.score_prompt)
+        image = image_part(_probe_image())
+        marked = [user_message(image, prefix + '\n' + sp.QUERY_MARK)]
+        gen_ids = self._tokenize_chat(marked)
+        rendered = self._detokenize(gen_ids)
+        cont_ids = self._tokenize_chat(marked + [assistant_message(sp.ANSWER_MARK)], cont=True)
+        cont_rendered = self._detokenize(cont_ids)
+        if self._tokenize_text(rendered) != gen_ids:
             raise ModelLoadError('the server\'s rendered prompt does not tokenize back to its '
                                  'own tokens, so the answer tokens cannot be found; use '
                                  'mode=generate')
-        outcomes, spellings = ((YES_NO, (YES_SPELLINGS, NO_SPELLINGS)) if kind == 'yes_no'
-                               else (DIGITS, DIGIT_SPELLINGS))
-        plan = AnswerPlan.for_prompt(self._tokenize_text, prompt, outcomes, spellings)
-        kept: list[list[TokenIds]] = []
-        dropped = list(plan.dropped)
-        conts: dict[TokenIds, str] = {}
-        for name, seqs, sp in zip(outcomes, plan.sequences, spellings):
-            keep = []
-            for seq in seqs:
-                if len(seq) == 1:
-                    keep.append(seq)
-                    continue
-                text_for = self._continuation_text(messages, ids, seq, sp) if continuation \
-                    else None
-                if text_for is None:
-                    dropped.append(f'{name}: tokens {list(seq)} (several tokens; '
-                                   + ('no assistant text gives them' if continuation else
-                                      'the server returns no prompt log-probabilities') + ')')
-                    continue
-                conts[seq] = text_for
-                keep.append(seq)
-            kept.append(keep)
-        return QuestionPlan(text, AnswerPlan.from_sequences(outcomes, kept, dropped), conts)
-
-    def _continuation_text(self, messages: list[dict], ids: list[int], seq: TokenIds,
-                           spellings: Sequence[str]) -> str | None:
-        """An assistant text whose chat (continue_final_message) is ``ids + seq``, or None."""
-        for sp in spellings:
-            for cand in dict.fromkeys((sp, sp.strip())):
-                if not cand:
-                    continue
-                try:
-                    got = self._tokenize_chat(messages + [_assistant_message(cand)], cont=True)
-                except RequestFailed:
-                    return None
-                if got == ids + list(seq):
-                    return cand
-        return None
-
-    def _plan_score(self) -> None:
-        """Build the 29 question plans, then probe how log-probs can be read."""
-        prefix, queries = self._queries()
-        image_url = _probe_image()
-        texts = [prefix + '\n' + q for q in queries]
-        kinds = ['yes_no'] * NUM_CATEGORIES + ['digits'] * (len(queries) - NUM_CATEGORIES)
-        # probes: requested token ids? prompt log-probs?
-        self.readout = (self._probe_readout(texts[0], image_url) if self.options.readout == 'auto'
-                        else self.options.readout)
-        continuation = self._probe_prompt_logprobs(texts[0], image_url)
-        futures = [self._executor.submit(self._plan_question, t, k, image_url, continuation)
-                   for t, k in zip(texts, kinds)]
-        self._questions = [f.result() for f in futures]
-        for q in self._questions[:NUM_CATEGORIES]:
-            if not all(q.plan.expressible):
-                raise ModelLoadError('the server\'s tokenizer cannot write yes and no after the '
-                                     f'prompt ({"; ".join(q.plan.dropped)}); use mode=generate')
-        self.vad_reason = ''
-        for q in self._questions[NUM_CATEGORIES:]:
-            if not any(q.plan.expressible):
-                self.vad_reason = ('the server\'s tokenizer cannot write any digit 0-9 after '
-                                   'the prompt: VAD is not scored (NaN)')
-                q.plan = None
-        dropped = sorted({d.split(': ', 1)[1] if ': ' in d else d
-                          for q in self._questions if q.plan for d in q.plan.dropped})
-        self.readout_dropped = dropped
-        n_cont = sum(len(q.continuations) for q in self._questions)
-        LOG.info('remote: read-out %s (%s); %d answer sequences of several tokens by '
-                 'continuation requests%s', self.readout,
-                 'exact' if self.readout == 'token_ids' else 'approximate: top '
-                 f'{self.options.top_logprobs} tokens only', n_cont,
-                 f'; left out: {"; ".join(dropped)}' if dropped else '')
+        try:
+            head, tail = sp.split_rendered(rendered)
+            head2, rest = sp.split_rendered(cont_rendered)
+            mid, end = sp.split_rendered(rest, sp.ANSWER_MARK)
+        except ReadoutError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        self._find_separator()
+        self._texts = [prefix + '\n' + q for q in queries]
+        prompts_ = [head + q + tail for q in queries]
+        try:
+            plans, self.vad_reason, prompt_ids = sp.plan_answers(
+                self._tokenize_many, prompts_, NUM_CATEGORIES)
+        except ReadoutError as exc:
+            raise ModelLoadError(f'{self.served_model!r} on the server: {exc}') from exc
+        self._plans, self._convs, dropped = self._conversations(
+            plans, prompt_ids, [head2 + q + mid for q in queries], end)
+        self.readout_dropped = sorted(set(dropped))
         if self.vad_reason:
             LOG.warning('remote: %s', self.vad_reason)
+        self._probe_routes()
+        LOG.info('remote: read-out %s (%s); %d conversations per person (%d continuations), '
+                 '%s; pixels %s%s', self.readout,
+                 'exact' if self.readout == 'token_ids' else 'approximate: top '
+                 f'{o.top_logprobs} tokens only', len(self._convs),
+                 sum(1 for c in self._convs if c.prefix),
+                 f'{self.requests_per_person} requests per person (batch route)'
+                 if self.batch_route else 'one request per question (the server has no '
+                 '/v1/chat/completions/batch)', self.pixels,
+                 f'; left out: {"; ".join(self.readout_dropped)}' if self.readout_dropped
+                 else '')
 
-    def _probe_readout(self, text: str, image_url: str) -> str:
-        """'token_ids' when the server returns log-probs of requested ids, else 'top_logprobs'."""
-        ids = self._tokenize_text('yes')[:1] or [0]
-        payload = self._root_payload([_user_message(image_url, text)], 'token_ids', ids)
+    def _conversations(self, plans: list[AnswerPlan | None], prompt_ids: list[list[int]],
+                       cont_heads: list[str], end: str
+                       ) -> tuple[list[AnswerPlan | None], list[Conversation], list[str]]:
+        """One conversation per read-out position of every plan. A position after answer
+        tokens needs an assistant text whose chat ends with exactly those tokens; candidates
+        (prefixes of the spellings) are checked in one batched tokenization; sequences through
+        a position without one are left out (said in ``readout_dropped``)."""
+        wanted: list[tuple[int, TokenIds, str]] = []
+        for q, plan in enumerate(plans):
+            if plan is None:
+                continue
+            spellings = [s for group in sp.answer_spellings(sp.question_kinds(
+                len(plans))[q])[1] for s in group]
+            cands = {''}
+            for s in spellings:
+                for k in range(1, len(s)):
+                    cands.update((s[:k], s[:k].strip()))
+            for pos in plan.positions[1:]:
+                for c in sorted(cands, key=lambda x: (len(x), x)):
+                    wanted.append((q, pos, c))
+        texts = [cont_heads[q] + c + end for q, _, c in wanted]
+        ids = self._tokenize_many(texts) if texts else []
+        found: dict[tuple[int, TokenIds], str] = {}
+        for (q, pos, c), got in zip(wanted, ids):
+            if (q, pos) not in found and list(got) == prompt_ids[q] + list(pos):
+                found[(q, pos)] = c
+        new_plans: list[AnswerPlan | None] = []
+        convs: list[Conversation] = []
+        dropped: list[str] = []
+        for q, plan in enumerate(plans):
+            if plan is None:
+                new_plans.append(None)
+                continue
+            keep = []
+            for name, seqs in zip(plan.outcomes, plan.sequences):
+                ok = []
+                for seq in seqs:
+                    if all((q, tuple(seq[:j])) in found for j in range(1, len(seq))):
+                        ok.append(seq)
+                    else:
+                        dropped.append(f'{name}: tokens {list(seq)} (no assistant text ends '
+                                       'the chat with its first tokens)')
+                keep.append(ok)
+            new = AnswerPlan.from_sequences(plan.outcomes, keep, plan.dropped)
+            if q < NUM_CATEGORIES and not all(new.expressible):
+                raise ModelLoadError('yes or no cannot be read through the server\'s chat API '
+                                     f'({"; ".join(dropped)}); use mode=generate')
+            new_plans.append(new)
+            for k, pos in enumerate(new.positions):
+                convs.append(Conversation(q, k, tuple(pos), found.get((q, tuple(pos))) if pos
+                                          else None, tuple(new.requests[k])))
+        return new_plans, convs, dropped
+
+    def _probe_routes(self) -> None:
+        """Read-out method (several ids, one unlikely), batch route and image uuids."""
+        o = self.options
+        first = self._convs[0]
+        unlikely = self._separator[0] if self._separator else 0
+        ids = sorted({*first.ids, unlikely})
+        uuid = f'probe-{random.getrandbits(64):016x}'
+        warm = self._payload([self._messages(first, image_part(_probe_image(), uuid))],
+                             'token_ids', ids)
+        body = self.transport.request('POST', '/v1/chat/completions', warm)
+        got = first_logprobs((body.get('choices') or [{}])[0])
+        exact = all(i in got for i in ids)
+        if o.readout == 'auto':
+            self.readout = 'token_ids' if exact else 'top_logprobs'
+        elif o.readout == 'token_ids' and not exact:
+            raise ModelLoadError('readout token_ids: the server did not return the log-probs '
+                                 f'of the requested token ids {ids} (got {sorted(got)[:8]}); '
+                                 "use readout 'top_logprobs' or 'auto'")
+        else:
+            self.readout = o.readout
+        named = image_part(None, uuid)
+        self.batch_route = False
+        if o.batch != 'off':
+            try:
+                self.transport.request('POST', '/v1/chat/completions/batch', self._payload(
+                    [self._messages(first, named)] * 2, self.readout, first.ids, batch=True))
+                self.batch_route = self.uuids = True
+                return
+            except RequestFailed as exc:
+                if exc.kind != 'http_4xx':
+                    raise
+                if 'cache miss' in exc.reason.lower():
+                    self.batch_route = True  # the route exists; uuids do not work
+                else:
+                    LOG.warning('remote: the server has no /v1/chat/completions/batch (%s): '
+                                'one request per question', exc.reason)
         try:
-            body = self.transport.request('POST', '/v1/chat/completions', payload)
-            got = self._root_logprobs(body, 'token_ids')
-            if ids[0] in got:
-                return 'token_ids'
+            self.transport.request('POST', '/v1/chat/completions', self._payload(
+                [self._messages(first, named)], self.readout, first.ids))
+            self.uuids = True
         except RequestFailed as exc:
             if exc.kind != 'http_4xx':
                 raise
-        return 'top_logprobs'
+            self.uuids = False
+            LOG.warning('remote: the server does not serve images by uuid (%s): every request '
+                        'carries the image', exc.reason)
 
-    def _probe_prompt_logprobs(self, text: str, image_url: str) -> bool:
-        payload = self._root_payload([_user_message(image_url, text)], self.readout, [])
-        payload['prompt_logprobs'] = 0
-        try:
-            body = self.transport.request('POST', '/v1/chat/completions', payload)
-        except RequestFailed as exc:
-            if exc.kind != 'http_4xx':
-                raise
-            return False
-        return bool(body.get('prompt_logprobs'))
+    # -- request bodies ----------------------------------------------------------------------
+    def _messages(self, conv: Conversation, image: dict[str, Any]) -> list[dict[str, Any]]:
+        msgs = [user_message(image, self._texts[conv.question])]
+        if conv.prefix:
+            msgs.append(assistant_message(conv.text or ''))
+        return msgs
 
-    # -- request bodies and answers ----------------------------------------------------------
-    def _root_payload(self, messages: list[dict], method: str, ids: Sequence[int]
-                      ) -> dict[str, Any]:
-        payload: dict[str, Any] = {'model': self.served_model, 'messages': messages,
+    def _payload(self, messages: list[list[dict]], method: str, ids: Sequence[int],
+                 batch: bool = False, cont: bool = False) -> dict[str, Any]:
+        payload: dict[str, Any] = {'model': self.served_model,
+                                   'messages': messages if batch else messages[0],
                                    'add_special_tokens': self._add_special,
                                    'max_tokens': 1, 'temperature': 0.0, 'logprobs': True,
                                    'top_logprobs': int(self.options.top_logprobs),
                                    'return_tokens_as_token_ids': True}
+        if cont:
+            payload.update(add_generation_prompt=False, continue_final_message=True)
         if method == 'token_ids' and ids:
-            payload['logprob_token_ids'] = [int(i) for i in ids]
+            payload['logprob_token_ids'] = sorted({int(i) for i in ids})
             payload['top_logprobs'] = 1
         return payload
 
-    @staticmethod
-    def _token_id(token: str) -> int | None:
-        # vLLM with return_tokens_as_token_ids writes 'token_id:123'
-        if isinstance(token, str) and token.startswith('token_id:'):
-            try:
-                return int(token.split(':', 1)[1])
-            except ValueError:
-                return None
-        return None
-
-    def _root_logprobs(self, body: Mapping[str, Any], method: str) -> dict[int, float]:
-        """token id -> log-prob of the first answer position of a chat completion."""
-        try:
-            content = body['choices'][0]['logprobs']['content']
-            first = content[0]
-        except (KeyError, IndexError, TypeError) as exc:
-            raise RequestFailed('bad_response', 'the server returned no log-probabilities',
-                                retry=False) from exc
-        out: dict[int, float] = {}
-        for entry in [first, *(first.get('top_logprobs') or [])]:
-            tid = self._token_id(entry.get('token', ''))
-            lp = entry.get('logprob')
-            if tid is not None and lp is not None:
-                out[tid] = max(out.get(tid, -np.inf), float(lp))
-        return out
-
-    @staticmethod
-    def _prompt_tail_logprobs(body: Mapping[str, Any], seq: TokenIds) -> list[float]:
-        """log P(seq[j] | prompt, seq[:j]) from the prompt log-probs of a continuation."""
-        rows = body.get('prompt_logprobs') or []
-        tail = rows[-len(seq):]
-        if len(tail) != len(seq):
-            raise RequestFailed('bad_response', 'the server returned no prompt log-probs',
-                                retry=False)
+    def _check_choices(self, convs: Sequence[Conversation], body: Mapping[str, Any]
+                       ) -> list[dict[int, float]]:
+        """Per conversation, its log-probs; every requested id present (token_ids)."""
+        choices = body.get('choices')
+        if not isinstance(choices, list) or len(choices) != len(convs):
+            raise RequestFailed('bad_response', f'{BAD_RESPONSE}: {len(choices or [])} answers '
+                                f'for {len(convs)} conversations', retry=True)
+        order = sorted(choices, key=lambda c: c.get('index', 0) if isinstance(c, dict) else 0)
         out = []
-        for tok, row in zip(seq, tail):
-            entry = (row or {}).get(str(tok)) or (row or {}).get(tok)
-            if entry is None:
-                raise RequestFailed('bad_response', 'prompt log-probs miss an answer token',
-                                    retry=False)
-            out.append(float(entry['logprob'] if isinstance(entry, Mapping) else entry))
+        for conv, choice in zip(convs, order):
+            got = first_logprobs(choice)
+            if self.readout == 'token_ids':
+                missing = [i for i in conv.ids if i not in got]
+                if missing:
+                    raise RequestFailed('bad_response', f'{BAD_RESPONSE}: the log-probs of '
+                                        f'requested token ids {missing[:5]} are missing',
+                                        retry=False)
+            out.append(got)
         return out
 
     # -- the three stages --------------------------------------------------------------------
-    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[PersonRequests]:
-        """Mark each person and encode the image once per person."""
+    def marked_images(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[np.ndarray]:
+        """The pixels sent for each person (``scoring_plan``: as the local backend's)."""
         o = self.options
-        return [PersonRequests(encode_image(prompts.mark_image(image, box, o.marking),
-                                            o.image_format, o.jpeg_quality, o.image_max_side,
-                                            o.max_image_bytes))
-                for box in boxes]
+        if self.image_processor is not None:
+            return sp.marked_images(image, boxes, o.marking, self.image_processor)
+        return sp.marked_square(image, boxes, o.marking, o.image_max_side)
+
+    def preprocess(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[PersonRequests]:
+        """Mark each person (the frame brought to the working size once) and encode it."""
+        o = self.options
+        out = []
+        for img in self.marked_images(image, boxes):
+            side = max(img.shape[:2]) if self.image_processor is not None else o.image_max_side
+            data = encode_image(img, o.image_format, o.jpeg_quality, side, o.max_image_bytes)
+            out.append(PersonRequests(data, o.image_format,
+                                      hashlib.sha256(data).hexdigest()[:32]))
+        return out
 
     def forward(self, batch: list[PersonRequests]) -> list[PersonRequests]:
-        """All requests of all persons, concurrently (at most ``max_concurrency`` in flight)."""
+        """Each person's requests on one server, persons concurrently."""
         if self._executor is None or self.transport is None:
             raise BackendError('remote backend is not loaded')
-        if self.options.mode == 'generate':
-            futures = {self._executor.submit(self._generate, p): p for p in batch}
-        else:
-            futures = {}
-            for p in batch:
-                p.root = [None] * len(self._questions)
-                p.sequences = [{} for _ in self._questions]
-                for qi, q in enumerate(self._questions):
-                    if q.plan is None:
-                        continue
-                    futures[self._executor.submit(self._ask_root, p, qi)] = p
-                    for seq in q.continuations:
-                        futures[self._executor.submit(self._ask_sequence, p, qi, seq)] = p
+        work = self._generate if self.options.mode == 'generate' else self._score_person
+        futures = {self._executor.submit(self._on_a_server, work, p): p for p in batch}
         for fut in cf.as_completed(futures):
             if fut.cancelled():  # unload() during the call (e.g. deactivate, free)
                 exc = RequestFailed('bad_response', 'cancelled: the backend was unloaded',
@@ -820,43 +782,81 @@ class RemoteBackend(EmotionBackend):
                 person.error = exc
         return batch
 
-    def _generate(self, p: PersonRequests) -> None:
+    def _on_a_server(self, work: Any, p: PersonRequests) -> None:
+        """``work(p, server)`` on the least busy server; again on another one when that
+        server was taken out meanwhile (its failures were not the person's)."""
+        pool = self.transport.pool
+        tried: list[Server] = []
+        while True:
+            server = pool.acquire(exclude=tried)
+            try:
+                work(p, server)
+                return
+            except RequestFailed as exc:
+                tried.append(server)
+                if not (exc.retry and not server.up and pool.usable(tried)):
+                    raise
+            finally:
+                pool.release(server)
+
+    def _generate(self, p: PersonRequests, server: Server) -> None:
         o = self.options
+        from .. import prompts
         text = prompts.build_prompt(o.marking, o.definitions, o.num_labels or None)
+
+        def check(body: Mapping[str, Any]) -> None:
+            try:
+                body['choices'][0]['message']['content']
+            except (KeyError, IndexError, TypeError) as exc:
+                raise RequestFailed('bad_response', f'{BAD_RESPONSE}: no answer',
+                                    retry=True) from exc
         body = self.transport.request('POST', '/v1/chat/completions', {
-            'model': self.served_model, 'messages': [_user_message(p.image_url, text)],
+            'model': self.served_model, 'messages': [user_message(image_part(p.url), text)],
             'add_special_tokens': self._add_special,
             'max_tokens': int(o.max_new_tokens), 'temperature': 0.0,
-            **({'min_tokens': self._min_new_tokens} if self._min_new_tokens else {})})
-        try:
-            p.text = (body['choices'][0]['message']['content'] or '').strip()
-        except (KeyError, IndexError, TypeError) as exc:
-            raise RequestFailed('bad_response', 'the server returned no answer',
-                                retry=False) from exc
+            **({'min_tokens': self._min_new_tokens} if self._min_new_tokens else {})},
+            server=server, check=check)
+        p.text = (body['choices'][0]['message']['content'] or '').strip()
 
-    def _ask_root(self, p: PersonRequests, qi: int) -> None:
-        if p.error is not None:
-            return  # this person already failed: do not load the server further
-        q = self._questions[qi]
-        payload = self._root_payload([_user_message(p.image_url, q.text)], self.readout,
-                                     q.plan.requests[0])
-        got = self._root_logprobs(self.transport.request('POST', '/v1/chat/completions',
-                                                         payload), self.readout)
-        if self.readout == 'top_logprobs':
-            self._masses.append(float(np.exp(np.asarray(list(got.values()))).sum()))
-        p.root[qi] = got
+    def _ask(self, convs: Sequence[Conversation], p: PersonRequests, server: Server,
+             upload: bool) -> None:
+        """One request for ``convs`` (all of one kind: generation prompt or continuation)."""
+        image = image_part(p.url if upload or not self.uuids else None,
+                           p.uuid if self.uuids else '')
+        cont = bool(convs[0].prefix)
+        ids = sorted({i for c in convs for i in c.ids})
+        batch = len(convs) > 1
+        path = '/v1/chat/completions/batch' if batch else '/v1/chat/completions'
+        payload = self._payload([self._messages(c, image) for c in convs], self.readout, ids,
+                                batch=batch, cont=cont)
+        got: list = []
 
-    def _ask_sequence(self, p: PersonRequests, qi: int, seq: TokenIds) -> None:
-        if p.error is not None:
-            return
-        q = self._questions[qi]
-        payload = self._root_payload([_user_message(p.image_url, q.text),
-                                      _assistant_message(q.continuations[seq])], self.readout, [])
-        payload.update(add_generation_prompt=False, continue_final_message=True,
-                       prompt_logprobs=0, top_logprobs=1)
-        payload.pop('logprob_token_ids', None)
-        body = self.transport.request('POST', '/v1/chat/completions', payload)
-        p.sequences[qi][seq] = self._prompt_tail_logprobs(body, seq)
+        def check(body: Mapping[str, Any]) -> None:
+            got[:] = self._check_choices(convs, body)
+        self.transport.request('POST', path, payload, server=server, check=check)
+        for conv, lps in zip(convs, got):
+            p.logprobs[self._convs.index(conv)] = lps
+            if self.readout == 'top_logprobs' and not conv.prefix:
+                self._masses.append(float(np.exp(np.asarray(list(lps.values()))).sum()))
+
+    def _score_person(self, p: PersonRequests, server: Server) -> None:
+        """The image once with the first question, then the others naming it by uuid."""
+        convs = self._convs
+        self._ask(convs[:1], p, server, upload=True)
+        if self.batch_route:
+            groups = [[c for c in convs[1:] if not c.prefix], [c for c in convs if c.prefix]]
+        else:
+            groups = [[c] for c in convs[1:]]
+        for group in groups:
+            if not group:
+                continue
+            try:
+                self._ask(group, p, server, upload=False)
+            except RequestFailed as exc:  # the server forgot the image: send it again
+                if exc.kind != 'http_4xx' or 'cache miss' not in exc.reason.lower():
+                    raise
+                self._ask(convs[:1], p, server, upload=True)
+                self._ask(group, p, server, upload=False)
 
     def postprocess(self, outputs: list[PersonRequests], batch: Any) -> list[EmotionResult]:
         results = []
@@ -879,28 +879,19 @@ class RemoteBackend(EmotionBackend):
         return results
 
     def read_person(self, p: PersonRequests) -> tuple[np.ndarray, tuple[float, float, float]]:
-        """Scores and VAD of one person from its answers (``core.readout``'s formulas)."""
-        lps = []
-        for qi, q in enumerate(self._questions):
-            if q.plan is None:
-                lps.append(None)
-                continue
-            positions: list[dict[int, float]] = [dict() for _ in q.plan.positions]
-            root = p.root[qi] or {}
-            for tok in q.plan.requests[0]:
-                positions[0][tok] = root.get(tok, -np.inf)  # outside top_logprobs: 0
-            for seq, values in p.sequences[qi].items():
-                for j, (tok, lp) in enumerate(zip(seq, values)):
-                    positions[q.plan.position_index(seq[:j])][tok] = lp
-            lps.append(q.plan.outcome_logprobs(positions))
-        scores = np.array([yes_probability(lp) for lp in lps[:NUM_CATEGORIES]],
-                          dtype=np.float32)
-        vad = tuple(float(1.0 + digit_expectation(lp)) if lp is not None else float('nan')
-                    for lp in lps[NUM_CATEGORIES:])
-        if len(vad) != 3:
-            vad = NAN_VAD
-        return scores, vad
+        """Scores and VAD of one person from its answers (``scoring_plan.read_scores``)."""
+        positions: dict[int, list[dict[int, float]]] = {}
+        for n, conv in enumerate(self._convs):
+            got = p.logprobs.get(n, {})
+            plan = self._plans[conv.question]
+            positions.setdefault(conv.question, [{} for _ in plan.positions])
+            # an id outside the top_logprobs read-out: probability 0
+            positions[conv.question][conv.position] = {t: got.get(t, -np.inf)
+                                                       for t in conv.ids}
+        lps = [plan.outcome_logprobs(positions[q]) if plan is not None else None
+               for q, plan in enumerate(self._plans)]
+        return sp.read_scores(lps, NUM_CATEGORIES)
 
 
-__all__ = ['RemoteBackend', 'RemoteOptions', 'RequestFailed', 'ServerPool', 'Transport',
-           'encode_image', 'parse_urls']
+__all__ = ['MAX_RESPONSE_BYTES', 'RemoteBackend', 'RemoteOptions', 'RequestFailed',
+           'ServerPool', 'Transport', 'encode_image', 'is_loopback', 'parse_urls', 'tls_context']

@@ -30,7 +30,7 @@ asked about the 26 EMOTIC categories. Two modes:
     that is a prediction of the empty set, as in the paper's protocol). VAD is NaN.
 
 Preprocessing per frame: the frame is brought to the model's working resolution once and each
-person's box drawn there (``_vision_input``); persons go through the processor and the model
+person's box drawn there (``scoring_plan``); persons go through the processor and the model
 ``batch_size`` at a time in one call (left-padded; anyres processors pad their own tiles).
 """
 from __future__ import annotations
@@ -61,8 +61,6 @@ MODES = ('score', 'generate')
 PARSERS = ('robust', 'paper')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 NO_LABEL_REASON = 'no known label in answer'
-#: marks where the per-question suffix starts in the rendered chat template
-_QUERY_MARK = '<<<EMOTION_QUERY>>>'
 
 
 # -- loading (shared with caption_llm) --------------------------------------------------------
@@ -216,12 +214,11 @@ def split_chat_prompt(render: Any, prefix_text: str) -> tuple[str, str]:
         ``tail`` = what follows the question (end of user turn + assistant turn start).
         The full prompt of question q is ``head + q + tail``.
     """
-    rendered = render(prefix_text + '\n' + _QUERY_MARK)
-    if rendered.count(_QUERY_MARK) != 1:
-        raise ModelLoadError('the chat template does not reproduce the user text verbatim; '
-                             'score mode cannot split the prompt (use mode=generate)')
-    head, tail = rendered.split(_QUERY_MARK)
-    return head, tail
+    from .scoring_plan import QUERY_MARK, ReadoutError, split_rendered
+    try:
+        return split_rendered(render(prefix_text + '\n' + QUERY_MARK))
+    except ReadoutError as exc:
+        raise ModelLoadError(str(exc)) from exc
 
 
 def tokenize_fn(tokenizer: Any) -> Any:
@@ -427,10 +424,10 @@ class VLMBackend(EmotionBackend):
     def _prepare_prompts(self) -> None:
         """What never changes: the rendered head, question suffixes, answer plans, tree."""
         from ._prefix_scoring import ScorePrompts
+        from .scoring_plan import score_texts
         o, tok = self.options, self.processor.tokenizer
         if o.mode == 'score':
-            prefix = prompts.score_prefix(o.marking, o.definitions, o.score_prompt)
-            queries = prompts.score_queries(o.marking, score_prompt=o.score_prompt)
+            prefix, queries = score_texts(o.marking, o.definitions, o.score_prompt)
             if o.score_prompt == 'question':
                 head, tail = split_chat_prompt(self._render, prefix)
             else:  # the questions continue the assistant turn
@@ -464,8 +461,8 @@ class VLMBackend(EmotionBackend):
 
     # -- stages ------------------------------------------------------------------------------
     def marked_images(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[np.ndarray]:
-        """The image shown for each person, at the model's working size (``_vision_input``)."""
-        from ._vision_input import marked_images
+        """The image shown for each person, at the model's working size (``scoring_plan``)."""
+        from .scoring_plan import marked_images
         return marked_images(image, boxes, self.options.marking,
                              getattr(self.processor, 'image_processor', None))
 

@@ -61,11 +61,20 @@ def answer_sequences(tokenize: Callable[[str], Sequence[int]], prompt: str,
     Returns:
         (distinct non-empty sequences in spelling order, reasons for the dropped spellings).
     """
-    base = list(tokenize(prompt))
+    return sequences_after(tokenize(prompt), [tokenize(prompt + s) for s in spellings],
+                           spellings, unk_id)
+
+
+def sequences_after(base: Sequence[int], fulls: Sequence[Sequence[int]],
+                    spellings: Sequence[str], unk_id: int | None = None
+                    ) -> tuple[list[TokenIds], list[str]]:
+    """``answer_sequences`` from tokenizations already made (e.g. one batched call):
+    ``base`` = the prompt's ids, ``fulls[i]`` = the ids of prompt + ``spellings[i]``."""
+    base = list(base)
     seqs: list[TokenIds] = []
     dropped: list[str] = []
-    for s in spellings:
-        full = list(tokenize(prompt + s))
+    for s, full in zip(spellings, fulls):
+        full = list(full)
         if full[:len(base)] != base:
             dropped.append(f'{s!r}: its tokens merge with the end of the prompt')
             continue
@@ -186,44 +195,6 @@ def digit_expectation(outcome_logp: np.ndarray) -> np.ndarray:
         return (w * np.arange(lp.shape[-1])).sum(-1) / w.sum(-1)
 
 
-@dataclass(frozen=True)
-class ScoreReadout:
-    """The two answer plans of score mode and what they could express.
-
-    Attributes:
-        yes_no: plan of the category questions (outcomes yes, no).
-        digits: plan of the VAD questions (outcomes 0..9), or None when the vocabulary cannot
-            write any digit after the prompt (VAD is then NaN; ``vad_reason`` says why).
-    """
-
-    yes_no: AnswerPlan
-    digits: AnswerPlan | None
-    vad_reason: str = ''
-
-
-def build_score_readout(tokenize: Callable[[str], Sequence[int]], category_prompt: str,
-                        vad_prompt: str, unk_id: int | None = None) -> ScoreReadout:
-    """Answer plans for the rendered prompt of one category question and one VAD question.
-
-    Raises:
-        ReadoutError: 'yes' or 'no' has no expressible spelling (score mode cannot work; the
-            message says so). Digits that cannot be written only make VAD NaN.
-    """
-    yes_no = AnswerPlan.for_prompt(tokenize, category_prompt, YES_NO,
-                                   (YES_SPELLINGS, NO_SPELLINGS), unk_id)
-    if not all(yes_no.expressible):
-        raise ReadoutError('the tokenizer cannot write yes and no after the prompt '
-                           f'({"; ".join(yes_no.dropped) or "no tokens"}); score mode needs '
-                           'them: use mode=generate')
-    digits = AnswerPlan.for_prompt(tokenize, vad_prompt, DIGITS, DIGIT_SPELLINGS, unk_id)
-    if not any(digits.expressible):
-        return ScoreReadout(yes_no, None, 'the tokenizer cannot write any digit 0-9 after the '
-                            f'prompt ({"; ".join(digits.dropped)}): VAD is not scored (NaN)')
-    missing = [d for d, ok in zip(DIGITS, digits.expressible) if not ok]
-    reason = f'digits {missing} cannot be written: they get probability 0' if missing else ''
-    return ScoreReadout(yes_no, digits, reason)
-
-
 __all__ = ['AnswerPlan', 'DIGITS', 'DIGIT_SPELLINGS', 'NO_SPELLINGS', 'ReadoutError',
-           'ScoreReadout', 'YES_NO', 'YES_SPELLINGS', 'answer_sequences', 'build_score_readout',
+           'YES_NO', 'YES_SPELLINGS', 'answer_sequences', 'sequences_after',
            'digit_expectation', 'yes_probability']

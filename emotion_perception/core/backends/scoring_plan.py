@@ -30,7 +30,8 @@ import numpy as np
 from .. import prompts
 from ..categories import NUM_CATEGORIES
 from ..readout import (DIGIT_SPELLINGS, DIGITS, NO_SPELLINGS, YES_NO, YES_SPELLINGS, AnswerPlan,
-                       ReadoutError, TokenIds, digit_expectation, yes_probability)
+                       ReadoutError, TokenIds, digit_expectation, sequences_after,
+                       yes_probability)
 from ..types import BBox
 from ._vision_input import FramePlan, fill_colour, marked_images, plan_frame, working_frame
 
@@ -77,29 +78,6 @@ def answer_spellings(kind: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...],
 
 
 # -- answer sequences -------------------------------------------------------------------------
-def sequences_after(base: Sequence[int], fulls: Sequence[Sequence[int]],
-                    spellings: Sequence[str], unk_id: int | None = None
-                    ) -> tuple[list[TokenIds], list[str]]:
-    """``core.readout.answer_sequences`` from tokenizations already made: ``base`` = the
-    prompt's ids, ``fulls[i]`` = the ids of prompt + ``spellings[i]``."""
-    base = list(base)
-    seqs: list[TokenIds] = []
-    dropped: list[str] = []
-    for s, full in zip(spellings, fulls):
-        full = list(full)
-        if full[:len(base)] != base:
-            dropped.append(f'{s!r}: its tokens merge with the end of the prompt')
-            continue
-        seq = tuple(int(i) for i in full[len(base):])
-        if not seq:
-            dropped.append(f'{s!r}: no tokens')
-        elif unk_id is not None and unk_id in seq:
-            dropped.append(f'{s!r}: needs the unknown token')
-        elif seq not in seqs:
-            seqs.append(seq)
-    return seqs, dropped
-
-
 def plan_answers(tokenize_many: TokenizeMany, prompts_: Sequence[str],
                  n_categories: int = NUM_CATEGORIES, unk_id: int | None = None
                  ) -> tuple[list[AnswerPlan | None], str, list[list[int]]]:

@@ -167,3 +167,31 @@ def test_an_unquantized_model_is_refused_for_a_quantized_option(tiny_vlm_dir):
     with pytest.raises(q.QuantizationError, match='quantized no linear layer'):
         backend.attach(model, AutoProcessor.from_pretrained(path))
     assert not backend.loaded
+
+
+@pytest.mark.slow
+def test_qlora_trains_lora_on_an_nf4_base_and_serves_it(tiny_vlm_dir, tmp_path):
+    """finetune --quantization nf4 (QLoRA): the base is 4-bit and frozen, the loss goes down,
+    and the adapter changes the scores of the nf4 vlm backend that loads it."""
+    needs('bitsandbytes')
+    from emotion_perception.testing.emotic_fixture import write_emotic_fixture
+    from emotion_perception.tools import finetune as ft
+    path = tiny_vlm_dir('llava', **SHAPE)
+    root = tmp_path / 'emotic'
+    write_emotic_fixture(root, {'train': 1, 'val': 3, 'test': 1}, seed=2)
+    out = tmp_path / 'adapter'
+    config = ft.FinetuneConfig(data=str(root), split='val', model=str(path), output=str(out),
+                               samples=2, batch_size=2, epochs=6, lr=1e-2, warmup_ratio=0.0,
+                               device='cpu', seed=0, eval_split='none', progress=False,
+                               quantization='nf4')
+    result = ft.train(config)
+    assert np.mean(result.losses[-2:]) < 0.9 * np.mean(result.losses[:2]), result.losses
+    assert (out / 'adapter_model.safetensors').is_file()
+    base = load(path, 'nf4').predict(IMAGE, BOXES[:1])[0]
+    tuned = load(path, 'nf4', adapter=str(out))
+    assert q.quantized_linear_count(tuned.model)[0] > 0  # still 4-bit after the merge
+    res = tuned.predict(IMAGE, BOXES[:1])[0]
+    assert res.status == Status.OK
+    assert float(np.abs(base.scores - res.scores).max()) > 1e-3
+    with pytest.raises(ValueError, match='--quantization must be one of'):
+        ft.FinetuneConfig(data='d', model='m', output='o', quantization='int4')

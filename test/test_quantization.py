@@ -195,3 +195,56 @@ def test_qlora_trains_lora_on_an_nf4_base_and_serves_it(tiny_vlm_dir, tmp_path):
     assert float(np.abs(base.scores - res.scores).max()) > 1e-3
     with pytest.raises(ValueError, match='--quantization must be one of'):
         ft.FinetuneConfig(data='d', model='m', output='o', quantization='int4')
+
+
+# -- the switch: node parameter (read-only), YAML default, CLI flags ---------------------------
+def test_node_parameter_yaml_default_and_cli_flags():
+    import argparse
+    from pathlib import Path
+
+    import yaml
+
+    from emotion_perception.nodes.emotion_node import BACKEND_PARAMS
+    from emotion_perception.tools import evaluate, process
+    from emotion_perception.tools.config import load_pipeline_config
+    specs = {s.name: s for s in BACKEND_PARAMS}
+    source_yaml = Path(__file__).resolve().parents[1] / 'config' / 'emotion_node.yaml'
+    backend_yaml = yaml.safe_load(source_yaml.read_text())['/**/emotion_node'][
+        'ros__parameters']['backend']
+    for name, default in (('quantization', 'none'), ('quantization_library', 'auto')):
+        spec = specs[f'backend.{name}']
+        assert spec.read_only and spec.description and spec.default == default
+        assert backend_yaml[name] == default
+
+    def parse(command, argv):
+        parser = argparse.ArgumentParser()
+        command.register(parser.add_subparsers())
+        return parser.parse_args(argv)
+    args = parse(process, ['process', 'in.jpg', '-o', 'out', '--backend', 'vlm',
+                           '--quantization', 'nf4', '--quantization-library', 'bitsandbytes'])
+    cfg = load_pipeline_config(None, process.backend_overrides(args))
+    assert cfg.backend_options['quantization'] == 'nf4'
+    assert cfg.backend_options['quantization_library'] == 'bitsandbytes'
+    args = parse(evaluate, ['evaluate', '--data', 'd', '--output', 'o', '--backend', 'vlm',
+                            '--quantization', 'int4'])
+    from emotion_perception.core.backends import backend_class
+    assert evaluate.backend_options(args, backend_class('vlm'))['quantization'] == 'int4'
+    assert 'quantization' in evaluate.IDENTITY_KEYS  # a resumed run cannot mix precisions
+
+
+@pytest.mark.ros
+def test_node_passes_quantization_and_refuses_changing_it_at_run_time():
+    from rclpy.parameter import Parameter
+
+    from emotion_perception.nodes.emotion_node import EmotionNode
+    from emotion_perception.ros.params import read_params
+    from emotion_perception.testing.ros_harness import RosHarness
+    with RosHarness() as h:
+        node = h.add(EmotionNode('quant_opts', context=h.context, parameter_overrides=[
+            Parameter('backend.quantization', value='nf4')]))
+        node.params = read_params(node, node._all_params)
+        opts = node._backend_options('vlm')
+        assert opts['quantization'] == 'nf4' and opts['quantization_library'] == 'auto'
+        VLMOptions(**opts)
+        result = node.set_parameters([Parameter('backend.quantization', value='int4')])[0]
+        assert not result.successful

@@ -33,8 +33,9 @@ staying unconfigured with the reason logged, when the model cannot be loaded); a
 subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
 with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
 ``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter``,
-``backend.quantization``, ``backend.quantization_library``, ``backend.trust_remote_code``, ``backend.url``, ``backend.api_key_env`` and ``backend.ca_bundle``
-are read-only: set at start-up only.
+``backend.quantization``, ``backend.quantization_library``, ``backend.trust_remote_code``,
+``backend.url``, ``backend.api_key_env`` and ``backend.ca_bundle`` are read-only: set at
+start-up only.
 """
 from __future__ import annotations
 

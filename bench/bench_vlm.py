@@ -18,9 +18,10 @@ Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own ta
   that shape is written shard by shard under /tmp (never the whole model in memory), then each
   option is loaded through the backend's own loading path (``VLMBackend.load``: transformers'
   quantization config, layer by layer) in a subprocess of its own, so memory returns: weight
-  bytes counted from the tensors, resident (anonymous) memory after loading, peak anonymous
-  RSS (sampled every 20 ms) and the kernel's peak RSS (VmHWM, which also counts the
-  checkpoint's page cache mapped while reading). ``none`` at 7B (14 GB) only runs with
+  bytes counted from the tensors; resident memory after loading (RSS and its anonymous part;
+  float tensors still mapped from the checkpoint file are first copied into memory, as a GPU
+  load copies every weight); peak anonymous RSS (sampled every 20 ms) and the kernel's peak
+  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading). ``none`` at 7B (14 GB) only runs with
   >= 18 GB available (else it is reported as skipped). The checkpoint is deleted afterwards.
 * at ``--config tiny``: each family in ``--families`` (hidden ``--hidden``, vision 64, the real
   tokenizer) loaded per option: max |score difference| and |VAD difference| against the
@@ -193,6 +194,13 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
                               quantization_library=library))
     backend.load()
     load_s = time.perf_counter() - t0
+    # plain tensors whose dtype matches the checkpoint's stay mapped from the file (page cache,
+    # RssFile); copy them into memory as a GPU load copies every weight, so that the
+    # resident figure counts them and the file mapping goes
+    with torch.no_grad():
+        for t in list(backend.model.parameters()) + list(backend.model.buffers()):
+            if type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_floating_point():
+                t.data = t.data.clone()
     done.set()
     thread.join()
     gc.collect()

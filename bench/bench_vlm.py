@@ -194,6 +194,8 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
                               quantization_library=library))
     backend.load()
     load_s = time.perf_counter() - t0
+    done.set()  # the peak of loading (before the copy below)
+    thread.join()
     # plain tensors whose dtype matches the checkpoint's stay mapped from the file (page cache,
     # RssFile); copy them into memory as a GPU load copies every weight, so that the
     # resident figure counts them and the file mapping goes
@@ -201,8 +203,6 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
         for t in list(backend.model.parameters()) + list(backend.model.buffers()):
             if type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_floating_point():
                 t.data = t.data.clone()
-    done.set()
-    thread.join()
     gc.collect()
     _malloc_trim()
     n_q, n_lin = qz.quantized_linear_count(backend.model)
@@ -212,7 +212,7 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
             'weight_bytes': qz.weight_bytes(backend.model),
             'resident_bytes': _proc_status('VmRSS') - before_rss,
             'resident_anon_bytes': _proc_status('RssAnon') - before,
-            'peak_anon_bytes': max(peak['anon'], _proc_status('RssAnon')),
+            'peak_anon_bytes': peak['anon'],
             'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s}
 
 

@@ -166,7 +166,7 @@ def test_an_unquantized_model_is_refused_for_a_quantized_option(tiny_vlm_dir):
     backend = VLMBackend(dict(model=str(path), device='cpu', quantization='nf4'))
     with pytest.raises(q.QuantizationError, match='quantized no linear layer'):
         backend.attach(model, AutoProcessor.from_pretrained(path))
-    assert not backend.loaded
+    assert not backend.loaded and backend.model is None
 
 
 @pytest.mark.slow

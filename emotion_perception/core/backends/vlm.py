@@ -437,12 +437,13 @@ class VLMBackend(EmotionBackend):
         Raises:
             ModelLoadError: the tokenizer cannot be used for this mode (see ``load``).
         """
-        self.model, self.processor = model, processor
-        #: what ``verify_quantized`` said about the loaded model ('none' when unquantized)
+        #: what ``verify_quantized`` said about the model ('none' when unquantized); a model
+        #: with no quantized layer for a quantized option is refused (QuantizationError)
         self.quantization_summary = verify_quantized(
             model, self.options.quantization,
             choose_library(self.options.quantization, self.options.quantization_library,
                            str(model_device(model))), self.model_id)
+        self.model, self.processor = model, processor
         self._device = model_device(self.model)
         self._dtype = self.model.dtype
         tok = self.processor.tokenizer

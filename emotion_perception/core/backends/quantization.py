@@ -24,7 +24,8 @@ what (``library='auto'`` picks the first):
 What stays in the model dtype (``SKIP_MODULES``): the LM head, whose logits ARE the scores
 (score mode reads log P(yes)/P(no) and the digit distribution straight off them), and the
 multimodal projector (the small layer that maps image features into the LM's embedding space;
-LLaVA's own 4-bit loader keeps ``mm_projector`` unquantized for the same reason). The input embeddings are not linear layers and stay too. The vision tower's
+LLaVA's own 4-bit loader keeps ``mm_projector`` unquantized for the same reason). The input
+embeddings are not linear layers and stay too. The vision tower's
 linear layers ARE quantized like the LM's: they are 5-30 % of the weights (CLIP ViT-L 0.3 B,
 Qwen2-VL's ViT 0.67 B); in bf16 they would add about 0.45 GB to LLaVA-1.5-7B's measured
 4.07 GB (nf4), past the 4.5 GB an 8 GB robot GPU leaves; their convolutional patch embeddings

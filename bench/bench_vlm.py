@@ -12,6 +12,23 @@
    the 29 questions on its own copy of the prefix cache), computed from the shapes.
 5. Peak memory (process RSS high-water mark; CUDA: max allocated).
 
+Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own tables instead:
+
+* at ``--config llava-7b`` / ``qwen2-vl-2b`` / ``smolvlm-256m``: a random bf16 checkpoint of
+  that shape is written shard by shard under /tmp (never the whole model in memory), then each
+  option is loaded through the backend's own loading path (``VLMBackend.load``: transformers'
+  quantization config, layer by layer) in a subprocess of its own, so memory returns: weight
+  bytes counted from the tensors; resident memory after loading (RSS and its anonymous part;
+  float tensors still mapped from the checkpoint file are first copied into memory, as a GPU
+  load copies every weight); peak anonymous RSS (sampled every 20 ms) and the kernel's peak
+  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading). ``none`` at 7B
+  (14 GB) only runs with >= 18 GB available (else it is reported as skipped). The checkpoint
+  is deleted afterwards.
+* at ``--config tiny``: each family in ``--families`` (hidden ``--hidden``, vision 64, the real
+  tokenizer) loaded per option: max |score difference| and |VAD difference| against the
+  unquantized model on the same persons (what quantization costs on random weights) and score
+  mode's ms per person on this device.
+
 Calls of compared variants are interleaved frame by frame, so background load hits both alike.
 Latency depends on shapes and token counts, not on weight values: random weights give the real
 cost. Models (``--config``), all with the family's REAL tokenizer and chat template:
@@ -27,6 +44,8 @@ cost. Models (``--config``), all with the family's REAL tokenizer and chat templ
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_vlm.py [--config tiny|smolvlm-256m|...]
         [--family llava] [--hidden 576 --layers 30] [--frames 2] [--persons 1,2,4,8]
         [--new-tokens 64] [--skip-naive] [--json out.json]
+        [--quantization none,int8,nf4,int4 [--quantization-library auto]
+         [--families llava,qwen2_vl]]
 """
 from __future__ import annotations
 
@@ -36,6 +55,7 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
 
 import argparse  # noqa: E402
+import gc  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
@@ -128,6 +148,185 @@ def build(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     return model.eval(), processor, f'{desc}, {str(dtype).split(".")[1]}'
 
 
+# -- quantization (issue 17) ----------------------------------------------------------------
+def _proc_status(key: str) -> int:
+    """A /proc/self/status memory field in bytes (e.g. 'RssAnon', 'VmHWM')."""
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(key + ':'):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the system (glibc), so RSS shows what is held."""
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def mem_available() -> int:
+    for line in Path('/proc/meminfo').read_text().splitlines():
+        if line.startswith('MemAvailable:'):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def measure_load(folder: str, quantization: str, library: str, dtype: str) -> dict[str, Any]:
+    """Load ``folder`` through ``VLMBackend.load`` with ``quantization`` (run in a subprocess of
+    its own): bytes of the weights, resident memory, peaks, load time."""
+    import threading
+    from emotion_perception.core.backends import quantization as qz
+    peak = {'anon': _proc_status('RssAnon')}
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak['anon'] = max(peak['anon'], _proc_status('RssAnon'))
+            time.sleep(0.02)
+    gc.collect()
+    _malloc_trim()
+    before, before_rss = _proc_status('RssAnon'), _proc_status('VmRSS')
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    t0 = time.perf_counter()
+    backend = VLMBackend(dict(model=folder, device='cpu', dtype=dtype, quantization=quantization,
+                              quantization_library=library))
+    backend.load()
+    load_s = time.perf_counter() - t0
+    done.set()  # the peak of loading (before the copy below)
+    thread.join()
+    # plain tensors whose dtype matches the checkpoint's stay mapped from the file (page cache,
+    # RssFile); copy them into memory as a GPU load copies every weight, so that the
+    # resident figure counts them and the file mapping goes
+    with torch.no_grad():
+        for t in list(backend.model.parameters()) + list(backend.model.buffers()):
+            if type(t) in (torch.Tensor, torch.nn.Parameter) and t.is_floating_point():
+                t.data = t.data.clone()
+    gc.collect()
+    _malloc_trim()
+    n_q, n_lin = qz.quantized_linear_count(backend.model)
+    return {'quantization': quantization, 'library': qz.choose_library(quantization, library,
+                                                                       'cpu') or '-',
+            'quantized_linear': n_q, 'linear': n_lin,
+            'weight_bytes': qz.weight_bytes(backend.model),
+            'resident_bytes': _proc_status('VmRSS') - before_rss,
+            'resident_anon_bytes': _proc_status('RssAnon') - before,
+            'peak_anon_bytes': peak['anon'],
+            'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s}
+
+
+def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str, Any]]:
+    """Write a random bf16 checkpoint of ``args.config``'s shape, load it once per option in a
+    subprocess, print the table; the checkpoint is deleted at the end."""
+    import shutil
+    import subprocess
+    import tempfile
+    family, kwargs, desc = CONFIGS[args.config]
+    tmp = Path(tempfile.mkdtemp(prefix='bench_quant_', dir='/tmp'))
+    rows: list[dict[str, Any]] = []
+    try:
+        t0 = time.perf_counter()
+        folder = tiny_models.write_random_checkpoint(family, tmp / args.config, 'bfloat16',
+                                                     shard_gb=1.0, **kwargs)
+        ckpt = sum(f.stat().st_size for f in folder.glob('*.safetensors'))
+        print(f'## bench_vlm --quantization: {desc}, random weights, bfloat16 checkpoint '
+              f'{ckpt / 1e9:.2f} GB written in {time.perf_counter() - t0:.0f} s; device cpu '
+              f'({platform.machine()}), torch {torch.__version__}; one subprocess per option\n')
+        for opt in options:
+            need = ckpt * 1.3 if opt == 'none' else 0
+            if need and mem_available() < max(need, 18e9 if ckpt > 10e9 else 0):
+                print(f'(skipped {opt}: {mem_available() / 1e9:.1f} GB available, it needs '
+                      f'{max(need, 18e9) / 1e9:.0f} GB)')
+                rows.append({'quantization': opt, 'skipped': True})
+                continue
+            out = tmp / f'{opt}.json'
+            cmd = [sys.executable, __file__, '--measure-load', str(folder), '--quantization',
+                   opt, '--quantization-library', args.quantization_library, '--json', str(out)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode:
+                reason = (proc.stderr.strip().splitlines() or ['?'])[-1]
+                print(f'({opt} failed: {reason})')
+                rows.append({'quantization': opt, 'failed': reason})
+                continue
+            rows.append(json.loads(out.read_text()))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    gb = 1e9
+    print('| option | library | linear layers quantized | weights GB (counted) | resident GB '
+          'after load: RSS / anonymous | peak anon RSS GB | peak RSS GB (VmHWM, incl. mapped '
+          'checkpoint) | load s |')
+    print('|---|---|---|---|---|---|---|---|')
+    for r in rows:
+        if 'weight_bytes' not in r:
+            print(f'| {r["quantization"]} | {"skipped" if r.get("skipped") else "failed"} '
+                  '| | | | | | |')
+            continue
+        print(f'| {r["quantization"]} | {r["library"]} | {r["quantized_linear"]} / '
+              f'{r["linear"]} | {r["weight_bytes"] / gb:.2f} | {r["resident_bytes"] / gb:.2f} / '
+              f'{r["resident_anon_bytes"] / gb:.2f} '
+              f'| {r["peak_anon_bytes"] / gb:.2f} | {r["peak_rss_bytes"] / gb:.2f} '
+              f'| {r["load_s"]:.0f} |')
+    return rows
+
+
+def tiny_quantization_table(args: argparse.Namespace, options: list[str]) -> list[dict]:
+    """Per tiny family and option: max |score / VAD difference| vs unquantized, ms/person."""
+    import shutil
+    import tempfile
+    frames = [tiny_models.make_test_image(480, 640, seed=i) for i in range(args.frames)]
+    boxes = BOXES[:2]
+    tmp = Path(tempfile.mkdtemp(prefix='bench_quant_tiny_', dir='/tmp'))
+    rows: list[dict[str, Any]] = []
+    print(f'## bench_vlm --quantization: tiny random families (hidden {args.hidden}, '
+          f'{args.layers} layers, vision 64, real tokenizers), score mode, {len(frames)} frames '
+          f'x {len(boxes)} persons one by one; device cpu, torch {torch.__version__}, '
+          f'{torch.get_num_threads()} threads\n')
+    print('| family | option | library | max abs score diff vs none | max abs VAD diff vs none '
+          '| ms/person (CPU) |')
+    print('|---|---|---|---|---|---|')
+    try:
+        for family in args.families.split(','):
+            extra = {'llava': {'image_size': 224}, 'llava_next': {'image_size': 112},
+                     'idefics3': {'image_size': 64}}.get(family, {'max_pixels': 224 * 224})
+            folder = tiny_models.build_tiny_vlm(
+                family, tmp / family, hidden=args.hidden, layers=args.layers,
+                heads=max(4, args.hidden // 64), kv_heads=max(2, args.hidden // 192),
+                vision_hidden=64, **extra)
+            ref = None
+            for opt in ['none'] + [o for o in options if o != 'none']:
+                b = VLMBackend(dict(model=str(folder), device='cpu', batch_size=1,
+                                    quantization=opt,
+                                    quantization_library=args.quantization_library))
+                b.load()
+                b.predict(frames[0], boxes[:1])  # warm-up
+                times, results = [], []
+                for frame in frames:
+                    for box in boxes:
+                        t0 = time.perf_counter()
+                        results += b.predict(frame, [box])
+                        times.append((time.perf_counter() - t0) * 1e3)
+                scores = np.array([r.scores for r in results])
+                vad = np.array([r.vad for r in results])
+                if ref is None:
+                    ref = (scores, vad)
+                ds = float(np.abs(scores - ref[0]).max())
+                dv = float(np.nanmax(np.abs(vad - ref[1]))) if np.isfinite(vad).any() else 0.0
+                row = {'family': family, 'quantization': opt,
+                       'library': b.quantization_summary.split('(')[-1].split(')')[0]
+                       if opt != 'none' else '-', 'score_diff': ds, 'vad_diff': dv,
+                       'ms_per_person': statistics.mean(times)}
+                rows.append(row)
+                if opt in options:
+                    print(f'| {family} | {opt} | {row["library"]} | {ds:.3f} | {dv:.3f} | '
+                          f'{mean_sd(times)} |')
+                b.unload()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--config', default='tiny', choices=['tiny', *CONFIGS])
@@ -140,7 +339,27 @@ def main() -> int:
     ap.add_argument('--device', default='auto')
     ap.add_argument('--skip-naive', action='store_true', help='skip table 2 (slow at real size)')
     ap.add_argument('--json', default='')
+    ap.add_argument('--quantization', default='',
+                    help='comma-separated options (none,int8,nf4,int4): print the quantization '
+                         'tables (memory at a real --config, score difference and ms/person '
+                         'on the tiny --families) instead of the mode tables')
+    ap.add_argument('--quantization-library', default='auto',
+                    choices=['auto', 'bitsandbytes', 'torchao'])
+    ap.add_argument('--families', default=','.join(tiny_models.FAMILIES))
+    ap.add_argument('--measure-load', default='', help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.measure_load:  # the subprocess of memory_table
+        report = measure_load(args.measure_load, args.quantization, args.quantization_library,
+                              'bfloat16')
+        Path(args.json).write_text(json.dumps(report))
+        return 0
+    if args.quantization:
+        options = args.quantization.split(',')
+        rows = (tiny_quantization_table(args, options) if args.config == 'tiny'
+                else memory_table(args, options))
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' \
         else args.device
     if args.config == 'llava-7b' and not device.startswith('cuda'):

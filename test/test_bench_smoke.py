@@ -57,3 +57,25 @@ def test_bench_vlm_runs_every_table(tmp_path, family):
     assert report['naive_max_abs_diff'] < 1e-4
     assert report['kv_over_budget'] <= 1.1
     assert [b['persons'] for b in report['batching']] == [1, 2]
+
+
+def test_bench_vlm_quantization_table_on_a_tiny_family(tmp_path):
+    """bench_vlm --quantization at --config tiny: one row per option, the library that did it,
+    none differs from itself by 0 and every quantized option changes the scores."""
+    from emotion_perception.testing.tiny_models import missing_reason
+    if missing_reason('llava'):
+        pytest.skip(missing_reason('llava'))
+    out = tmp_path / 'quant.json'
+    proc = subprocess.run(
+        [sys.executable, str(REPO / 'bench' / 'bench_vlm.py'), '--quantization',
+         'none,int8,nf4,int4', '--families', 'llava', '--hidden', '64', '--layers', '2',
+         '--frames', '1', '--json', str(out)],
+        cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE='1', OMP_NUM_THREADS='2'),
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert '| family | option | library |' in proc.stdout
+    rows = {r['quantization']: r for r in json.loads(out.read_text())}
+    assert [rows[o]['library'] for o in ('int8', 'nf4', 'int4')] == [
+        'torchao', 'bitsandbytes', 'torchao']
+    assert rows['none']['score_diff'] == 0.0
+    assert all(rows[o]['score_diff'] > 0 for o in ('int8', 'nf4', 'int4'))

@@ -187,7 +187,7 @@ def test_detector_ids_after_reactivation_never_name_old_people(harness, bus_rgb,
 READ_ONLY_EMOTION = {'backend.name', 'backend.model', 'backend.adapter',
                      'backend.trust_remote_code', 'backend.llm', 'backend.url',
                      'backend.api_key_env', 'backend.ca_bundle', 'backend.verify_tls',
-                     'backend.processor',
+                     'backend.processor', 'backend.quantization', 'backend.quantization_library',
                      'detections_format'}  # chooses which message package is imported
 
 

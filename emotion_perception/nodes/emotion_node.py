@@ -43,9 +43,9 @@ staying unconfigured with the reason logged, when the model cannot be loaded); a
 subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
 with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
 ``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter``,
-``backend.trust_remote_code``, ``backend.url``, ``backend.api_key_env``, ``backend.ca_bundle``,
-``backend.verify_tls`` and ``backend.processor``
-are read-only: set at start-up only.
+``backend.quantization``, ``backend.quantization_library``, ``backend.trust_remote_code``,
+``backend.url``, ``backend.api_key_env``, ``backend.ca_bundle``, ``backend.verify_tls``,
+``backend.processor`` and ``detections_format`` are read-only: set at start-up only.
 """
 from __future__ import annotations
 
@@ -93,6 +93,14 @@ BACKEND_PARAMS = [
               'backend.device'),
     ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
               "'float16'", one_of('auto', 'float32', 'bfloat16', 'float16')),
+    ParamSpec('backend.quantization', 'none', "vlm weights quantized while loading: 'none', "
+              "'int8' (torchao weight-only), 'nf4' (bitsandbytes), 'int4' (torchao): a 7B "
+              "model in about 4 GB with nf4/int4 (README 'Choosing a model for the robot's "
+              "GPU'); needs the quant extra", one_of('none', 'int8', 'nf4', 'int4'),
+              read_only=True),
+    ParamSpec('backend.quantization_library', 'auto', "which library quantizes: 'auto' (int8 "
+              "and int4: torchao, nf4: bitsandbytes), 'bitsandbytes' (int8 = LLM.int8) or "
+              "'torchao'", one_of('auto', 'bitsandbytes', 'torchao'), read_only=True),
     ParamSpec('backend.mode', 'score', "'score' (a score per category from one prefill) or "
               "'generate' (free text, labels parsed: the paper's protocol)",
               one_of('score', 'generate')),

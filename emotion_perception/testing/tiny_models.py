@@ -390,6 +390,61 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
     return out
 
 
+def write_random_checkpoint(family: str, path: str | os.PathLike, dtype: str = 'bfloat16',
+                            shard_gb: float = 1.0, seed: int = 0, **shape: Any) -> Path:
+    """A random model of ``family`` at any shape (e.g. LLaVA-1.5-7B's), written shard by shard
+    as a sharded safetensors checkpoint (with config, processor, real tokenizer) WITHOUT ever
+    holding the whole model: the model is built on the meta device, and each shard's tensors
+    are drawn (N(0, 0.02); norms 1, biases 0), saved and freed. Memory: about one shard.
+
+    Args:
+        shape: ``make_vlm`` keyword arguments (hidden, layers, ..., vision extras).
+
+    Returns:
+        The folder (``from_pretrained`` loads it, quantized or not, with low memory).
+    """
+    import torch
+    from safetensors.torch import save_file
+    out = _out_dir(path, f'random_{family}_')
+    with torch.device('meta'):
+        model, processor, _ = make_vlm(family, seed=seed, **shape)
+    model.config.dtype = dtype
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    processor.save_pretrained(out)
+    torch_dtype = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    limit = int(shard_gb * 1e9)
+    shards: list[dict[str, Any]] = [{}]
+    size = 0
+    for name, meta in model.state_dict().items():
+        n = meta.numel() * torch.finfo(torch_dtype).bits // 8
+        if size and size + n > limit:
+            shards.append({})
+            size = 0
+        shards[-1][name] = meta
+        size += n
+    index: dict[str, Any] = {'metadata': {'total_size': 0}, 'weight_map': {}}
+    for i, shard in enumerate(shards):
+        fname = f'model-{i + 1:05d}-of-{len(shards):05d}.safetensors'
+        tensors = {}
+        for name, meta in shard.items():
+            if 'norm' in name and name.endswith('weight'):
+                t = torch.ones(meta.shape, dtype=torch_dtype)
+            elif name.endswith('bias'):
+                t = torch.zeros(meta.shape, dtype=torch_dtype)
+            else:
+                t = (torch.randn(meta.shape, generator=gen, dtype=torch.float32) * 0.02
+                     ).to(torch_dtype)
+            tensors[name] = t
+            index['weight_map'][name] = fname
+            index['metadata']['total_size'] += t.numel() * t.element_size()
+        save_file(tensors, str(out / fname), metadata={'format': 'pt'})
+        del tensors
+    (out / 'model.safetensors.index.json').write_text(json.dumps(index, indent=1))
+    return out
+
+
 def build_tiny_llava(path: str | os.PathLike | None = None, seed: int = 0, hidden: int = 32,
                      layers: int = 2, image_size: int = 56, chat_template: bool = True,
                      tokenizer: str = 'real') -> Path:
@@ -456,4 +511,5 @@ def make_test_image(height: int = 96, width: int = 128, seed: int = 0) -> 'Any':
 
 __all__ = ['FAMILIES', 'FAMILY_TOKENIZER', 'TINY_VLM_BUILDERS', 'build_tiny_captioner',
            'build_tiny_llava', 'build_tiny_qwen2_vl', 'build_tiny_text_llm', 'build_tiny_vlm',
-           'build_tokenizer', 'make_test_image', 'make_vlm', 'missing_reason', 'to_hub_layout']
+           'build_tokenizer', 'make_test_image', 'make_vlm', 'missing_reason', 'to_hub_layout',
+           'write_random_checkpoint']

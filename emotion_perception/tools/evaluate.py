@@ -46,7 +46,8 @@ METRICS_FILE = 'metrics.json'
 REPORT_FILE = 'report.md'
 THRESHOLDS_FILE = 'thresholds.json'
 #: options that change what the backend predicts: a resumed run must use the same values
-PROMPT_KEYS: tuple[str, ...] = ('dtype', 'marking', 'definitions', 'num_labels', 'max_new_tokens',
+PROMPT_KEYS: tuple[str, ...] = ('dtype', 'quantization', 'quantization_library', 'marking',
+                                'definitions', 'num_labels', 'max_new_tokens',
                                 'caption_max_new_tokens', 'score_prompt')
 IDENTITY_KEYS: tuple[str, ...] = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'split',
                                   'format', *PROMPT_KEYS)

@@ -7,7 +7,11 @@ the target is its label list, comma-separated, then the end-of-turn token. The l
 token cross-entropy on those answer tokens only (prompt and image tokens are masked with -100).
 
 A plain PyTorch loop: AdamW on the LoRA weights only, linear warm-up then linear decay, gradient
-clipping, gradient accumulation, optional bf16 base weights and gradient checkpointing. Writes
+clipping, gradient accumulation, optional bf16 base weights and gradient checkpointing.
+``--quantization nf4`` is QLoRA: the base is loaded in 4 bits (bitsandbytes, as
+``backend.quantization nf4``), frozen, and the LoRA weights train in float32 on top (CPU and
+CUDA); serve the adapter with the same ``quantization: nf4`` (merging a LoRA into 4-bit weights
+re-quantizes them). Writes
 into ``--output DIR``:
 
 * ``adapter_model.safetensors`` + ``adapter_config.json`` (``PeftModel.save_pretrained``): load
@@ -46,6 +50,8 @@ LOG = logging.getLogger('emotion_perception.finetune')
 
 CONFIG_FILE = 'finetune_config.json'
 TRAIN_LOG = 'train_log.jsonl'
+#: base quantizations LoRA can be trained on: QLoRA = LoRA on a bitsandbytes nf4 base
+QLORA_QUANTIZATIONS = ('none', 'nf4')
 #: the paper's model for the fine-tuned row (LLaVA-F)
 PAPER_MODEL = 'llava-hf/llava-1.5-13b-hf'
 
@@ -92,6 +98,7 @@ class FinetuneConfig:
     lora_dropout: float = 0.05
     lora_targets: Sequence[str] = DEFAULT_LORA_TARGETS
     bf16: bool = False
+    quantization: str = 'none'
     gradient_checkpointing: bool = False
     augment: bool = False
     marking: str = 'red_box'
@@ -117,6 +124,9 @@ class FinetuneConfig:
              f'--eval-split must be one of {SPLITS} or none'),
             (self.eval_mode in ('generate', 'score'), '--eval-mode must be generate or score'),
             (self.marking in MARKINGS, f'--marking must be one of {MARKINGS}'),
+            (self.quantization in QLORA_QUANTIZATIONS,
+             f'--quantization must be one of {QLORA_QUANTIZATIONS} (QLoRA trains LoRA on an '
+             'nf4 base; int8/int4 bases are not trained here)'),
             (self.samples is None or self.samples >= 1, '--samples must be >= 1'),
             (self.epochs > 0, '--epochs must be > 0'),
             (self.lr > 0, '--lr must be > 0'),
@@ -309,8 +319,15 @@ def train(config: FinetuneConfig) -> TrainResult:
     t0 = time.perf_counter()
     base, processor = load_image_text_model(config.model, device,
                                             'bfloat16' if config.bf16 else 'float32',
-                                            trust_remote_code=config.trust_remote_code)
+                                            trust_remote_code=config.trust_remote_code,
+                                            quantization=config.quantization)
     LOG.info('loaded %s on %s in %.1f s', config.model, device, time.perf_counter() - t0)
+    if config.quantization != 'none':  # QLoRA: frozen 4-bit base, float norms and LM head
+        from peft import prepare_model_for_kbit_training
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*is_gradient_checkpointing',
+                                    category=FutureWarning)
+            base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
     targets = language_model_targets(base, config.lora_targets)
     if config.gradient_checkpointing:
         enable_activation_checkpointing(base)
@@ -455,7 +472,8 @@ def eval_backend_options(config: FinetuneConfig, adapter: str | None) -> dict[st
                                 definitions=config.definitions,
                                 batch_size=config.eval_batch_size,
                                 max_new_tokens=config.eval_max_new_tokens,
-                                trust_remote_code=config.trust_remote_code)
+                                trust_remote_code=config.trust_remote_code,
+                                quantization=config.quantization)
     if adapter:
         opts['adapter'] = str(adapter)
     return opts
@@ -551,6 +569,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument('--lora-targets', type=_csv_names, default=','.join(d.lora_targets),
                    help="the language model's linear layers to adapt (names, comma-separated)")
     p.add_argument('--bf16', action='store_true', help='base weights in bfloat16 (GPU)')
+    p.add_argument('--quantization', default=d.quantization, choices=QLORA_QUANTIZATIONS,
+                   help='nf4: QLoRA, LoRA trained on a 4-bit (bitsandbytes) base: a 7B base in '
+                        'about 4 GB; evaluated (and served) with the same --quantization nf4')
     p.add_argument('--gradient-checkpointing', action='store_true',
                    help='trade compute for activation memory')
     p.add_argument('--augment', action='store_true',

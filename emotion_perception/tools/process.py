@@ -255,6 +255,11 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
                    "over devices, e.g. 'auto' (a 13B model over two GPUs)")
     p.add_argument('--dtype', choices=['auto', 'float32', 'bfloat16', 'float16'],
                    help='VLM weights dtype')
+    p.add_argument('--quantization', choices=['none', 'int8', 'nf4', 'int4'],
+                   help='vlm: quantize the weights while loading (int8: torchao weight-only; '
+                        'nf4: bitsandbytes; int4: torchao); needs the quant extra')
+    p.add_argument('--quantization-library', choices=['auto', 'bitsandbytes', 'torchao'],
+                   help="vlm: which library quantizes ('auto': per option and device)")
     p.add_argument('--marking', choices=['red_box', 'crop', 'crop_context'],
                    help='how the target person is shown to a VLM')
     p.add_argument('--definitions', action='store_true', default=None,
@@ -285,7 +290,8 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
 #: CLI option (argparse dest) -> emotion node parameter; the node's names minus 'backend.'
 BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_prompt',
                  'batch_size',
-                 'device', 'device_map', 'dtype', 'marking', 'definitions', 'num_labels',
+                 'device', 'device_map', 'dtype', 'quantization', 'quantization_library',
+                 'marking', 'definitions', 'num_labels',
                  'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code',
                  'url', 'api_key_env', 'timeout_s', 'max_concurrency', 'processor',
                  'image_format')

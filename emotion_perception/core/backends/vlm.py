@@ -51,6 +51,8 @@ from ..label_parsing import labels_to_scores, parse_labels, parse_labels_paper
 from ..model_files import ModelFileError, resolve_model_path
 from ..types import NAN_VAD, BBox, EmotionResult, Status
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
+from .quantization import (LIBRARIES, QUANTIZATIONS, check_available, choose_library,
+                           quantization_config, verify_quantized)
 
 LOG = logging.getLogger(__name__)
 
@@ -109,7 +111,8 @@ def apply_adapter(model: Any, adapter: str) -> Any:
 
 def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto',
                           device_map: str = '', trust_remote_code: bool = False,
-                          adapter: str = '', require_chat_template: bool = True
+                          adapter: str = '', require_chat_template: bool = True,
+                          quantization: str = 'none', quantization_library: str = 'auto'
                           ) -> tuple[Any, Any]:
     """Load an image-text-to-text model and its processor.
 
@@ -121,6 +124,9 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
         trust_remote_code: passed to ``from_pretrained`` (allow code shipped with the model).
         adapter: optional PEFT adapter folder, merged into the weights.
         require_chat_template: refuse processors without a chat template.
+        quantization: 'none' | 'int8' | 'nf4' | 'int4' (``quantization``: the library per
+            device, what stays in the model dtype).
+        quantization_library: 'auto' | 'bitsandbytes' | 'torchao'.
 
     Returns:
         (model in eval mode, processor).
@@ -136,6 +142,10 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
         src = resolve_model_path(model_id)
     except ModelFileError as exc:
         raise ModelLoadError(str(exc)) from exc
+    dev = resolve_device(device)
+    library = choose_library(quantization, quantization_library, dev)
+    if library:
+        check_available(library, quantization, dev, torch_dtype(dtype, dev))
     try:
         config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, HTTP errors
@@ -161,18 +171,23 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
                 'one); the prompts are built with it: add chat_template.jinja to the folder')
     if not hasattr(processor, 'tokenizer'):
         raise ModelLoadError(f'{src!r}: the processor has no tokenizer')
-    dev = resolve_device(device)
     kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype, dev),
                                   trust_remote_code=trust_remote_code)
     if device_map:
         kwargs['device_map'] = device_map
+    if library:  # quantized layers are placed while loading; they cannot be moved after
+        kwargs['quantization_config'] = quantization_config(quantization, library, dev,
+                                                             kwargs['dtype'], config)
+        kwargs.setdefault('device_map', {'': dev})
     try:
         model = AutoModelForImageTextToText.from_pretrained(src, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(src, 'model weights', exc) from exc
+    if library:
+        LOG.info('%s: %s', src, verify_quantized(model, quantization, library, src))
     if adapter:
         model = apply_adapter(model, adapter)
-    if not device_map:
+    if not device_map and not library:
         try:
             model = model.to(dev)
         except (RuntimeError, AssertionError) as exc:
@@ -340,9 +355,24 @@ class VLMOptions(PromptModelOptions):
     Attributes:
         model: hub id or local folder of an image-text-to-text model ('' = ``DEFAULT_VLM``).
         adapter: PEFT/LoRA adapter folder ('' = none), merged into the weights at load.
+        quantization: 'none' | 'int8' | 'nf4' | 'int4': weights quantized while loading
+            (``quantization``: 4-bit brings a 7B model to about 4 GB).
+        quantization_library: 'auto' (per device, see ``quantization``) | 'bitsandbytes' |
+            'torchao'.
     """
 
     adapter: str = ''
+    quantization: str = 'none'
+    quantization_library: str = 'auto'
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f'quantization must be one of {QUANTIZATIONS}, '
+                             f'got {self.quantization!r}')
+        if self.quantization_library not in LIBRARIES:
+            raise ValueError(f'quantization_library must be one of {LIBRARIES}, '
+                             f'got {self.quantization_library!r}')
 
 
 @dataclass
@@ -381,6 +411,7 @@ class VLMBackend(EmotionBackend):
         #: False once the model was found not to support the shared-prefix question tree
         self.prefix_sharing = True
         self.prefix_sharing_reason = ''
+        self.quantization_summary = 'none'
 
     @property
     def model_id(self) -> str:
@@ -392,7 +423,8 @@ class VLMBackend(EmotionBackend):
             return
         o = self.options
         model, processor = load_image_text_model(
-            self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code, o.adapter)
+            self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code, o.adapter,
+            quantization=o.quantization, quantization_library=o.quantization_library)
         self.attach(model, processor)
 
     def attach(self, model: Any, processor: Any) -> None:
@@ -402,6 +434,12 @@ class VLMBackend(EmotionBackend):
         Raises:
             ModelLoadError: the tokenizer cannot be used for this mode (see ``load``).
         """
+        #: what ``verify_quantized`` said about the model ('none' when unquantized); a model
+        #: with no quantized layer for a quantized option is refused (QuantizationError)
+        self.quantization_summary = verify_quantized(
+            model, self.options.quantization,
+            choose_library(self.options.quantization, self.options.quantization_library,
+                           str(model_device(model))), self.model_id)
         self.model, self.processor = model, processor
         self._device = model_device(self.model)
         self._dtype = self.model.dtype
@@ -451,6 +489,8 @@ class VLMBackend(EmotionBackend):
     def diagnostics(self) -> dict[str, Any]:
         """What the node reports in /diagnostics about this backend."""
         out: dict[str, Any] = {}
+        if self.options.quantization != 'none':
+            out['quantization'] = self.quantization_summary
         if self.options.mode == 'score':
             out['prefix_sharing'] = self.prefix_sharing
             if self.prefix_sharing_reason:

@@ -495,6 +495,28 @@ def test_api_key_from_the_environment_never_shown(second_server, monkeypatch, ca
     assert KEY not in shown
 
 
+def test_a_key_over_plain_http_to_another_host_is_warned_before_anything_is_sent(
+        monkeypatch, caplog):
+    """The warning comes at load, before the first request; nothing leaves loopback here: the
+    connection step is replaced by one that fails at once."""
+    from emotion_perception.core.backends.remote import RemoteBackend
+
+    def no_network(self):
+        raise ModelLoadError('test: not connecting')
+
+    monkeypatch.setattr(RemoteBackend, '_connect', no_network)
+    monkeypatch.setenv(KEY_ENV, KEY)
+    caplog.set_level('WARNING')
+    for url, warned in (('http://gpu-server:8000/v1', True), ('https://gpu-server:8000/v1', False),
+                        ('http://127.0.0.1:8000/v1', False)):
+        caplog.clear()
+        backend = create_backend('remote', {'url': url, 'api_key_env': KEY_ENV})
+        with pytest.raises(ModelLoadError, match='not connecting'):
+            backend.load()
+        assert ('over plain http' in caplog.text) == warned, (url, caplog.text)
+        assert KEY not in caplog.text
+
+
 def test_two_servers_one_killed_and_brought_back(vllm_server, second_server, monkeypatch):
     monkeypatch.setenv(KEY_ENV, KEY)  # the first server accepts any key
     backend = remote([vllm_server.url, second_server.url], api_key_env=KEY_ENV,

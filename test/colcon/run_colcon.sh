@@ -6,12 +6,18 @@
 # launch/emotion_perception.launch.py run by the real launch/launch_ros), both registered in
 # CMakeLists.txt. launch/launch_ros come from apt ROS when importable, else they are built from
 # ../shared/ros2_launch (build.sh, about 30 s, cached in $EP_ROS2_LAUNCH_DIR); with neither the
-# launch test skips with the reason.
+# launch test skips with the reason. Its case with another stack's detector publishing
+# vision_msgs/Detection2DArray needs vision_msgs (not on PyPI): apt's when importable, else the
+# interface packages `make interfaces` built against THIS venv ($EP_ROS2_INTERFACES, default
+# $VIRTUAL_ENV/ros2-interfaces) are sourced and that case must run; where neither is (e.g.
+# `make test-kilted`: they are built against the Jazzy venv only) it skips with the reason.
 #
 # Usage: bash test/colcon/run_colcon.sh        (called by `make colcon-test` and `make test`)
 # Env:   VIRTUAL_ENV       underlay venv (default: <repo>/.venv)
 #        EP_KEEP_COLCON_WS=1  keep the temporary workspace (its path is printed)
 #        EP_ROS2_LAUNCH_DIR   where ../shared/ros2_launch is built (default: $VIRTUAL_ENV/ros2_launch)
+#        EP_ROS2_INTERFACES   where vision_msgs/hri_msgs/yolo_msgs were built (default:
+#                             $VIRTUAL_ENV/ros2-interfaces; used only if built with this venv)
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -24,6 +30,7 @@ if [[ ! -x $VENV/bin/colcon ]]; then
   exit 2
 fi
 
+IFACES=$(realpath -m "${EP_ROS2_INTERFACES:-$VENV/ros2-interfaces}")  # before any cd
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/ep_colcon.XXXXXX")
 cleanup() {
   if [[ ${EP_KEEP_COLCON_WS:-0} == 1 ]]; then echo "run_colcon: workspace kept in $TMP/ws"
@@ -79,6 +86,35 @@ else
   fi
 fi
 
+# -- 2c. vision_msgs for the launch test's foreign-detector case: apt's, or built for this venv --
+IFACES_SETUP=
+if python -c 'import vision_msgs.msg' 2>/dev/null; then
+  export EP_REQUIRE_INTERFACES=1
+  step "vision_msgs importable from the environment (apt ROS)"
+else
+  # build.sh configures with -DPython3_EXECUTABLE=<its venv>/bin/python: which venv built them
+  BUILT_WITH=$(sed -n 's/^_Python3_EXECUTABLE:INTERNAL=//p' \
+    "$IFACES/build/vision_msgs/CMakeCache.txt" 2>/dev/null | head -n 1)
+  if [[ ! -f $IFACES/install/vision_msgs/share/vision_msgs/package.xml ]]; then
+    why="vision_msgs is not built in $IFACES (\`make interfaces\` builds it from"
+    why+=" ../shared/ros2_interfaces against .venv)"
+  elif [[ -z $BUILT_WITH ]]; then
+    why="cannot tell which venv built $IFACES (no build/vision_msgs/CMakeCache.txt)"
+  elif [[ $(realpath -m "${BUILT_WITH%/bin/*}") != "$(realpath -m "$VENV")" ]]; then
+    why="the interface packages in $IFACES were built against ${BUILT_WITH%/bin/*},"
+    why+=" not this venv $VENV"
+  else
+    why=
+    IFACES_SETUP=$IFACES/install/setup.bash
+    export EP_REQUIRE_INTERFACES=1
+    step "interface packages (vision_msgs...) from $IFACES"
+  fi
+  if [[ -n $why ]]; then
+    export EP_ROS2_INTERFACES_MISSING="$why; on a robot: apt install ros-jazzy-vision-msgs"
+    echo "run_colcon: $why: the launch test's vision_msgs case will skip" >&2
+  fi
+fi
+
 # -- 3. build --
 T=$SECONDS
 colcon build --event-handlers console_cohesion+ \
@@ -101,6 +137,8 @@ step "install tree: executables and share/{launch,config,msg} present"
 set +u   # colcon's setup scripts read unset variables
 # shellcheck disable=SC1090,SC1091
 [[ -n $LAUNCH_SETUP ]] && source "$LAUNCH_SETUP"   # launch/launch_ros underneath our install
+# shellcheck disable=SC1090
+[[ -n $IFACES_SETUP ]] && source "$IFACES_SETUP"   # vision_msgs... underneath our install
 # shellcheck disable=SC1091
 source "$WS/install/setup.bash"
 set -u
@@ -188,8 +226,25 @@ colcon test --event-handlers console_cohesion+ --return-code-on-test-failure \
 colcon test-result --verbose || fail "colcon test-result reports failures"
 if [[ ${EP_REQUIRE_LAUNCH:-0} == 1 ]]; then  # the launch test must have run, not skipped
   XUNIT=$WS/build/$PKG/test_results/$PKG/test_launch.xunit.xml
-  grep -q 'name="test_launch_file_compressed' "$XUNIT" 2>/dev/null && ! grep -q '<skipped' "$XUNIT" \
-    || fail "the launch test did not run ($XUNIT; see the colcon test output above)"
+  # every case ran; the vision_msgs one may skip only where run_colcon.sh said why (2c)
+  python - "$XUNIT" <<'PY' || fail "the launch test did not run ($XUNIT; see colcon test above)"
+import os
+import sys
+import xml.etree.ElementTree as ET
+
+cases = {c.get('name'): c for c in ET.parse(sys.argv[1]).iter('testcase')}
+optional = '' if os.environ.get('EP_REQUIRE_INTERFACES') == '1' else 'test_launch_file_foreign'
+must = ('test_launch_file_with_a_replayed_bag', 'test_launch_file_compressed',
+        'test_launch_file_foreign')
+missing = [m for m in must if not any(name.startswith(m) for name in cases)]
+skipped = [name for name, c in cases.items() if c.find('skipped') is not None
+           and not (optional and name.startswith(optional))]
+if missing or skipped:
+    sys.exit(f'run_colcon: launch test cases missing {missing}, skipped {skipped}')
+for name, c in cases.items():
+    if c.find('skipped') is not None:
+        print(f"run_colcon: {name} skipped: {c.find('skipped').get('message', '')}")
+PY
 fi
 step "colcon test took $(( SECONDS - T )) s"
 echo "run_colcon: OK (total $(( SECONDS - T0 )) s)"

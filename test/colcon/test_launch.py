@@ -15,6 +15,15 @@ reason.
    gets its emotions array and the astronaut is happy.
 2. ``camera_topic:=/cam/image_raw image_transport:=compressed``: both nodes subscribe
    ``/cam/image_raw/compressed`` and emotions come out of JPEG frames published there.
+3. Another stack's detector (isaac_ros / depthai-ros style): ``start_detector:=false
+   detections_format:=vision_msgs detections_topic:=/my_detector/detections``: no
+   person_detector is started, emotion_node reaches ``active``, and every
+   ``vision_msgs/Detection2DArray`` the test publishes (next to the images) gets its emotions
+   array with the persons' track ids and boxes, the non-person class left out. vision_msgs is
+   not on PyPI: run_colcon.sh sources the interface packages that ``make interfaces`` built
+   against the same venv (or apt's) and sets EP_REQUIRE_INTERFACES=1, so there the case fails
+   instead of skipping; elsewhere (e.g. ``make test-kilted``: they are built against the Jazzy
+   venv) it skips with run_colcon.sh's reason (EP_ROS2_INTERFACES_MISSING).
 Each ends as Ctrl-C in the terminal ends ``ros2 launch``: SIGINT to the launch's process group
 (launch and the nodes; an interactive launch does not forward a SIGINT of its own to the
 nodes, it expects the terminal to have sent it to all of them). Launch exits 0 and reports
@@ -132,11 +141,12 @@ def get_params(harness, node: str, names: list[str]) -> dict:
     return {n: parameter_value_to_python(v) for n, v in zip(names, future.result().values)}
 
 
-def finished_cleanly(launch: Launch) -> None:
+def finished_cleanly(launch: Launch,
+                     executables: tuple[str, ...] = ('person_detector', 'emotion_node')) -> None:
     code = launch.ctrl_c()
     text = launch.text()
     assert code == 0, f'launch exited {code}\n{launch.tail()}'
-    for exe in ('person_detector', 'emotion_node'):
+    for exe in executables:
         assert re.search(rf'\[{exe}-\d+\]: process has finished cleanly', text), \
             f'{exe} did not finish cleanly\n{launch.tail()}'
     assert 'process has died' not in text and 'Traceback' not in text, launch.tail(120)
@@ -240,5 +250,79 @@ def test_launch_file_compressed_transport_follows_camera_topic(harness, astronau
         assert persons and all(p.status in (PersonEmotion.STATUS_OK, PersonEmotion.STATUS_CACHED)
                                for p in persons), [p.status_reason for p in persons]
         finished_cleanly(launch)
+    finally:
+        launch.kill()
+
+
+@pytest.fixture(scope='module')
+def vision_msgs_available():
+    try:
+        import vision_msgs.msg  # noqa: F401
+    except ImportError as exc:
+        reason = os.environ.get('EP_ROS2_INTERFACES_MISSING') or (
+            f'vision_msgs not importable ({exc}): apt install ros-jazzy-vision-msgs, or '
+            '`make interfaces` and run this through test/colcon/run_colcon.sh')
+        if os.environ.get('EP_REQUIRE_INTERFACES') == '1':
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def test_launch_file_foreign_vision_msgs_detector_without_our_detector(
+        harness, vision_msgs_available, tmp_path):
+    from emotion_perception.msg import PersonEmotion, PersonEmotionArray
+    from emotion_perception.ros.qos import RESULTS_QOS
+    from emotion_perception.testing import detection_peer
+
+    camera, det_topic = '/my_camera/image_raw', '/my_detector/detections'
+    # astronaut.png is 512x512; whole-pixel boxes: centre +- size / 2 is exact
+    dets = [{'id': 'track-7', 'class': 'person', 'score': 0.9, 'cxcywh': [256, 260, 360, 480]},
+            {'id': '42', 'class': '0', 'score': 0.8, 'cxcywh': [100, 400, 80, 160]},  # COCO id
+            {'id': '9', 'class': 'chair', 'score': 0.95, 'cxcywh': [450, 450, 60, 60]}]
+    expected = {'track-7': [76, 20, 360, 480], '42': [60, 320, 80, 160]}
+    user = tmp_path / 'reliable.yaml'
+    user.write_text('/**:\n  ros__parameters:\n    image_reliability: reliable\n')
+    emotions = harness.collect(PersonEmotionArray, '/emotions', RESULTS_QOS)
+    photos: dict = {}
+
+    def step(kind: str, topic: str, sec: int, **extra) -> tuple:
+        """(type, topic, message, QoS) as detection_peer (the peer process of the format
+        tests) builds them for this step."""
+        return detection_peer.build({'kind': kind, 'topic': topic, 'stamp': [sec, 0],
+                                     'photo': 'astronaut', 'detections': dets, **extra}, photos)
+    topics = {'image': camera, 'vision_msgs': det_topic}
+    pubs = {}
+    for kind, topic in topics.items():
+        msg_type, _, _, qos = step(kind, topic, 0)
+        pubs[kind] = harness.publisher(msg_type, topic, qos)
+    launch = Launch(['start_detector:=false', 'detections_format:=vision_msgs',
+                     f'detections_topic:={det_topic}', f'camera_topic:={camera}',
+                     f'params_file:={user}'], tmp_path / 'launch.log')
+    try:
+        wait_active(harness, launch, ['/emotion_node'])
+        assert harness.wait_matched(pubs['image'], 1, timeout=30), launch.tail()
+        assert harness.wait_matched(pubs['vision_msgs'], 1, timeout=30), launch.tail()
+        assert harness.node.count_subscribers('/detections') == 0  # remapped away
+        names = harness.node.get_node_names_and_namespaces()
+        assert not any(n == 'person_detector' for n, _ in names), names
+        assert not re.search(r'\[person_detector-\d+\]', launch.text()), launch.tail()
+        stamps = [700, 701, 702]
+        for sec in stamps:
+            n = len(emotions)
+            for kind, topic in topics.items():  # the image first, as a camera + detector
+                pubs[kind].publish(step(kind, topic, sec)[2])
+            assert harness.wait_for(lambda: len(emotions) > n, 120), launch.tail()
+        harness.wait_for(lambda: False, 1.0)  # nothing more (one answer per array)
+        assert [(m.header.stamp.sec, m.header.stamp.nanosec) for m in emotions] == \
+            [(s, 0) for s in stamps]
+        for msg in emotions:
+            assert msg.header.frame_id == 'camera'
+            got = {p.track_id: [p.bbox.x_offset, p.bbox.y_offset, p.bbox.width, p.bbox.height]
+                   for p in msg.persons}
+            assert got == expected, got  # the chair is left out
+            status = {p.track_id: (p.status, p.status_reason) for p in msg.persons}
+            assert all(s != PersonEmotion.STATUS_ERROR for s, _ in status.values()), status
+            assert status['track-7'][0] in (PersonEmotion.STATUS_OK,
+                                            PersonEmotion.STATUS_CACHED), status
+        finished_cleanly(launch, ('emotion_node',))
     finally:
         launch.kill()

@@ -110,7 +110,7 @@ else
     step "interface packages (vision_msgs...) from $IFACES"
   fi
   if [[ -n $why ]]; then
-    export EP_ROS2_INTERFACES_MISSING="$why; on a robot: apt install ros-jazzy-vision-msgs"
+    export EP_ROS2_INTERFACES_MISSING="$why; on a robot: apt install ros-<distro>-vision-msgs"
     echo "run_colcon: $why: the launch test's vision_msgs case will skip" >&2
   fi
 fi

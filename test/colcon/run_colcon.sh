@@ -94,7 +94,7 @@ if python -c 'import vision_msgs.msg' 2>/dev/null; then
 else
   # build.sh configures with -DPython3_EXECUTABLE=<its venv>/bin/python: which venv built them
   BUILT_WITH=$(sed -n 's/^_Python3_EXECUTABLE:INTERNAL=//p' \
-    "$IFACES/build/vision_msgs/CMakeCache.txt" 2>/dev/null | head -n 1)
+    "$IFACES/build/vision_msgs/CMakeCache.txt" 2>/dev/null | head -n 1 || true)
   if [[ ! -f $IFACES/install/vision_msgs/share/vision_msgs/package.xml ]]; then
     why="vision_msgs is not built in $IFACES (\`make interfaces\` builds it from"
     why+=" ../shared/ros2_interfaces against .venv)"

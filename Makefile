@@ -167,8 +167,12 @@ check-robot-pins: $(STAMP)
 	    sys.exit(f'  not pinned in {sys.argv[2]}: {bad}' if bad else 0)" $(VENV)/robot-pins-$$py.json $$cons || exit 1; \
 	done
 
-bench: build
+# the pipeline's node overhead, then a 30-minute soak of the emotion node (four configurations at
+# once: the RSS slope of each, every array answered; make bench SOAK_MINUTES=10 for a shorter one)
+SOAK_MINUTES ?= 30
+bench: build $(IFACES_STAMP)
 	$(PY) bench/bench_pipeline.py
+	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) $(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'

@@ -20,8 +20,9 @@ until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and
                                                         (lockstep with the emotion node)
   {"kind": "repeat", "n": 30, "hz": 30, "steps": [...]}  (stamps get +i/hz seconds)
 
-``listen`` records every message of the given topics (types: emotions, expression, ids, roi,
-vision) as JSON lines of simplified fields to OUT, flushing each, until SIGTERM/SIGINT.
+``listen`` records every message of the given topics (types: emotions, states, events,
+expression, ids, roi, vision) as JSON lines of simplified fields to OUT, flushing each, until
+SIGTERM/SIGINT.
 The caller sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and ROS_DOMAIN_ID.
 """
 from __future__ import annotations
@@ -203,6 +204,19 @@ def summary(kind: str, msg: Any) -> dict:
                            'scores': [_num(s) for s in p.scores],
                            'vad': [_num(p.valence), _num(p.arousal), _num(p.dominance)]}
                           for p in msg.persons]
+    elif kind == 'states':
+        out['persons'] = [{'track_id': p.track_id, 'scores': [_num(s) for s in p.scores],
+                           'labels': list(p.labels),
+                           'label_since': [[t.sec, t.nanosec] for t in p.label_since],
+                           'vad': [_num(p.valence), _num(p.arousal), _num(p.dominance)],
+                           'confidence': _num(p.confidence), 'observations': p.observations,
+                           'first_seen': [p.first_seen.sec, p.first_seen.nanosec],
+                           'last_observed': [p.last_observed.sec, p.last_observed.nanosec]}
+                          for p in msg.persons]
+    elif kind == 'events':
+        out['events'] = [{'track_id': e.track_id, 'category': e.category, 'kind': int(e.kind),
+                          'stamp': [e.stamp.sec, e.stamp.nanosec], 'score': _num(e.score),
+                          'reason': e.reason} for e in msg.events]
     elif kind == 'expression':
         out.update(expression=msg.expression, valence=_num(msg.valence),
                    arousal=_num(msg.arousal), confidence=_num(msg.confidence))
@@ -220,9 +234,14 @@ def summary(kind: str, msg: Any) -> dict:
 
 
 def listen(path: str, specs: list[str]) -> None:
-    from emotion_perception.msg import PersonEmotionArray
-    types: dict[str, tuple[Any, Any]] = {'emotions': (PersonEmotionArray, RESULTS_QOS)}
-    if any(not s.endswith('=emotions') for s in specs):
+    from emotion_perception.msg import (EmotionEventArray, PersonEmotionArray,
+                                        PersonEmotionStateArray)
+
+    from ..ros.qos import EVENTS_QOS
+    types: dict[str, tuple[Any, Any]] = {'emotions': (PersonEmotionArray, RESULTS_QOS),
+                                         'states': (PersonEmotionStateArray, RESULTS_QOS),
+                                         'events': (EmotionEventArray, EVENTS_QOS)}
+    if any(s.rsplit('=', 1)[1] not in types for s in specs):
         from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D
         types.update(expression=(Expression, HRI_QOS), ids=(IdsList, HRI_QOS),
                      roi=(NormalizedRegionOfInterest2D, HRI_QOS))

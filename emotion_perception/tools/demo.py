@@ -9,7 +9,10 @@
 3. Replays the bag, records /detections and /emotions into a bag, and waits until every
    detections array has its emotions array.
 4. Prints a table per person (image, track id, top-3 categories with scores, VAD, status) and
-   writes annotated images, the recorded bag and ``emotions.jsonl`` into the output folder.
+   writes annotated images, the recorded bag and ``emotions.jsonl`` into the output folder, and
+   how each person felt over time as the node published it (``emotion_states``,
+   ``emotion_events``): ``states.jsonl``, ``events.jsonl``, ``timelines/<track_id>.png``
+   (``tools.state_outputs``; ``frame`` is the index in the bag).
 
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random ROS_DOMAIN_ID) unless
 the environment sets them.
@@ -47,7 +50,10 @@ def _fmt(v: float) -> str:
 
 
 def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params: dict | None = None,
-             timeout_s: float = 240.0) -> int:
+             timeout_s: float = 240.0, state_params: dict | None = None,
+             config: Path | None = None) -> int:
+    """``backend_params`` / ``state_params``: emotion node parameters (None values: the
+    config's); ``config``: a parameter file applied after the package's (both nodes)."""
     from ..ros.env import ensure_local_dds
     env = ensure_local_dds()
 
@@ -59,16 +65,17 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     from ..core.drawing import draw_persons
     from ..core.model_files import sample_image_paths
     from ..core.types import EmotionResult, Status
-    from ..msg import PersonDetectionArray, PersonEmotion, PersonEmotionArray
+    from ..msg import (EmotionEventArray, PersonDetectionArray, PersonEmotion,
+                       PersonEmotionArray, PersonEmotionStateArray)
     from ..ros.lifecycle_client import LifecycleClient
     from ..ros.messages import detections_from_msg
-    from ..ros.qos import RESULTS_QOS
+    from ..ros.qos import EVENTS_QOS, RESULTS_QOS
     from .bags import BagPlayer, BagRecorder, write_image_bag
     from .config import config_dir
 
     t_start = time.monotonic()
     output.mkdir(parents=True, exist_ok=True)
-    for stale in ('camera_bag', 'recorded_bag', 'annotated', 'logs'):
+    for stale in ('camera_bag', 'recorded_bag', 'annotated', 'logs', 'timelines'):
         shutil.rmtree(output / stale, ignore_errors=True)
     (output / 'annotated').mkdir()
     (output / 'logs').mkdir()
@@ -94,13 +101,14 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
 
     # 2. the nodes, as separate processes -----------------------------------------------------
     cfg = config_dir()
-    emo_extra = [item for k, v in (backend_params or {}).items() if v not in (None, '')
-                 for item in ('-p', f'{k}:={v}')]
+    user = ['--params-file', str(config)] if config is not None else []
+    emo_extra = user + [item for k, v in {**(backend_params or {}), **(state_params or {})}.items()
+                        if v not in (None, '') for item in ('-p', f'{k}:={v}')]
     procs, logs = {}, {}
-    for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', []),
-                                  ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
+    for module, node_config, extra in (('person_detector', cfg / 'person_detector.yaml', user),
+                                       ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
         logs[module] = open(output / 'logs' / f'{module}.log', 'w')
-        procs[module] = subprocess.Popen(_node_cmd(module, config, extra), env=env,
+        procs[module] = subprocess.Popen(_node_cmd(module, node_config, extra), env=env,
                                          stdout=logs[module], stderr=subprocess.STDOUT)
 
     rclpy.init()
@@ -109,6 +117,8 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     executor.add_node(node)
     detections: list = []
     emotions: list = []
+    states: list = []  # PersonEmotionStateArray
+    events: list = []  # EmotionEventArray
     lock = threading.Lock()
 
     def keep(store):
@@ -119,6 +129,9 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
 
     node.create_subscription(PersonDetectionArray, '/detections', keep(detections), RESULTS_QOS)
     node.create_subscription(PersonEmotionArray, '/emotions', keep(emotions), RESULTS_QOS)
+    node.create_subscription(PersonEmotionStateArray, '/emotion_states', keep(states),
+                             RESULTS_QOS)
+    node.create_subscription(EmotionEventArray, '/emotion_events', keep(events), EVENTS_QOS)
     recorder = BagRecorder(output / 'recorded_bag', ['/detections', '/emotions'],
                            types={'/detections': 'emotion_perception/msg/PersonDetectionArray',
                                   '/emotions': 'emotion_perception/msg/PersonEmotionArray'})
@@ -212,6 +225,11 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
             drawn = draw_persons(photos[image], dets, results)
             cv2.imwrite(str(output / 'annotated' / f'{image}.jpg'),
                         cv2.cvtColor(drawn, cv2.COLOR_RGB2BGR))
+        with lock:
+            state_msgs, event_msgs = list(states), list(events)
+        stamp_to_frame = {stamp: i for i, stamp in enumerate(sorted(stamp_to_image))}
+        written = write_states(output, emo_msgs, state_msgs, event_msgs, stamp_to_frame)
+        print(f'demo: {written}')
         n_ok = sum(1 for _, p in latest.values() if p.status in (PersonEmotion.STATUS_OK,
                                                                   PersonEmotion.STATUS_CACHED))
         print('-' * 100)
@@ -256,6 +274,47 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     return rc
 
 
+def write_states(output: Path, emo_msgs: list, state_msgs: list, event_msgs: list,
+                 stamp_to_frame: dict) -> str:
+    """states.jsonl, events.jsonl and timelines/ from the node's messages (in stamp order; the
+    raw scores of the timelines from the emotions arrays of the same stamps). Returns a line
+    saying what was written."""
+    from ..ros.messages import events_from_msg, state_from_msg, stamp_seconds
+    from .state_outputs import StateWriter
+
+    def key(msg) -> int:
+        return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    raw = {key(m): m for m in emo_msgs}
+    events: dict[int, list] = {}
+    for msg in event_msgs:
+        events.setdefault(key(msg), []).extend(events_from_msg(msg))
+    writer = StateWriter(output)
+    for msg in sorted(state_msgs, key=key):
+        stamp_s, emo = stamp_seconds(msg.header), raw.get(key(msg))
+        results = ([_result_of(p) for p in emo.persons] if emo is not None
+                   else [None] * len(msg.persons))
+        writer.write_frame(stamp_to_frame.get(key(msg)), results,
+                           [state_from_msg(p, stamp_s) for p in msg.persons],
+                           events.pop(key(msg), []))
+    for stamp in sorted(events):  # decided without a frame (the node's timer, a reset)
+        writer.write_events(stamp_to_frame.get(stamp), events[stamp])
+    pictures = writer.close()
+    return (f'{writer.rows} person states in {output / "states.jsonl"}, {writer.event_rows} '
+            f'events in {output / "events.jsonl"}, {len(pictures)} timelines in '
+            f'{output / "timelines"}')
+
+
+def _result_of(person):
+    """The EmotionResult a PersonEmotion message carries (scores, VAD, status)."""
+    import numpy as np
+
+    from ..core.types import EmotionResult, Status
+    return EmotionResult(scores=np.array(person.scores, dtype=np.float32),
+                         labels=list(person.labels),
+                         vad=(person.valence, person.arousal, person.dominance),
+                         status=Status(person.status), reason=person.status_reason)
+
+
 def msg_to_detections(msg):
     """A PersonDetectionArray view of a PersonEmotionArray (same header, ids and boxes)."""
     from ..msg import PersonDetection, PersonDetectionArray
@@ -271,9 +330,15 @@ def register(subparsers) -> None:
     p.add_argument('--rate', type=float, default=1.0, help='camera rate of the bag in Hz')
     p.add_argument('--backend', help='emotion backend (default: the config, face_baseline)')
     p.add_argument('--model', help='emotion model id or path')
+    p.add_argument('--config', type=Path, help='ROS 2 parameter YAML with person_detector and/or '
+                   'emotion_node sections, applied after the package config/')
+    from .process import add_state_arguments
+    add_state_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    from .process import state_overrides
     return run_demo(args.output, repeat=args.repeat, rate_hz=args.rate,
-                    backend_params={'backend.name': args.backend, 'backend.model': args.model})
+                    backend_params={'backend.name': args.backend, 'backend.model': args.model},
+                    state_params=state_overrides(args), config=args.config)

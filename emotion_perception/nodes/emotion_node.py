@@ -730,6 +730,12 @@ class EmotionNode(PerceptionNode):
                             max_tracks=p['state.max_tracks'])
         self.states = EmotionStates.for_backend(opts, backend) if opts.enabled else None
         self._state_last = None
+        if self.states is not None:
+            o = self.states.options
+            self.get_logger().info(
+                f'per-person state: half-life {o.half_life_s:g} s, margin {o.margin:g}, hold '
+                f'{o.min_hold_s:g} s, forget after {o.forget_after_s:g} s; results reused for '
+                f'{self.pipeline.reuse.max_age_s:g} s')
 
     def _publish_states(self, job: _Pending, results: list[EmotionResult]
                         ) -> FrameStates | None:
@@ -800,12 +806,14 @@ class EmotionNode(PerceptionNode):
                                         frame_id=last[2]), events)
 
     def _state_diagnostics(self) -> dict:
-        """``state.*`` keys of /diagnostics: states held, totals, the half-life in use."""
+        """``state.*`` keys of /diagnostics (states held, totals, the half-life in use) and the
+        reuse age in use (``reuse.max_age_s``: by the backend when the parameter is < 0)."""
         states = self.states
+        reuse = {'reuse.max_age_s': self.pipeline.reuse.max_age_s} if self.pipeline else {}
         if states is None:
-            return {'state.enabled': False}
+            return {**reuse, 'state.enabled': False}
         counts = states.counters()
-        return {'state.enabled': True, 'state.half_life_s': states.options.half_life_s,
+        return {**reuse, 'state.enabled': True, 'state.half_life_s': states.options.half_life_s,
                 **{f'state.{k}': v for k, v in sorted(counts.items())}}
 
     # -- diagnostics --------------------------------------------------------------------------

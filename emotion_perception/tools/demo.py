@@ -6,8 +6,8 @@
    camera would see a still scene, so the tracker confirms its tracks.
 2. Starts ``person_detector`` and ``emotion_node`` as separate processes (as on a robot) and
    configures/activates them through their lifecycle services.
-3. Replays the bag, records /detections and /emotions into a bag, and waits until every
-   detections array has its emotions array.
+3. Replays the bag, records /detections, /emotions, /emotion_states and /emotion_events into a
+   bag, and waits until every detections array has its emotions array.
 4. Prints a table per person (image, track id, top-3 categories with scores, VAD, status) and
    writes annotated images, the recorded bag and ``emotions.jsonl`` into the output folder, and
    how each person felt over time as the node published it (``emotion_states``,
@@ -132,9 +132,11 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     node.create_subscription(PersonEmotionStateArray, '/emotion_states', keep(states),
                              RESULTS_QOS)
     node.create_subscription(EmotionEventArray, '/emotion_events', keep(events), EVENTS_QOS)
-    recorder = BagRecorder(output / 'recorded_bag', ['/detections', '/emotions'],
-                           types={'/detections': 'emotion_perception/msg/PersonDetectionArray',
-                                  '/emotions': 'emotion_perception/msg/PersonEmotionArray'})
+    recorded = {'/detections': 'PersonDetectionArray', '/emotions': 'PersonEmotionArray',
+                '/emotion_states': 'PersonEmotionStateArray',
+                '/emotion_events': 'EmotionEventArray'}
+    recorder = BagRecorder(output / 'recorded_bag', list(recorded),
+                           types={k: f'emotion_perception/msg/{v}' for k, v in recorded.items()})
     executor.add_node(recorder)
     spin = threading.Thread(target=executor.spin, daemon=True)
     spin.start()

@@ -164,8 +164,8 @@ def draw_timeline(track_id: str, series: _Series, path: Path,
     handles = []
     for k, i in enumerate(cats):
         color, name = colors[k % 10], EMOTIC_CATEGORIES[i]
-        ax.plot(t, raw[:, i], linestyle='none', marker='.', markersize=4, alpha=0.45,
-                color=color)
+        ax.plot(t, raw[:, i], linestyle='none', marker='o', markersize=4, fillstyle='none',
+                alpha=0.7, color=color)
         handles += ax.plot(t, smooth[:, i], linewidth=2, color=color, label=name)
         if thresholds is not None:
             ax.axhline(float(thresholds[i]), linestyle=':', linewidth=0.8, color=color)
@@ -179,7 +179,7 @@ def draw_timeline(track_id: str, series: _Series, path: Path,
             ax.axvline(e.stamp_s - t0, color='black', linestyle='--', linewidth=1)
             ax.annotate(f'left ({e.reason})', (e.stamp_s - t0, 1.02), fontsize=8,
                         annotation_clip=False)
-    handles += [Line2D([], [], linestyle='none', marker='.', color='gray',
+    handles += [Line2D([], [], linestyle='none', marker='o', fillstyle='none', color='gray',
                        label='raw (fresh results)'),
                 Line2D([], [], color='gray', linewidth=2, label='smoothed'),
                 Line2D([], [], linestyle='none', marker='^', color='gray', label='onset'),

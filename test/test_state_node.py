@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 import time
@@ -15,8 +16,7 @@ import pytest
 
 from emotion_perception.core.state import EmotionStates, EventKind, StateOptions
 from emotion_perception.core.types import EmotionResult, Status
-from emotion_perception.msg import (EmotionEventArray, PersonEmotionArray,
-                                    PersonEmotionStateArray)
+from emotion_perception.msg import EmotionEventArray, PersonEmotionStateArray
 from emotion_perception.ros.image_conversion import numpy_to_image_msg
 from emotion_perception.ros.messages import events_from_msg, state_from_msg, stamp_seconds
 from emotion_perception.ros.qos import EVENTS_QOS, RESULTS_QOS
@@ -24,6 +24,15 @@ from emotion_perception.testing.node_rig import EmotionRig, det_array, header
 from emotion_perception.testing.ros_harness import RosHarness
 
 pytestmark = pytest.mark.ros
+
+
+@pytest.fixture(autouse=True)
+def own_domain(monkeypatch):
+    """A ROS domain of these tests' own, for their nodes and subprocesses: 215-232 (the other
+    range free of Linux's ephemeral ports), away from the 10-200 that conftest draws from, so
+    that another test run on the machine publishing 'image' / 'detections' at similar stamps
+    cannot feed this node (it would change the states that these tests compare)."""
+    monkeypatch.setenv('ROS_DOMAIN_ID', str(random.Random().randint(215, 232)))
 
 #: state settings of these tests: quick to react, persons forgotten a little before 1 s of stamps
 #: (so that no comparison falls on a float boundary)
@@ -57,13 +66,10 @@ def as_dicts(state_msgs: list, event_msgs: list) -> tuple[list, list]:
     return states, events
 
 
-def result_of(person) -> EmotionResult:
-    return EmotionResult(scores=np.array(person.scores, np.float32),
-                         vad=(person.valence, person.arousal, person.dominance),
-                         status=Status(person.status))
-
-
 # -- over DDS, the subscriber in another process -------------------------------------------------
+DDS_FRAME = 'state_dds_scene'
+
+
 def test_states_and_events_over_dds_between_processes(tmp_path):
     """Images and detections from one process, the emotion node here, and the states, events
     and emotions received by a listener in a third process: the states are the core's (fed
@@ -77,11 +83,17 @@ def test_states_and_events_over_dds_between_processes(tmp_path):
         assert listener.stdout.readline().strip() == 'listening'
         with RosHarness('state_dds') as h:
             rig = EmotionRig(h, **STATE)
+            node = rig.node  # its outputs reach the listener before the first frame
+            assert h.wait_for(lambda: node._states_pub.get_subscription_count() >= 1
+                              and node._events_pub.get_subscription_count() >= 1
+                              and node._pub.get_subscription_count() >= 2, DDS_TIMEOUT_S)
             steps = []
             for i in range(17):
                 stamp = [100, i * 100_000_000]
-                steps += [{'kind': 'image', 'photo': 'astronaut', 'stamp': stamp},
+                steps += [{'kind': 'image', 'photo': 'astronaut', 'stamp': stamp,
+                           'frame_id': DDS_FRAME},
                           {'kind': 'native', 'stamp': stamp, 'width': 512, 'height': 512,
+                           'frame_id': DDS_FRAME,
                            'detections': [{'id': tid, 'cxcywh': [x + w / 2, y + h / 2, w, h]}
                                           for tid, (x, y, w, h) in frame_boxes(i)]},
                           {'kind': 'await', 'stamp': stamp}]  # lockstep: nothing dropped
@@ -131,14 +143,20 @@ def test_states_and_events_over_dds_between_processes(tmp_path):
 
 
 def rows(path: Path, topic: str) -> list[dict]:
-    """What the listener recorded of ``topic``."""
+    """What the listener recorded of ``topic`` for this test's frames (``DDS_FRAME``: a test
+    elsewhere on the machine sharing the random domain id must not mix in)."""
     if not path.exists():
         return []
     lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in lines if r['topic'] == topic]
+    return [r for r in lines if r['topic'] == topic and r['frame_id'] == DDS_FRAME]
 
 
 # -- a bag replayed at any rate gives the same states and events ---------------------------------
+#: frame_id of the scene bag: what the replays collect (a test elsewhere on this machine that
+#: happens to share the random ROS_DOMAIN_ID and topic names must not mix in)
+SCENE_FRAME = 'state_replay_scene'
+
+
 def write_scene_bag(path: Path, frames: int, rate_hz: float) -> None:
     """A bag of /image (64x48 rgb8) and /detections (the scripted scene) at ``rate_hz``."""
     from emotion_perception.tools import bags
@@ -152,7 +170,7 @@ def write_scene_bag(path: Path, frames: int, rate_hz: float) -> None:
     for i in range(frames):
         ns = 2_000_000_000_000 + round(i * 1e9 / rate_hz)
         hdr = t['std_msgs/msg/Header'](stamp=t['builtin_interfaces/msg/Time'](
-            sec=ns // 10**9, nanosec=ns % 10**9), frame_id='camera')
+            sec=ns // 10**9, nanosec=ns % 10**9), frame_id=SCENE_FRAME)
         img = t['sensor_msgs/msg/Image'](header=hdr, height=48, width=64, encoding='rgb8',
                                          is_bigendian=0, step=192, data=rgb.reshape(-1))
         writer.write(img_conn, ns, store.serialize_cdr(img, 'sensor_msgs/msg/Image'))
@@ -166,10 +184,10 @@ def write_scene_bag(path: Path, frames: int, rate_hz: float) -> None:
     writer.close()
 
 
-def replay_through_node(bag: Path, frames: int, mode: str) -> tuple[list, list]:
+def replay_through_node(bag: Path, frames: int, mode: str) -> tuple[list, list, dict]:
     """The bag through a fresh emotion node: BagPlayer at ``mode`` 1x / 5x, or 'lockstep'
-    (each frame as soon as the previous one is answered). Returns the states and events, after
-    asserting that every frame was answered and none dropped."""
+    (each frame as soon as the previous one is answered). Returns the states, the events and
+    the node's counters, once every frame is answered."""
     from emotion_perception.tools import bags
     with RosHarness(f'replay_{mode}') as h:
         rig = EmotionRig(h, **STATE, **{'reuse.enabled': True, 'reuse.max_age_s': 0.5})
@@ -187,25 +205,54 @@ def replay_through_node(bag: Path, frames: int, mode: str) -> tuple[list, list]:
                                     wait_timeout_s=DDS_TIMEOUT_S)
             player.start()
             assert player.wait(DDS_TIMEOUT_S) and player.error is None
-        assert h.wait_for(lambda: len(rig.out) >= frames and len(states) >= frames,
+            player.close()
+        ours = (lambda msgs: [m for m in list(msgs) if m.header.frame_id == SCENE_FRAME])
+        assert h.wait_for(lambda: len(ours(rig.out)) >= frames and len(ours(states)) >= frames,
                           DDS_TIMEOUT_S)
         time.sleep(0.2)  # the last events array (well before the 1 s silence timer)
-        counts = rig.counts()
-        assert len(rig.out) == frames
-        assert not {k: v for k, v in counts.items() if k.startswith('drops.')}, counts
-        assert counts.get('cache_hits', 0) > 0  # CACHED frames were part of it
-        if mode != 'lockstep':
-            player.close()
-        return as_dicts(list(states), list(events))
+        assert len(ours(rig.out)) == frames
+        return (*as_dicts(ours(states), ours(events)), rig.counts())
+
+
+def lost_frames(counts: dict, frames: int) -> dict:
+    """What the node did not evaluate as it came: drops (a newer frame was waiting), errors
+    (e.g. an image lost by a stalled executor), images not received."""
+    bad = {k: v for k, v in counts.items() if k.startswith(('drops.', 'errors.'))}
+    if counts.get('images_in', 0) != frames:
+        bad['images_in'] = counts.get('images_in', 0)
+    return bad
+
+
+def first_difference(want: tuple, got: tuple, mode: str) -> str:
+    """Where ``got`` (states, events) first differs from ``want``, for the failure message."""
+    for what, a, b in (('states', want[0], got[0]), ('events', want[1], got[1])):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return f'{mode}: {what}[{i}] differs from 1x:\n  1x: {x}\n  {mode}: {y}'
+        if len(a) != len(b):
+            extra = (a if len(a) > len(b) else b)[min(len(a), len(b))]
+            return f'{mode}: {len(b)} {what} instead of {len(a)}; first extra: {extra}'
+    return ''
 
 
 def test_a_bag_replayed_at_1x_5x_and_as_fast_as_the_node_answers_gives_identical_states(
         tmp_path):
-    frames = 16
-    write_scene_bag(tmp_path / 'scene', frames, rate_hz=5.0)
-    runs = {mode: replay_through_node(tmp_path / 'scene', frames, mode)
-            for mode in ('1x', '5x', 'lockstep')}
-    assert runs['1x'] == runs['5x'] == runs['lockstep']
+    """Stamps, not wall time, decide: the same states and events at every rate, provided the
+    node evaluated every frame (asserted first: a run where a loaded machine made the node drop
+    a frame is not comparable, and is repeated, at most twice)."""
+    frames = 12
+    write_scene_bag(tmp_path / 'scene', frames, rate_hz=2.5)
+    runs = {}
+    for mode in ('1x', '5x', 'lockstep'):
+        for attempt in range(3):
+            states, events, counts = replay_through_node(tmp_path / 'scene', frames, mode)
+            if not lost_frames(counts, frames):
+                break
+        assert not lost_frames(counts, frames), (mode, counts)
+        assert counts.get('cache_hits', 0) > 0  # CACHED frames were part of it
+        runs[mode] = (states, events)
+    for mode in ('5x', 'lockstep'):
+        assert runs[mode] == runs['1x'], first_difference(runs['1x'], runs[mode], mode)
     states, events = runs['1x']
     assert len(states) == frames and [len(s) for s in states] == [
         len(frame_boxes(i)) for i in range(frames)]

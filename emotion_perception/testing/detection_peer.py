@@ -9,6 +9,7 @@ REP-155).
 until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and then publishes:
 
   {"kind": "image", "photo": "bus", "stamp": [sec, nsec]}          sensor_msgs/Image on image
+  (every step with a stamp may also give "frame_id"; default 'camera')
   {"kind": "native" | "vision_msgs" | "yolo", "stamp": [...], "topic": "detections",
    "detections": [{"id": "7", "class": "person", "class_id": 0, "score": 0.9,
                    "cxcywh": [cx, cy, w, h]}, ...]}      (vision_msgs: "hypotheses": false
@@ -62,7 +63,7 @@ def _photo(name: str) -> Any:
 
 def build(step: dict, photos: dict) -> tuple[type, str, Any, Any]:
     """(message type, topic, message, QoS) of one publish step."""
-    kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]))
+    kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]), step.get('frame_id', 'camera'))
     if kind == 'image':
         if step['photo'] not in photos:
             photos[step['photo']] = _photo(step['photo'])
@@ -195,7 +196,8 @@ def _num(v: float) -> float | None:
 
 def summary(kind: str, msg: Any) -> dict:
     """JSON-able fields of a received message."""
-    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec]}
+    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec],
+                 'frame_id': msg.header.frame_id}
     if kind == 'emotions':
         out['persons'] = [{'track_id': p.track_id, 'status': int(p.status),
                            'reason': p.status_reason,

@@ -57,10 +57,13 @@ class PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path | None = None,
-                         overrides: dict[str, Any] | None = None) -> PipelineConfig:
+                         overrides: dict[str, Any] | None = None,
+                         detector_overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Detector, backend and reuse settings from the default YAML files, then ``path`` (a file
     with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides`` (emotion node
-    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'})."""
+    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
+    ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch'}); None
+    values are ignored."""
     cdir = config_dir()
     det = node_params(cdir / 'person_detector.yaml', 'person_detector')
     emo = node_params(cdir / 'emotion_node.yaml', 'emotion_node')
@@ -68,6 +71,7 @@ def load_pipeline_config(path: str | Path | None = None,
         det.update(node_params(Path(path), 'person_detector'))
         emo.update(node_params(Path(path), 'emotion_node'))
     emo.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    det.update({k: v for k, v in (detector_overrides or {}).items() if v is not None})
     det_fields = {f.name for f in dataclasses.fields(DetectorOptions)}
     detector = DetectorOptions(**{k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in det.items() if k in det_fields})

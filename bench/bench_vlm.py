@@ -173,9 +173,11 @@ def mem_available() -> int:
     return 0
 
 
-def measure_load(folder: str, quantization: str, library: str, dtype: str) -> dict[str, Any]:
+def measure_load(folder: str, quantization: str, library: str, dtype: str,
+                 persons: int = 2) -> dict[str, Any]:
     """Load ``folder`` through ``VLMBackend.load`` with ``quantization`` (run in a subprocess of
-    its own): bytes of the weights, resident memory, peaks, load time."""
+    its own), then score ``persons`` persons of one frame: bytes of the weights, resident
+    memory, the peaks of loading and of inference (anonymous RSS sampled every 20 ms), times."""
     import threading
     from emotion_perception.core.backends import quantization as qz
     peak = {'anon': _proc_status('RssAnon')}
@@ -192,11 +194,18 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
     thread.start()
     t0 = time.perf_counter()
     backend = VLMBackend(dict(model=folder, device='cpu', dtype=dtype, quantization=quantization,
-                              quantization_library=library))
+                              quantization_library=library, batch_size=persons))
     backend.load()
     load_s = time.perf_counter() - t0
-    done.set()  # the peak of loading (before the copy below)
+    load_peak, peak['anon'] = peak['anon'], _proc_status('RssAnon')  # inference peak from here
+    after_load = peak['anon']
+    frame = tiny_models.make_test_image(480, 640, seed=0)
+    t0 = time.perf_counter()
+    results = backend.predict(frame, BOXES[:persons])
+    infer_s = time.perf_counter() - t0
+    done.set()
     thread.join()
+    infer_peak = peak['anon']
     # plain tensors whose dtype matches the checkpoint's stay mapped from the file (page cache,
     # RssFile); copy them into memory as a GPU load copies every weight, so that the
     # resident figure counts them and the file mapping goes
@@ -207,14 +216,16 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
     gc.collect()
     _malloc_trim()
     n_q, n_lin = qz.quantized_linear_count(backend.model)
-    return {'quantization': quantization, 'library': qz.choose_library(quantization, library,
-                                                                       'cpu') or '-',
+    return {'quantization': quantization, 'dtype': str(backend.model.dtype).split('.')[-1],
+            'library': qz.choose_library(quantization, library, 'cpu') or '-',
             'quantized_linear': n_q, 'linear': n_lin,
             'weight_bytes': qz.weight_bytes(backend.model),
             'resident_bytes': _proc_status('VmRSS') - before_rss,
             'resident_anon_bytes': _proc_status('RssAnon') - before,
-            'peak_anon_bytes': peak['anon'],
-            'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s}
+            'peak_anon_bytes': load_peak, 'anon_after_load_bytes': after_load,
+            'peak_anon_inference_bytes': infer_peak,
+            'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s, 'infer_s': infer_s,
+            'scores': [r.scores.tolist() for r in results]}
 
 
 def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str, Any]]:
@@ -243,7 +254,8 @@ def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str,
                 continue
             out = tmp / f'{opt}.json'
             cmd = [sys.executable, __file__, '--measure-load', str(folder), '--quantization',
-                   opt, '--quantization-library', args.quantization_library, '--json', str(out)]
+                   opt, '--quantization-library', args.quantization_library, '--json', str(out),
+                   '--load-dtype', args.load_dtype, '--persons-mem', str(args.persons_mem)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 reason = (proc.stderr.strip().splitlines() or ['?'])[-1]
@@ -254,20 +266,26 @@ def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gb = 1e9
-    print('| option | library | linear layers quantized | weights GB (counted) | resident GB '
-          'after load: RSS / anonymous | peak anon RSS GB | peak RSS GB (VmHWM, incl. mapped '
-          'checkpoint) | load s |')
-    print('|---|---|---|---|---|---|---|---|')
+    ref = next((np.array(r['scores']) for r in rows if r.get('quantization') == 'none'
+                and 'scores' in r), None)
+    print(f'| option | compute dtype | library | linear layers quantized | weights GB (counted) '
+          f'| resident GB after load: RSS / anonymous | peak anon GB: loading / scoring '
+          f'{args.persons_mem} persons | peak RSS GB (VmHWM, incl. mapped checkpoint) | load s '
+          '| scoring s | max abs score diff vs none |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         if 'weight_bytes' not in r:
-            print(f'| {r["quantization"]} | {"skipped" if r.get("skipped") else "failed"} '
-                  '| | | | | | |')
+            print(f'| {r["quantization"]} | | {"skipped" if r.get("skipped") else "failed"} '
+                  '| | | | | | | | |')
             continue
-        print(f'| {r["quantization"]} | {r["library"]} | {r["quantized_linear"]} / '
-              f'{r["linear"]} | {r["weight_bytes"] / gb:.2f} | {r["resident_bytes"] / gb:.2f} / '
-              f'{r["resident_anon_bytes"] / gb:.2f} '
-              f'| {r["peak_anon_bytes"] / gb:.2f} | {r["peak_rss_bytes"] / gb:.2f} '
-              f'| {r["load_s"]:.0f} |')
+        diff = (f'{np.abs(np.array(r["scores"]) - ref).max():.3f}' if ref is not None
+                else '-')
+        print(f'| {r["quantization"]} | {r["dtype"]} | {r["library"]} | '
+              f'{r["quantized_linear"]} / {r["linear"]} | {r["weight_bytes"] / gb:.2f} | '
+              f'{r["resident_bytes"] / gb:.2f} / {r["resident_anon_bytes"] / gb:.2f} '
+              f'| {r["peak_anon_bytes"] / gb:.2f} / {r["peak_anon_inference_bytes"] / gb:.2f} '
+              f'| {r["peak_rss_bytes"] / gb:.2f} | {r["load_s"]:.0f} | {r["infer_s"]:.1f} '
+              f'| {diff} |')
     return rows
 
 
@@ -327,6 +345,61 @@ def tiny_quantization_table(args: argparse.Namespace, options: list[str]) -> lis
     return rows
 
 
+def dtype_table(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Score mode ms per person per dtype on the same weights (rounded to bf16 first, as a
+    bf16 hub checkpoint, so only the compute differs), persons one by one, calls interleaved;
+    the max |score| and |VAD| difference against the first dtype."""
+    import copy
+    dtypes = args.dtypes.split(',')
+    model, processor, desc = build(args, device)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(torch.bfloat16).to(t.dtype)
+    backends = {}
+    for i, name in enumerate(dtypes):
+        m = model if i == 0 and name == str(model.dtype).split('.')[-1] else \
+            copy.deepcopy(model).to(getattr(torch, name))
+        backends[name] = VLMBackend(dict(model=f'bench:{args.config}', device=device,
+                                         mode='score', batch_size=1, dtype=name))
+        backends[name].attach(m, processor)
+    frames = [tiny_models.make_test_image(480, 640, seed=i) for i in range(args.frames)]
+    persons = BOXES[:max(int(p) for p in args.persons.split(','))]
+    for b in backends.values():
+        b.predict(frames[0], persons[:1])  # warm-up
+    times = {d: [] for d in dtypes}
+    out = {d: [] for d in dtypes}
+    k = 0
+    for frame in frames:
+        for box in persons:
+            order = dtypes[k % len(dtypes):] + dtypes[:k % len(dtypes)]
+            k += 1
+            for d in order:
+                t0 = time.perf_counter()
+                out[d] += backends[d].predict(frame, [box])
+                times[d].append((time.perf_counter() - t0) * 1e3)
+    ref = dtypes[0]
+    s_ref = np.array([r.scores for r in out[ref]])
+    v_ref = np.array([r.vad for r in out[ref]])
+    print(f'## bench_vlm --dtypes: {desc.rsplit(",", 1)[0]}; device {device}, torch '
+          f'{torch.__version__}, {torch.get_num_threads()} threads; score mode, {len(frames)} '
+          f'frames x {len(persons)} persons one by one, dtypes interleaved\n')
+    print(f'| dtype | ms/person | {ref} / dtype | max abs score diff vs {ref} | '
+          f'max abs VAD diff vs {ref} | LM head read-out |')
+    print('|---|---|---|---|---|---|')
+    report: dict[str, Any] = {'config': args.config, 'model': desc, 'rows': []}
+    for d in dtypes:
+        ds = float(np.abs(np.array([r.scores for r in out[d]]) - s_ref).max())
+        dv = float(np.nanmax(np.abs(np.array([r.vad for r in out[d]]) - v_ref)))
+        head = type(backends[d].model.get_output_embeddings()).__name__
+        ms = statistics.mean(times[d])
+        print(f'| {d} | {mean_sd(times[d])} | {statistics.mean(times[ref]) / ms:.2f} | '
+              f'{ds:.2e} | {dv:.2e} | {head} |')
+        report['rows'].append({'dtype': d, 'ms_per_person': ms, 'score_diff': ds,
+                               'vad_diff': dv, 'times': times[d]})
+    return report
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--config', default='tiny', choices=['tiny', *CONFIGS])
@@ -347,10 +420,19 @@ def main() -> int:
                     choices=['auto', 'bitsandbytes', 'torchao'])
     ap.add_argument('--families', default=','.join(tiny_models.FAMILIES))
     ap.add_argument('--measure-load', default='', help=argparse.SUPPRESS)
+    ap.add_argument('--load-dtype', default='auto',
+                    help="--quantization at a real --config: the backend's dtype option "
+                         "('auto': bfloat16 on CPUs with bf16 matmuls, else float32)")
+    ap.add_argument('--persons-mem', type=int, default=2,
+                    help='--quantization at a real --config: persons scored after loading')
+    ap.add_argument('--dtypes', default='',
+                    help='comma-separated dtypes (float32,bfloat16): score mode ms per person '
+                         'per dtype and the score difference vs the first, instead of the '
+                         'mode tables')
     args = ap.parse_args()
     if args.measure_load:  # the subprocess of memory_table
         report = measure_load(args.measure_load, args.quantization, args.quantization_library,
-                              'bfloat16')
+                              args.load_dtype, args.persons_mem)
         Path(args.json).write_text(json.dumps(report))
         return 0
     if args.quantization:
@@ -362,6 +444,11 @@ def main() -> int:
         return 0
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' \
         else args.device
+    if args.dtypes:
+        report = dtype_table(args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     if args.config == 'llava-7b' and not device.startswith('cuda'):
         sys.exit('--config llava-7b needs a CUDA device')
     persons = [int(p) for p in args.persons.split(',')]

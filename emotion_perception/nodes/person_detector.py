@@ -70,7 +70,8 @@ PARAMS = [
     ParamSpec('iou', 0.7, 'non-maximum suppression IoU threshold [0, 1]', in_range(0.0, 1.0)),
     ParamSpec('image_size', 640, 'inference size in pixels (multiple of 32)',
               lambda v: None if v >= 32 and v % 32 == 0 else f'must be a multiple of 32, got {v}'),
-    ParamSpec('half', False, 'FP16 inference (GPU only)'),
+    ParamSpec('half', False, 'reduced precision: FP16 on a GPU (torch); with runtime openvino '
+              'bf16 on CPUs with AVX512-BF16/AMX (faster, boxes no longer exactly torch\'s)'),
     ParamSpec('person_class_ids', [], "class ids counted as persons; empty = auto ('person' "
               'class, or all classes of a person-only model)', list_of=int),
     ParamSpec('tracker', 'bytetrack.yaml', "ultralytics tracker: 'bytetrack.yaml', "

@@ -48,6 +48,19 @@ def node_params(path: Path, node: str) -> dict[str, Any]:
     return out
 
 
+def refuse_foreign_options(backend: str, fields: set[str], overrides: dict[str, Any]) -> None:
+    """Raise ValueError for an option given explicitly (``overrides``, e.g. a command-line
+    flag) that backend ``backend`` does not take: it would otherwise be dropped silently (a
+    ``--quantization nf4`` that does not happen can run an 8 GB robot out of memory). The YAML
+    files' ``backend.*`` keys are for all backends and are not checked."""
+    foreign = sorted(k for k, v in overrides.items() if v is not None and k.startswith(
+        'backend.') and k != 'backend.name' and k.split('.', 1)[1] not in fields)
+    if foreign:
+        flags = ', '.join('--' + k.split('.', 1)[1].replace('_', '-') for k in foreign)
+        raise ValueError(f'backend {backend!r} does not take {flags} (its options: '
+                         f'{", ".join(sorted(fields))})')
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     detector: DetectorOptions
@@ -77,6 +90,7 @@ def load_pipeline_config(path: str | Path | None = None,
                                   for k, v in det.items() if k in det_fields})
     name = emo.get('backend.name', 'face_baseline')
     fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
+    refuse_foreign_options(name, fields, overrides or {})
     options = {}
     for key, value in emo.items():
         if key.startswith('backend.') and key != 'backend.name':

@@ -12,6 +12,13 @@
    the 29 questions on its own copy of the prefix cache), computed from the shapes.
 5. Peak memory (process RSS high-water mark; CUDA: max allocated).
 
+``--dtypes float32,bfloat16`` (issue 24) prints instead score mode's ms per person per dtype on
+the same weights (rounded to bf16 first, as in a bf16 hub checkpoint), persons one by one and
+dtypes interleaved, and the max score / VAD difference against the first dtype (with the spread
+of its scores, so that a small difference means something); ``--init-std 0.02`` draws the
+weights at a trained checkpoint's scale (the builders' LM weights, std 0.2, are chaotic: a
+change in the 9th bit moves a score by 0.5).
+
 Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own tables instead:
 
 * at ``--config llava-7b`` / ``qwen2-vl-2b`` / ``smolvlm-256m``: a random bf16 checkpoint of
@@ -21,7 +28,10 @@ Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own ta
   bytes counted from the tensors; resident memory after loading (RSS and its anonymous part;
   float tensors still mapped from the checkpoint file are first copied into memory, as a GPU
   load copies every weight); peak anonymous RSS (sampled every 20 ms) and the kernel's peak
-  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading). ``none`` at 7B
+  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading), then the peak
+  anonymous RSS while scoring ``--persons-mem`` persons of one frame (what decides whether a
+  model fits: inference needs activations, and kernels may make compute copies of the
+  weights) and its time, in the compute dtype ``--load-dtype`` (default auto). ``none`` at 7B
   (14 GB) only runs with >= 18 GB available (else it is reported as skipped). The checkpoint
   is deleted afterwards.
 * at ``--config tiny``: each family in ``--families`` (hidden ``--hidden``, vision 64, the real
@@ -45,7 +55,8 @@ cost. Models (``--config``), all with the family's REAL tokenizer and chat templ
         [--family llava] [--hidden 576 --layers 30] [--frames 2] [--persons 1,2,4,8]
         [--new-tokens 64] [--skip-naive] [--json out.json]
         [--quantization none,int8,nf4,int4 [--quantization-library auto]
-         [--families llava,qwen2_vl]]
+         [--families llava,qwen2_vl] [--load-dtype auto|float32|bfloat16]]
+        [--dtypes float32,bfloat16 [--init-std 0.02]]
 """
 from __future__ import annotations
 
@@ -139,6 +150,9 @@ def build(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     dtype = torch.float32 if device == 'cpu' else torch.bfloat16
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
+    if getattr(args, 'init_std', None):
+        kwargs['init_std'] = args.init_std
+        desc += f', weights drawn with std {args.init_std}'
     try:
         with torch.device(device):
             model, processor, _ = tiny_models.make_vlm(family, seed=0, **kwargs)
@@ -356,17 +370,23 @@ def dtype_table(args: argparse.Namespace, device: str) -> dict[str, Any]:
         for t in list(model.parameters()) + list(model.buffers()):
             if t.is_floating_point():
                 t.data = t.data.to(torch.bfloat16).to(t.dtype)
-    backends = {}
-    for i, name in enumerate(dtypes):
-        m = model if i == 0 and name == str(model.dtype).split('.')[-1] else \
-            copy.deepcopy(model).to(getattr(torch, name))
-        backends[name] = VLMBackend(dict(model=f'bench:{args.config}', device=device,
-                                         mode='score', batch_size=1, dtype=name))
-        backends[name].attach(m, processor)
+    # a model over 3 GB in float32 (Qwen2-VL-2B: 9 GB) is not copied: the one model is
+    # converted in place before each call (untimed; bf16-exact weights convert back exactly)
+    big = sum(p.numel() for p in model.parameters()) * 4 > 3e9
+    backends: dict[str, VLMBackend] = {}
+
+    def backend_for(name: str) -> VLMBackend:
+        if big or name not in backends:
+            m = model.to(getattr(torch, name)) if big else copy.deepcopy(model).to(
+                getattr(torch, name))
+            backends[name] = VLMBackend(dict(model=f'bench:{args.config}', device=device,
+                                             mode='score', batch_size=1, dtype=name))
+            backends[name].attach(m, processor)
+        return backends[name]
     frames = [tiny_models.make_test_image(480, 640, seed=i) for i in range(args.frames)]
     persons = BOXES[:max(int(p) for p in args.persons.split(','))]
-    for b in backends.values():
-        b.predict(frames[0], persons[:1])  # warm-up
+    for d in dtypes:
+        backend_for(d).predict(frames[0], persons[:1])  # warm-up
     times = {d: [] for d in dtypes}
     out = {d: [] for d in dtypes}
     k = 0
@@ -375,8 +395,9 @@ def dtype_table(args: argparse.Namespace, device: str) -> dict[str, Any]:
             order = dtypes[k % len(dtypes):] + dtypes[:k % len(dtypes)]
             k += 1
             for d in order:
+                b = backend_for(d)
                 t0 = time.perf_counter()
-                out[d] += backends[d].predict(frame, [box])
+                out[d] += b.predict(frame, [box])
                 times[d].append((time.perf_counter() - t0) * 1e3)
     ref = dtypes[0]
     s_ref = np.array([r.scores for r in out[ref]])
@@ -384,10 +405,13 @@ def dtype_table(args: argparse.Namespace, device: str) -> dict[str, Any]:
     print(f'## bench_vlm --dtypes: {desc.rsplit(",", 1)[0]}; device {device}, torch '
           f'{torch.__version__}, {torch.get_num_threads()} threads; score mode, {len(frames)} '
           f'frames x {len(persons)} persons one by one, dtypes interleaved\n')
+    print(f'{ref} scores of these persons span {np.ptp(s_ref):.3f} (max - min): a difference '
+          'means something only against a spread\n')
     print(f'| dtype | ms/person | {ref} / dtype | max abs score diff vs {ref} | '
           f'max abs VAD diff vs {ref} | LM head read-out |')
     print('|---|---|---|---|---|---|')
-    report: dict[str, Any] = {'config': args.config, 'model': desc, 'rows': []}
+    report: dict[str, Any] = {'config': args.config, 'model': desc, 'rows': [],
+                              'score_spread': float(np.ptp(s_ref))}
     for d in dtypes:
         ds = float(np.abs(np.array([r.scores for r in out[d]]) - s_ref).max())
         dv = float(np.nanmax(np.abs(np.array([r.vad for r in out[d]]) - v_ref)))
@@ -425,6 +449,9 @@ def main() -> int:
                          "('auto': bfloat16 on CPUs with bf16 matmuls, else float32)")
     ap.add_argument('--persons-mem', type=int, default=2,
                     help='--quantization at a real --config: persons scored after loading')
+    ap.add_argument('--init-std', type=float, default=0.0,
+                    help="draw every linear/embedding weight with this std (0.02: trained "
+                         "checkpoints' scale; default: the builders' weights, LM std 0.2)")
     ap.add_argument('--dtypes', default='',
                     help='comma-separated dtypes (float32,bfloat16): score mode ms per person '
                          'per dtype and the score difference vs the first, instead of the '

@@ -6,8 +6,8 @@
 * ``openvino`` / ``onnxruntime``: the same weights exported by ultralytics' own exporter (offline,
   seconds) to OpenVINO IR or ONNX and run on the CPU by that runtime.
 * ``auto``: the fastest one installed for the device, as measured with
-  ``bench/bench_pipeline.py`` (the offline YOLOv8 person detector, 2-core x86 CPU, real photos:
-  PyTorch 200 ms, ONNX Runtime 148 ms, OpenVINO 64 ms median per frame): on a CUDA device torch
+  ``bench/bench_runtimes.py`` (section 0 of ``bench_pipeline.py``; README "The person
+  detector's runtime"): on a CUDA device torch
   (the runtimes installed here run on the CPU only); on an x86-64 CPU OpenVINO, else ONNX Runtime,
   else torch; on other CPUs (aarch64: Jetson, Raspberry Pi) torch, as nothing else was measured
   there. A tracker whose ReID reads the detector's own features (``with_reid`` with
@@ -19,10 +19,10 @@
 Same input geometry and precision as torch, so the boxes agree: the models are exported with
 dynamic input shapes, so ultralytics letterboxes each frame to the same stride-aligned rectangle
 as for the PyTorch model (a fixed square input shifts the boxes: min IoU 0.68 against torch on
-bus.jpg), and OpenVINO is held to float32 (``pin_openvino_float32``): on CPUs with AVX512-BF16
-or AMX it computes in bf16 by default, 1.75x faster again here but with scores 0.005 off, which
-changes which of two overlapping boxes survives NMS (bus.jpg: 4 persons instead of torch's 3 at
-the project's confidence 0.4).
+bus.jpg), and OpenVINO is held to float32 (``pin_openvino_float32``) unless the detector's
+``half`` option allows reduced precision: on CPUs with AVX512-BF16 or AMX it computes in bf16
+by default, faster but with scores about 0.005 off, which changes which of two overlapping
+boxes survives NMS (bus.jpg: 4 persons instead of torch's 3 at the project's confidence 0.4).
 
 The export cache: one folder per (weights' SHA-256, input size, runtime and its version,
 ultralytics version), made at configure when missing and never re-made while valid: beside the

@@ -310,7 +310,8 @@ def test_an_option_the_backend_does_not_take_is_refused():
     """A flag such as --quantization given for a backend without that option is refused with
     the backend's options, never dropped; the same flag for caption_llm now reaches it."""
     from emotion_perception.tools.config import load_pipeline_config
-    with pytest.raises(ValueError, match="'face_baseline' does not take --quantization"):
+    with pytest.raises(ValueError, match=r"'face_baseline' has no 'quantization' option "
+                                         r"\(drop --quantization"):
         load_pipeline_config(overrides={'backend.name': 'face_baseline',
                                         'backend.quantization': 'nf4'})
     cfg = load_pipeline_config(overrides={'backend.name': 'caption_llm',

@@ -56,9 +56,10 @@ def refuse_foreign_options(backend: str, fields: set[str], overrides: dict[str, 
     foreign = sorted(k for k, v in overrides.items() if v is not None and k.startswith(
         'backend.') and k != 'backend.name' and k.split('.', 1)[1] not in fields)
     if foreign:
-        flags = ', '.join('--' + k.split('.', 1)[1].replace('_', '-') for k in foreign)
-        raise ValueError(f'backend {backend!r} does not take {flags} (its options: '
-                         f'{", ".join(sorted(fields))})')
+        names = [k.split('.', 1)[1] for k in foreign]
+        flags = ', '.join('--' + n.replace('_', '-') for n in names)
+        raise ValueError(f'backend {backend!r} has no {", ".join(map(repr, names))} option '
+                         f'(drop {flags}); its options: {", ".join(sorted(fields))}')
 
 
 @dataclasses.dataclass

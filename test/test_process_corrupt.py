@@ -195,3 +195,33 @@ def test_models_are_unloaded_on_every_exit_path(tmp_path, astronaut_bgr, unloads
     else:
         assert backend_unloads == [{'backend': backend_unloads[0]['backend'], 'in_call': 0}]
         assert fb.FakeBackend.loaded_now == set()
+
+
+def test_one_pixel_cap_for_process_bags_and_the_nodes(tmp_path, astronaut_bgr):
+    """An image a little over the nodes' max_image_pixels default (8001 x 5000 = 40.005 Mpx)
+    is refused on its header alike by process (image files, bag messages) and the nodes'
+    decoder: one cap, not 40 M in the nodes and 64 M offline."""
+    from emotion_perception.nodes.emotion_node import EmotionNode
+    from emotion_perception.nodes.person_detector import PersonDetectorNode
+    from emotion_perception.ros import image_conversion
+    from emotion_perception.ros.image_conversion import ImageConversionError
+    from emotion_perception.ros.node_utils import decode_image
+    from emotion_perception.tools.process import read_rgb
+    cap = image_conversion.DEFAULT_MAX_PIXELS
+    defaults = {node.__name__: {p.name: p.default for p in node.PARAMS}['max_image_pixels']
+                for node in (EmotionNode, PersonDetectorNode)}
+    assert set(defaults.values()) == {cap}, defaults
+    bomb = image_bombs.png(8001, 5000)
+    assert 8001 * 5000 > cap
+    (tmp_path / 'big.png').write_bytes(bomb)
+    with pytest.raises(ValueError, match=f'exceeds max_pixels={cap}'):
+        read_rgb(tmp_path / 'big.png')
+    from sensor_msgs.msg import CompressedImage
+    with pytest.raises(ImageConversionError, match=f'exceeds max_pixels={cap}'):
+        decode_image(CompressedImage(format='png', data=bomb))
+    good = cv2.imencode('.jpg', astronaut_bgr)[1].tobytes()
+    _write_compressed_bag(tmp_path / 'bag', [good, bomb])
+    summary = run_process(tmp_path / 'bag', tmp_path / 'out', overrides=FAKE, save_images=False,
+                          progress=False)
+    assert summary['bad_frames'] == 1, summary
+    assert f'exceeds max_pixels={cap}' in summary['bad_frame_examples'][0]['reason']

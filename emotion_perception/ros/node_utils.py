@@ -13,13 +13,9 @@ from typing import Any, Callable
 from rclpy.logging import LoggingSeverity
 from sensor_msgs.msg import CompressedImage, Image
 
-from .image_conversion import compressed_to_rgb, image_msg_to_rgb
+from .image_conversion import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_msg_to_rgb
 from .qos import image_qos, warn_on_incompatible_qos
 from .rclpy_compat import Caller, log_with_caller, subscription_passes_message_info
-
-#: Refuse images larger than this before allocating (8K UHD is 33 Mpx).
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-
 
 def _this_file() -> str:
     return sys._getframe().f_code.co_filename
@@ -181,6 +177,10 @@ class KindLogger:
         self.warn(kind, message, error=True, caller=caller)
 
 
+#: the image transports the nodes subscribe with (their ``image_transport`` parameter)
+IMAGE_TRANSPORTS = ('raw', 'compressed')
+
+
 def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
     """'raw' -> (topic, Image); 'compressed' -> (topic + '/compressed', CompressedImage).
 
@@ -191,7 +191,7 @@ def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
         return topic, Image
     if transport == 'compressed':
         return f'{topic.rstrip("/")}/compressed', CompressedImage
-    raise ValueError(f"image_transport must be 'raw' or 'compressed', got {transport!r}")
+    raise ValueError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {transport!r}')
 
 
 def image_subscription_topic(node, topic: str, transport: str) -> tuple[str, type]:
@@ -228,7 +228,7 @@ def with_message_info(callback: Callable[[object, dict | None], None]) -> Callab
     return lambda msg: callback(msg, None)
 
 
-def decode_image(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+def decode_image(msg, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises ImageConversionError (its
     ``kind`` names the problem); oversized images are refused before anything is allocated."""
     if isinstance(msg, CompressedImage):

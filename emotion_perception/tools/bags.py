@@ -572,6 +572,7 @@ def iter_bag_images(path: str | Path, topic: str | None = None,
     """
     from emotion_perception.ros.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_rgb,
                                                          image_msg_to_rgb)
+    from emotion_perception.ros.messages import stamp_ns
     if corrupt not in ('raise', 'yield'):
         raise ValueError(f"corrupt must be 'raise' or 'yield', got {corrupt!r}")
     cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -604,8 +605,7 @@ def iter_bag_images(path: str | Path, topic: str | None = None,
             stamp, frame_id = int(log_time), ''
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = (int(msg.header.stamp.sec) * 1_000_000_000
-                         + int(msg.header.stamp.nanosec))
+                stamp = stamp_ns(msg.header)
                 frame_id = msg.header.frame_id
                 if conn.msgtype == IMAGE_MSGTYPE:
                     rgb = image_msg_to_rgb(msg, max_pixels=cap)

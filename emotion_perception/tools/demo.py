@@ -61,7 +61,7 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     from ..core.types import EmotionResult, Status
     from ..msg import PersonDetectionArray, PersonEmotion, PersonEmotionArray
     from ..ros.lifecycle_client import LifecycleClient
-    from ..ros.messages import detections_from_msg
+    from ..ros.messages import detections_from_msg, stamp_key, stamp_ns
     from ..ros.qos import RESULTS_QOS
     from .bags import BagPlayer, BagRecorder, write_image_bag
     from .config import config_dir
@@ -152,9 +152,8 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
             time.sleep(0.1)
         with lock:
             det_msgs, emo_msgs = list(detections), list(emotions)
-        answered = {(m.header.stamp.sec, m.header.stamp.nanosec) for m in emo_msgs}
-        unanswered = [m for m in det_msgs
-                      if (m.header.stamp.sec, m.header.stamp.nanosec) not in answered]
+        answered = {stamp_key(m.header) for m in emo_msgs}
+        unanswered = [m for m in det_msgs if stamp_key(m.header) not in answered]
         for name in procs:  # lifecycle down, like a manager would
             client = LifecycleClient(node, f'/{name}')
             client.change('deactivate')
@@ -163,8 +162,7 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
         # 4. report ------------------------------------------------------------------------------
         latest: dict[tuple[str, str], tuple] = {}
         for msg in emo_msgs:
-            stamp_ns = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-            image = stamp_to_image.get(stamp_ns, '?')
+            image = stamp_to_image.get(stamp_ns(msg.header), '?')
             for person in msg.persons:
                 latest[(image, person.track_id)] = (msg, person)
         status_name = {PersonEmotion.STATUS_OK: 'ok', PersonEmotion.STATUS_CACHED: 'cached',
@@ -198,8 +196,8 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
                     'reason': p.status_reason, 'backend': p.backend, 'model': p.model}) + '\n')
         # annotated images: the last answered frame of each photo
         for image in DEMO_IMAGES:
-            msgs = [m for m in emo_msgs if stamp_to_image.get(
-                m.header.stamp.sec * 10**9 + m.header.stamp.nanosec) == image and m.persons]
+            msgs = [m for m in emo_msgs
+                    if stamp_to_image.get(stamp_ns(m.header)) == image and m.persons]
             if not msgs:
                 continue
             msg = msgs[-1]

@@ -11,7 +11,8 @@ track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels
 latency_ms, cache_age_s, text (a generated answer, when any).
 
 Damaged input does not end the run: an image file, a video frame or a bag message that cannot
-be read or decoded (or whose header declares more than 64 Mpx) is skipped and counted
+be read or decoded (or whose header declares more than 40 Mpx, the nodes' ``max_image_pixels``
+default: ``image_conversion.DEFAULT_MAX_PIXELS``) is skipped and counted
 (``bad_frames`` in summary.json, the first ones named with the reason in
 ``bad_frame_examples``), corrupt frames at the end of a video included. A video whose reading
 stops after ``bags.MAX_CONSECUTIVE_BAD_READS`` bad frames in a row says so: ``stopped_early``

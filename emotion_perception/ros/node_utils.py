@@ -447,8 +447,6 @@ class CallbackGuard:
     services inside ``Node.__init__``, before the node's own attributes exist).
     """
 
-    KINDS = ('subscription', 'timer', 'service')
-
     def __init__(self, logger: Any = None, count: Callable[[str], None] | None = None,
                  period_s: float = 5.0) -> None:
         self.logger = logger

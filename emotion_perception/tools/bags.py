@@ -883,10 +883,6 @@ class BagRecorder(Node):
         """Messages written so far, all topics."""
         return sum(self.counts.values())
 
-    @property
-    def subscribed_topics(self) -> list[str]:
-        return list(self._subs)
-
     def _adapted_qos(self, topic: str) -> QoSProfile | None:
         infos = self.get_publishers_info_by_topic(topic)
         if not infos:

@@ -78,6 +78,7 @@ from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray  # n
 from emotion_perception.nodes.emotion_node import EmotionNode  # noqa: E402
 from emotion_perception.nodes.person_detector import PersonDetectorNode  # noqa: E402
 from emotion_perception.ros.image_conversion import numpy_to_image_msg  # noqa: E402
+from emotion_perception.ros.messages import stamp_key  # noqa: E402
 from emotion_perception.ros.qos import RESULTS_QOS, image_qos  # noqa: E402
 from emotion_perception.testing.ros_harness import RosHarness  # noqa: E402
 
@@ -131,8 +132,7 @@ def next_header() -> Header:
     return hdr
 
 
-def key(hdr: Header) -> tuple[int, int]:
-    return hdr.stamp.sec, hdr.stamp.nanosec
+key = stamp_key  # (sec, nanosec) of a header
 
 
 def summary(ms: list[float]) -> dict[str, float]:

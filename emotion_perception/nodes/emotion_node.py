@@ -70,10 +70,10 @@ from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
 from ..core.types import EmotionResult, Status
 from ..ros import detection_formats as formats
 from ..ros.diagnostics import ERROR, OK, WARN
-from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
-from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kind,
-                              subscribe_image, with_message_info)
+from ..ros.node_utils import (IMAGE_TRANSPORTS, decode_image, reason_kind, subscribe_image,
+                              with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
 from ..ros.qos import RELIABILITY, RESULTS_QOS
@@ -167,7 +167,7 @@ PARAMS = [
               'than this fraction', in_range(0.0, 100.0)),
     ParamSpec('image_transport', 'raw', "'raw' (Image on image) or 'compressed' "
               '(CompressedImage on the resolved image topic + /compressed)',
-              one_of('raw', 'compressed')),
+              one_of(*IMAGE_TRANSPORTS)),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
@@ -177,7 +177,7 @@ PARAMS = [
               in_range(0.0, 60.0)),
     ParamSpec('max_pending', 100, 'bound of the detections queue (older ones are answered as '
               'dropped)', in_range(1, 10000)),
-    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+    ParamSpec('max_image_pixels', DEFAULT_MAX_PIXELS,
               'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
     ParamSpec('publish_debug_image', False, 'publish debug_image with boxes, top labels and '
               'scores (only computed while someone subscribes)'),

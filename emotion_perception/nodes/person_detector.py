@@ -51,10 +51,10 @@ from ..core.detector_runtime import RUNTIMES
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
 from ..ros.diagnostics import ERROR, OK, WARN
-from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros import detection_formats
-from ..ros.messages import detections_to_msg
-from ..ros.node_utils import DEFAULT_MAX_IMAGE_PIXELS, decode_image, subscribe_image
+from ..ros.messages import detections_to_msg, stamp_key
+from ..ros.node_utils import IMAGE_TRANSPORTS, decode_image, subscribe_image
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
@@ -86,12 +86,12 @@ PARAMS = [
               'weights when writable, else ~/.cache/emotion_perception/detector_exports'),
     ParamSpec('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
               '(sensor_msgs/CompressedImage on the resolved image topic + /compressed, as '
-              'image_transport names it)', one_of('raw', 'compressed')),
+              'image_transport names it)', one_of(*IMAGE_TRANSPORTS)),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability: 'best_effort'"
               " (sensor data, default) or 'reliable'; must be compatible with the camera",
               one_of('best_effort', 'reliable')),
     ParamSpec('image_queue_depth', 2, 'image subscription history depth', in_range(1, 100)),
-    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+    ParamSpec('max_image_pixels', DEFAULT_MAX_PIXELS,
               'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
     ParamSpec('publish_debug_image', False, 'publish debug_image with boxes and track ids '
               '(only computed while someone subscribes)'),
@@ -245,15 +245,15 @@ class PersonDetectorNode(PerceptionNode):
             self.stats.count(f'errors.bad_image.{kind}')
             self.kind_log.warn(f'bad_image.{kind}', f'image dropped: {exc}')
             return
-        stamp = msg.header.stamp
+        stamp = stamp_key(msg.header)
         last = getattr(self, '_last_stamp', None)
-        if last is not None and (stamp.sec, stamp.nanosec) < last:
+        if last is not None and stamp < last:
             self.stats.count('stamps_backwards')
             self.kind_log.warn('stamps_backwards', 'image stamps went backwards (bag loop or '
                                'camera restart): resetting the tracker')
             self.detector.reset_tracker()
             self._tracker_restarted()
-        self._last_stamp = (stamp.sec, stamp.nanosec)
+        self._last_stamp = stamp
         result = self.detector.detect(rgb)
         result.detections = self._unique_ids(result.detections)
         out = detections_to_msg(result, msg.header)

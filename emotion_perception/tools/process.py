@@ -11,9 +11,13 @@ track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels
 latency_ms, cache_age_s, text (a generated answer, when any).
 
 Damaged input does not end the run: an image file, a video frame or a bag message that cannot
-be read or decoded (or whose header declares more than 64 Mpx) is skipped and counted
+be read or decoded (or whose header declares more than 40 Mpx, the nodes' ``max_image_pixels``
+default: ``image_conversion.DEFAULT_MAX_PIXELS``) is skipped and counted
 (``bad_frames`` in summary.json, the first ones named with the reason in
-``bad_frame_examples``). The models are unloaded on every exit path.
+``bad_frame_examples``), corrupt frames at the end of a video included. A video whose reading
+stops after ``bags.MAX_CONSECUTIVE_BAD_READS`` bad frames in a row says so: ``stopped_early``
+(the reason; null when the input was read to its end) and ``unread_frames`` (the frames its
+container announces after them). The models are unloaded on every exit path.
 """
 from __future__ import annotations
 
@@ -162,7 +166,8 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
         if save_images:
             (output / 'annotated').mkdir(exist_ok=True)
         summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
-                   'bad_frames': 0, 'bad_frame_examples': [], 'model_calls': 0,
+                   'bad_frames': 0, 'bad_frame_examples': [], 'unread_frames': 0,
+                   'stopped_early': None, 'model_calls': 0,
                    'cache_hits': 0, 'backend': backend.name, 'model': backend.model_id,
                    'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0,
                    'detector_runtime': detector.runtime.runtime,
@@ -176,15 +181,11 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
             for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
                 if max_frames is not None and n >= max_frames:
                     break
+                if isinstance(rgb, Exception):
+                    _count_unusable(summary, frame, rgb, bar)
+                    continue
                 bar.update(1)
                 summary['frames'] += 1
-                if isinstance(rgb, Exception):
-                    summary['bad_frames'] += 1
-                    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
-                        summary['bad_frame_examples'].append({'frame': frame,
-                                                              'reason': str(rgb)[:300]})
-                    LOG.warning('frame %s skipped: %s', frame, rgb)
-                    continue
                 _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
                                output / 'annotated' if save_images else None)
     finally:
@@ -200,6 +201,23 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     summary['emotion_ms_per_frame'] = round(summary.pop('emotion_ms') / frames, 2)
     (output / 'summary.json').write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _count_unusable(summary: dict, frame, exc: Exception, bar) -> None:
+    """Count a frame that could not be read (``bad_frames``, the first ones named), or a
+    video's reading cut short (``stopped_early``, ``unread_frames``: not a frame)."""
+    from .bags import VideoCutShort
+    if isinstance(exc, VideoCutShort):
+        summary['unread_frames'] += exc.unread
+        summary['stopped_early'] = str(exc)
+        LOG.warning('%s', exc)
+        return
+    bar.update(1)
+    summary['frames'] += 1
+    summary['bad_frames'] += 1
+    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
+        summary['bad_frame_examples'].append({'frame': frame, 'reason': str(exc)[:300]})
+    LOG.warning('frame %s skipped: %s', frame, exc)
 
 
 def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,

@@ -173,8 +173,12 @@ check-robot-pins: $(STAMP)
 	    sys.exit(f'  not pinned in {sys.argv[2]}: {bad}' if bad else 0)" $(VENV)/robot-pins-$$py.json $$cons || exit 1; \
 	done
 
-bench: build
+# section 0: the person detector per runtime and the default pipeline end to end; then score
+# mode in float32 vs bf16 at SmolVLM-256M's shape (random weights at a trained model's scale)
+bench: build $(TOKENIZERS)
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_vlm.py --dtypes float32,bfloat16 --config smolvlm-256m --init-std 0.02 \
+	  --frames 1 --persons 2 --device cpu
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'

@@ -91,9 +91,12 @@ BACKEND_PARAMS = [
     ParamSpec('backend.device_map', '', "from_pretrained device map spreading a large model "
               "over devices, e.g. 'auto' (a 13B model over two GPUs); '' = all on "
               'backend.device'),
-    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
-              "'float16'", one_of('auto', 'float32', 'bfloat16', 'float16')),
-    ParamSpec('backend.quantization', 'none', "vlm weights quantized while loading: 'none', "
+    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto' (CUDA: bfloat16; CPU: "
+              'bfloat16 where it has bf16 matmuls, AVX512-BF16/AMX, and the LM is >= 512 wide, '
+              "else float32), 'float32', 'bfloat16', 'float16'",
+              one_of('auto', 'float32', 'bfloat16', 'float16')),
+    ParamSpec('backend.quantization', 'none', "vlm (and caption_llm's captioner) weights "
+              "quantized while loading: 'none', "
               "'int8' (torchao weight-only), 'nf4' (bitsandbytes), 'int4' (torchao): a 7B "
               "model in about 4 GB with nf4/int4 (README 'Choosing a model for the robot's "
               "GPU'); needs the quant extra", one_of('none', 'int8', 'nf4', 'int4'),

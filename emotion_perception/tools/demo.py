@@ -71,9 +71,11 @@ class Recording:
 
 
 def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
-             backend_params: dict | None = None, timeout_s: float = 240.0) -> int:
+             backend_params: dict | None = None, timeout_s: float = 240.0,
+             detector_params: dict | None = None) -> int:
     """The demo (see the module docstring); returns the exit code: 0 when every detections
-    array was answered and at least one person got emotions."""
+    array was answered and at least one person got emotions. ``backend_params`` /
+    ``detector_params``: emotion node / person_detector parameters set on top of the config."""
     from ..ros.env import ensure_local_dds
     env = ensure_local_dds()
     t_start = time.monotonic()
@@ -81,7 +83,7 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
     camera = _write_camera_bag(output, repeat, rate_hz)  # 1.
     if camera is None:
         return 1
-    procs, logs = _start_nodes(output, env, backend_params)  # 2.
+    procs, logs = _start_nodes(output, env, backend_params, detector_params)  # 2.
     observer = _Observer(output)
     rc = 1
     try:
@@ -135,17 +137,19 @@ def _write_camera_bag(output: Path, repeat: int, rate_hz: float) -> CameraBag | 
     return CameraBag(photos, stamp_to_image, len(frames), bag)
 
 
-def _start_nodes(output: Path, env: dict, backend_params: dict | None
-                 ) -> tuple[dict, dict]:
+def _start_nodes(output: Path, env: dict, backend_params: dict | None,
+                 detector_params: dict | None = None) -> tuple[dict, dict]:
     """Step 2: person_detector and emotion_node as separate processes with the package's
-    config (the emotion node with ``backend_params`` on top), logging into ``output/logs``.
+    config (``detector_params`` / ``backend_params`` on top), logging into ``output/logs``.
     Returns (name -> Popen, name -> open log file)."""
     from .config import config_dir
     cfg = config_dir()
     emo_extra = [item for k, v in (backend_params or {}).items() if v not in (None, '')
                  for item in ('-p', f'{k}:={v}')]
+    det_extra = [item for k, v in (detector_params or {}).items() if v not in (None, '')
+                 for item in ('-p', f'{k}:={v}')]
     procs, logs = {}, {}
-    for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', []),
+    for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', det_extra),
                                   ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
         logs[module] = open(output / 'logs' / f'{module}.log', 'w')
         procs[module] = subprocess.Popen(_node_cmd(module, config, extra), env=env,
@@ -398,9 +402,12 @@ def register(subparsers) -> None:
     p.add_argument('--rate', type=float, default=1.0, help='camera rate of the bag in Hz')
     p.add_argument('--backend', help='emotion backend (default: the config, face_baseline)')
     p.add_argument('--model', help='emotion model id or path')
+    p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
+                   help="person detector runtime (default: the config, 'auto')")
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     return run_demo(args.output, repeat=args.repeat, rate_hz=args.rate,
-                    backend_params={'backend.name': args.backend, 'backend.model': args.model})
+                    backend_params={'backend.name': args.backend, 'backend.model': args.model},
+                    detector_params={'runtime': args.detector_runtime})

@@ -140,15 +140,18 @@ def person_record(frame, stamp_s, det, res) -> dict:
 def run_process(input_path: Path, output: Path, config: str | None = None,
                 overrides: dict | None = None, save_images: bool = True,
                 max_frames: int | None = None, topic: str | None = None,
-                progress: bool = True) -> dict:
-    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings)."""
+                progress: bool = True, detector_overrides: dict | None = None) -> dict:
+    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings).
+
+    ``overrides``: emotion node parameters, ``detector_overrides``: person_detector parameters
+    (``tools.config.load_pipeline_config``)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
     from ..core.pipeline import EmotionPipeline
     from .config import load_pipeline_config
 
     kind = input_kind(input_path)
-    cfg = load_pipeline_config(config, overrides)
+    cfg = load_pipeline_config(config, overrides, detector_overrides)
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
@@ -166,7 +169,9 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
                    'bad_frames': 0, 'bad_frame_examples': [], 'unread_frames': 0,
                    'stopped_early': None, 'model_calls': 0,
                    'cache_hits': 0, 'backend': backend.name, 'model': backend.model_id,
-                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0}
+                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0,
+                   'detector_runtime': detector.runtime.runtime,
+                   'detector_runtime_reason': detector.runtime.reason}
         total = frame_count(input_path, kind)
         if max_frames is not None and total is not None:
             total = min(total, max_frames)
@@ -329,6 +334,9 @@ def register(subparsers) -> None:
     p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
+    p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
+                   help="person detector runtime (default: the config, 'auto': OpenVINO on "
+                        'x86-64 CPUs, torch on CUDA)')
     p.add_argument('--topic', help='bag input: the image topic (default: the first Image topic)')
     p.add_argument('--max-frames', type=int, help='stop after this many frames')
     p.add_argument('--no-images', action='store_true', help='do not write annotated images')
@@ -339,6 +347,7 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     summary = run_process(args.input, args.output, args.config, backend_overrides(args),
                           save_images=not args.no_images, max_frames=args.max_frames,
-                          topic=args.topic, progress=not args.no_progress)
+                          topic=args.topic, progress=not args.no_progress,
+                          detector_overrides={'runtime': args.detector_runtime})
     print(json.dumps(summary, indent=2))
     return 0

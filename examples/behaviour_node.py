@@ -60,6 +60,7 @@ from std_msgs.msg import String
 
 from emotion_perception.msg import (EmotionEvent, EmotionEventArray, PersonEmotion,
                                     PersonEmotionArray, PersonEmotionStateArray)
+from emotion_perception.ros.messages import seconds_from_time, stamp_seconds
 from emotion_perception.ros.qos import EVENTS_QOS, RESULTS_QOS
 
 #: EMOTIC categories that say a person is in distress (a reason to slow down and attend).
@@ -191,12 +192,11 @@ class EventPolicy:
         """Approach whoever has shown ``approach_category`` for ``approach_after_s`` by the
         array's stamp (sensor time), once per episode."""
         s, actions = self.settings, []
-        now_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        now_s = stamp_seconds(msg.header)
         for p in msg.persons:
             if not p.track_id or s.approach_category not in p.labels:
                 continue
-            since = p.label_since[list(p.labels).index(s.approach_category)]
-            since_s = since.sec + since.nanosec * 1e-9
+            since_s = seconds_from_time(p.label_since[list(p.labels).index(s.approach_category)])
             episode = (p.track_id, since_s)
             if now_s - since_s >= s.approach_after_s and episode not in self._approached:
                 self._approached[episode] = None
@@ -260,7 +260,7 @@ class BehaviourNode(Node):
 
     def on_emotions(self, msg: PersonEmotionArray) -> None:
         try:
-            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp_s = stamp_seconds(msg.header)
             now_s = self.get_clock().now().nanoseconds * 1e-9
             late = now_s - stamp_s > self.policy.settings.max_delay_s
             if late or stamp_s <= self._last_stamp_s:
@@ -275,7 +275,7 @@ class BehaviourNode(Node):
 
     def on_events(self, msg: EmotionEventArray) -> None:
         try:
-            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp_s = stamp_seconds(msg.header)
             now_s = self.get_clock().now().nanoseconds * 1e-9
             if now_s - stamp_s > self.policy.settings.max_delay_s:
                 self.ignored_old_events += 1

@@ -40,6 +40,7 @@ import rclpy
 import rclpy.executors
 from rclpy.node import Node
 
+from ..ros.messages import stamp_key
 from ..ros.qos import RESULTS_QOS, image_qos
 from ..ros.rep155 import HRI_QOS
 
@@ -158,7 +159,7 @@ class Publisher(Node):
             from emotion_perception.msg import PersonEmotionArray
             self._answers_sub = self.create_subscription(
                 PersonEmotionArray, 'emotions',
-                lambda m: self.answered.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                lambda m: self.answered.add(stamp_key(m.header)),
                 RESULTS_QOS)
         end = time.monotonic() + timeout_s
         while tuple(stamp) not in self.answered and time.monotonic() < end:
@@ -196,8 +197,7 @@ def _num(v: float) -> float | None:
 
 def summary(kind: str, msg: Any) -> dict:
     """JSON-able fields of a received message."""
-    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec],
-                 'frame_id': msg.header.frame_id}
+    out: dict = {'stamp': list(stamp_key(msg.header)), 'frame_id': msg.header.frame_id}
     if kind == 'emotions':
         out['persons'] = [{'track_id': p.track_id, 'status': int(p.status),
                            'reason': p.status_reason,

@@ -232,12 +232,12 @@ PARAMS = [
               'counted as persons (other classes are left out of the answer)', list_of=str),
     ParamSpec('min_confidence', 0.0, 'vision_msgs / yolo: persons with a lower score are left '
               'out of the answer', in_range(0.0, 1.0)),
+    *STATE_PARAMS,
     ParamSpec('rep155.publish', False, 'also publish REP-155: /humans/bodies/<id>/emotion per '
               'person and /humans/faces/<id>/expression for the faces in /humans/faces/tracked; '
               'with a non-rep155 input also /humans/bodies/tracked and each body roi'),
     ParamSpec('rep155.forget_after_s', 2.0, 'body source: an id unseen this long leaves '
               '/humans/bodies/tracked (its topics are removed)', in_range(0.0, 3600.0)),
-    *STATE_PARAMS,
     ParamSpec('rep155.max_ids', 64, 'most body (and face) ids followed or published at once; '
               'ids beyond are ignored and counted (rep155.ids_over_cap)', in_range(1, 10000)),
 ]

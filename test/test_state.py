@@ -268,7 +268,12 @@ def test_a_new_identity_ends_the_old_state_and_starts_a_fresh_one_under_the_same
     state = frame.states[0]
     assert state.first_seen_s == 0.3 and state.observations == 1
     assert state.labels == ['Sadness'] and state.scores[HAPPY] == pytest.approx(0.1)
-    assert states.counters()['new_identity'] == 1
+    # the same through the one-person entry point: no evidence yet for the new person (no face)
+    state, events = states.update('6', result(status=Status.SKIPPED), 0.4, new_identity=True)
+    assert [(e.kind, e.category) for e in events] == [(EventKind.OFFSET, 'Sadness'),
+                                                      (EventKind.LEFT, '')]
+    assert state.observations == 0 and state.labels == [] and state.confidence == 0.0
+    assert np.isnan(state.scores).all() and states.counters()['new_identity'] == 2
 
 
 def test_untracked_and_duplicate_ids_get_a_state_of_that_frame_alone():

@@ -326,11 +326,6 @@ class EmotionStates:
         with self._lock:
             return list(self._tracks)
 
-    @property
-    def clock_s(self) -> float:
-        """The newest stamp seen (-inf before the first)."""
-        return self._clock
-
     def counters(self) -> dict[str, int]:
         """Totals since creation: created, forgotten, evicted, new_identity, reset,
         out_of_order, duplicate_ids, onset, offset, left; and tracks (states held now)."""

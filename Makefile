@@ -174,11 +174,15 @@ check-robot-pins: $(STAMP)
 	done
 
 # section 0: the person detector per runtime and the default pipeline end to end; then score
-# mode in float32 vs bf16 at SmolVLM-256M's shape (random weights at a trained model's scale)
-bench: build $(TOKENIZERS)
+# mode in float32 vs bf16 at SmolVLM-256M's shape (random weights at a trained model's scale);
+# then a 30-minute soak of the emotion node (four configurations at once: the RSS slope of each,
+# every array answered; make bench SOAK_MINUTES=10 for a shorter one)
+SOAK_MINUTES ?= 30
+bench: build $(TOKENIZERS) $(IFACES_STAMP)
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_vlm.py --dtypes float32,bfloat16 --config smolvlm-256m --init-std 0.02 \
 	  --frames 1 --persons 2 --device cpu
+	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) $(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'

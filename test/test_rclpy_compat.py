@@ -273,6 +273,138 @@ def test_two_argument_subscription_callbacks_get_message_info(harness):
         assert gid is None
 
 
+# -- destroying entities while the executor spins (issue 25, item 0) ------------------------------
+class _Racer(Node):
+    """A node whose ``waitables`` (the public property the executor gathers them from) lets a
+    chosen entity be destroyed right after the executor gathered it and before it enters it:
+    what another thread does at the worst moment, made certain."""
+
+    def __init__(self, name: str, **kwargs) -> None:
+        super().__init__(name, **kwargs)
+        self.victim = None
+        self.destroy = None
+
+    @property
+    def waitables(self):
+        yield from Node.waitables.fget(self)
+        if self.victim is not None:
+            victim, self.victim = self.victim, None
+            self.destroy(self, victim)
+
+
+def _make(node, kind: str, topic: str):
+    if kind == 'subscription':
+        return node.create_subscription(String, topic, lambda msg: None, 10)
+    if kind == 'lifecycle_publisher':
+        return node.create_lifecycle_publisher(String, topic, 10)
+    return node.create_publisher(String, topic, 10)
+
+
+@pytest.mark.parametrize('kind', ['publisher', 'subscription', 'lifecycle_publisher'])
+def test_destroying_an_entity_while_the_executor_gathers_it_ends_spin_but_not_destroy_entity(
+        kind):
+    """rclpy's own destroy_* between the executor's gathering and entering of a QoS event
+    handler: spin_once raises InvalidHandle (the reference: the race of issue 25); the same
+    moment with ``destroy_entity``: nothing raised, the entity gone from the node."""
+    from rclpy.exceptions import InvalidHandle
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import LifecycleNode as _Lifecycle
+
+    class _LifecycleRacer(_Racer, _Lifecycle):
+        pass
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = _LifecycleRacer('compat_racer', context=context)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        rclpy_destroy = {'subscription': Node.destroy_subscription,
+                         'publisher': Node.destroy_publisher,
+                         'lifecycle_publisher': _Lifecycle.destroy_lifecycle_publisher}[kind]
+        for destroy, raises in ((rclpy_destroy, True), (compat.destroy_entity, False)):
+            entity = _make(node, kind, f'compat_race_{kind}')
+            assert entity.event_handlers, 'rclpy gives no default event handlers any more'
+            node.victim, node.destroy = entity, destroy
+            if raises:
+                with pytest.raises(InvalidHandle, match='destruction was requested'):
+                    executor.spin_once(timeout_sec=0.05)
+            else:
+                executor.spin_once(timeout_sec=0.05)
+                executor.spin_once(timeout_sec=0.05)
+            assert node.victim is None  # the executor did gather the waitables
+            assert entity not in list(node.publishers) + list(node.subscriptions)
+        assert compat.destroy_entity(node, entity) is False  # already gone
+        executor.shutdown()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+
+
+def test_destroy_entity_from_other_threads_while_a_multithreaded_executor_spins(harness):
+    """Thousands of entities with event handlers created and destroyed by two threads while
+    the harness's MultiThreadedExecutor spins: it never raises, messages still flow, no
+    waitable is left on the node and the detached event handlers are freed."""
+    import gc
+    import weakref
+    node = harness.add(Node('compat_churn', context=harness.context))
+    baseline = len(list(node.waitables))
+    got: list = []
+    sub = node.create_subscription(String, 'compat_churn_alive', got.append, 10)
+    alive = harness.node.create_publisher(String, 'compat_churn_alive', 10)
+    assert harness.wait_matched(alive)
+    handlers: list = []
+    errors: list = []
+
+    def churn(prefix: str) -> None:
+        try:
+            end = time.monotonic() + 3.0
+            n = 0
+            while time.monotonic() < end:
+                pub = node.create_publisher(String, f'{prefix}{n % 50}', 10)
+                temp = node.create_subscription(String, f'{prefix}{n % 50}', lambda m: None, 10)
+                handlers.append(weakref.ref(pub.event_handlers[0]))
+                pub.publish(String(data='x'))
+                assert compat.destroy_entity(node, pub) and compat.destroy_entity(node, temp)
+                n += 1
+        except Exception as exc:  # noqa: BLE001 - reported by the test
+            errors.append(repr(exc))
+    threads = [threading.Thread(target=churn, args=(f'compat_churn_{i}_',)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    while any(t.is_alive() for t in threads):
+        alive.publish(String(data='alive'))
+        time.sleep(0.05)
+    for t in threads:
+        t.join()
+    assert not errors and not harness.spin_errors, (errors, harness.spin_errors)
+    assert len(handlers) > 200, len(handlers)
+    n = len(got)
+    alive.publish(String(data='after'))
+    assert harness.wait_for(lambda: len(got) > n, 10), 'the executor stopped serving'
+    assert len(list(node.waitables)) == baseline + len(sub.event_handlers)
+    gc.collect()
+    assert sum(ref() is not None for ref in handlers) == 0
+
+
+def test_entities_without_event_handlers_add_no_waitable_and_deliver(harness):
+    node = harness.add(Node('compat_quiet', context=harness.context))
+    before = len(list(node.waitables))
+    got: list = []
+    sub = node.create_subscription(String, 'compat_quiet_topic', got.append, 10,
+                                   event_callbacks=compat.no_subscription_events())
+    pub = node.create_publisher(String, 'compat_quiet_topic', 10,
+                                event_callbacks=compat.no_publisher_events())
+    assert sub.event_handlers == [] and pub.event_handlers == []
+    assert len(list(node.waitables)) == before
+    assert harness.wait_matched(pub)
+    pub.publish(String(data='x'))
+    assert harness.wait_for(lambda: got, 10)
+    assert compat.destroy_entity(node, pub) and compat.destroy_entity(node, sub)
+    assert node.count_publishers('compat_quiet_topic') == 0
+    with pytest.raises(compat.RclpyInternalsChanged):
+        compat.destroy_entity(node, object())
+
+
 def _rclpy_private_names() -> set[str]:
     """Single-underscore attribute names of rclpy's classes and of a live LifecycleNode."""
     import rclpy.callback_groups

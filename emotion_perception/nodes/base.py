@@ -39,7 +39,9 @@ services and ``/diagnostics`` in groups of their own, so ``get_state``, ``ros2 p
 
 An exception escaping a subscription, timer or service callback is logged with its traceback
 (once per kind), counted (``errors.callback.<kind>``) and the node keeps spinning
-(``node_utils.CallbackGuard``).
+(``node_utils.CallbackGuard``); one escaping ``executor.spin()`` itself is logged, counted
+(``errors.executor``) and reported (``/diagnostics`` WARN for ``SPIN_FAILURE_SHOWN_S``) by
+:meth:`PerceptionNode.executor_failed`, and the executor spun again (``lifecycle.spin_guarded``).
 """
 from __future__ import annotations
 
@@ -58,8 +60,9 @@ from ..ros.node_utils import (CallbackGuard, KindLogger, SafeLogger, WorkerBusyE
                               WorkerThread)
 from ..ros.params import (ParamSpec, declare_params, in_range, read_only_names, read_params,
                           unknown_parameter_overrides)
-from ..ros.rclpy_compat import (available_transitions, lifecycle_services, lifecycle_state_label,
-                                move_to_callback_group, replace_service_callback)
+from ..ros.rclpy_compat import (available_transitions, destroy_entity, lifecycle_services,
+                                lifecycle_state_label, move_to_callback_group,
+                                replace_service_callback)
 
 #: Parameters every node has (appended to each node's own table).
 COMMON_PARAMS = [
@@ -87,6 +90,8 @@ TRANSITION_NAMES = {v: k[len('TRANSITION_'):].lower() for k, v in vars(Transitio
 _KNOWN_LABELS = frozenset(TRANSITION_NAMES.values()) | frozenset(REQUESTABLE.values())
 #: at most this many characters of a client's label appear in a log line
 MAX_LABEL_SHOWN = 64
+#: /diagnostics is (at least) WARN for this long after an exception escaped executor.spin()
+SPIN_FAILURE_SHOWN_S = 60.0
 
 
 class PerceptionNode(LifecycleNode):
@@ -122,6 +127,8 @@ class PerceptionNode(LifecycleNode):
                                     on_death=self._on_worker_death)
         self._transition_lock = threading.RLock()
         self._transition: tuple[str, float] | None = None  # (name, started) while one runs
+        #: (monotonic, 'Type: message') of the last exception out of executor.spin()
+        self._spin_failure: tuple[float, str] | None = None
         self._setup_callback_groups()
         self._diag_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self._diag_timer = self.create_timer(self._diagnostics_period(),
@@ -220,6 +227,17 @@ class PerceptionNode(LifecycleNode):
         self.kind_log.error('worker_died', f'the {self.WORKER_NAME} thread died ({reason}); '
                             f'{what}')
         self._worker_died(reason, gave_up)
+
+    def executor_failed(self, exc: BaseException, text: str, giving_up: bool) -> None:
+        """An exception escaped ``executor.spin()`` (``lifecycle.spin_guarded``, ``text``: its
+        traceback): logged, counted (``errors.executor``), named in ``/diagnostics`` (WARN) for
+        ``SPIN_FAILURE_SHOWN_S``; the executor is spun again unless ``giving_up``."""
+        reason = f'{type(exc).__name__}: {exc}'
+        self.stats.count('errors.executor')
+        self._spin_failure = (time.monotonic(), reason)
+        what = ('too many in a row: the process exits (exit code 1)' if giving_up else
+                'spinning it again; the node keeps running')
+        self.get_logger().error(f'the executor raised {reason}; {what}\n{text}')
 
     def _count_callback_error(self, kind: str) -> None:
         self.stats.count('errors.callback')
@@ -470,7 +488,7 @@ class PerceptionNode(LifecycleNode):
 
     def _unsubscribe(self) -> None:
         for sub in self._subs:
-            self.destroy_subscription(sub)
+            destroy_entity(self, sub)  # while the executor spins (rclpy_compat says why)
         self._subs = []
 
     def _stop_processing(self, worker_timeout_s: float | None = None) -> None:
@@ -490,7 +508,7 @@ class PerceptionNode(LifecycleNode):
         with a short ``worker_timeout_s``)."""
         self._stop_processing(worker_timeout_s)
         for pub in self._outputs:
-            self.destroy_lifecycle_publisher(pub)
+            destroy_entity(self, pub)
         self._outputs = []
         self._free_model('model release', self._release_model)
 
@@ -510,10 +528,26 @@ class PerceptionNode(LifecycleNode):
                            worker.last_failure or 'ended') + ' (deactivate + activate restarts it)')
         else:
             level, message, values = self._lifecycle_diagnostics(state)
+        level, message = self._with_spin_failure(level, message, values)
         values = {'lifecycle_state': state, **values}
         status = make_status(f'{self.get_name()}: {self.DIAGNOSTIC_NAME}',
                              self.get_fully_qualified_name(), level, message, values)
         self._diag_pub.publish(diagnostics_msg(self.get_clock().now().to_msg(), [status]))
+
+    def _with_spin_failure(self, level: int, message: str, values: dict) -> tuple[int, str]:
+        """(level, message) raised to WARN and naming a recent exception out of
+        ``executor.spin()`` (see :meth:`executor_failed`)."""
+        failure = self._spin_failure
+        if failure is None:
+            return level, message
+        values['executor_last_error'] = failure[1]
+        age = time.monotonic() - failure[0]
+        if age > SPIN_FAILURE_SHOWN_S:
+            return level, message
+        note = f'the executor raised {failure[1]} {age:.0f} s ago and was spun again'
+        if level == OK:
+            return WARN, note
+        return level, f'{message}; {note}'
 
     def _lifecycle_diagnostics(self, state: str) -> tuple[int, str, dict]:
         """What /diagnostics says while not configured (or in a transition)."""

@@ -13,10 +13,12 @@ Other stacks' detections (``detections_format``, read-only; ``ros.detection_form
 non-person classes and scores below ``min_confidence`` left out of the answer (counted
 ``left_out.<kind>``), unusable boxes answered ERROR; ``rep155``: ROS4HRI bodies
 (``/humans/bodies/tracked`` + each ``/humans/bodies/<id>/roi``, ``ros.rep155``): every image
-is a body frame, answered when the rois of all tracked ids for its stamp are here or after
-``pair_timeout_s`` (missing bodies ERROR 'no roi for this stamp'). ``rep155.publish`` adds the
-REP-155 outputs (``ros.rep155.Rep155Output``). The message packages are imported only for the
-format chosen; a missing one fails configure naming the apt package.
+is a body frame, answered when the rois of all ids of its stamp's tracked list are here or
+after ``pair_timeout_s`` (missing bodies ERROR 'no roi for this stamp'); frames waiting for
+rois hold their image (at most ``image_cache_size`` / ``image_cache_mb``, older ones answered
+SKIPPED). ``rep155.publish`` adds the REP-155 outputs (``ros.rep155.Rep155Output``; a timer
+forgets ids that left also when no frame comes). The message packages are imported only for
+the format chosen; a missing one fails configure naming the apt package.
 
 Guarantee: exactly one ``emotions`` array for every ``detections`` array received while
 active, in arrival order of processing, also when it is empty, late or failed; then each person
@@ -29,9 +31,9 @@ when labels switched or persons were forgotten, ``emotion_events`` (EmotionEvent
 offset / left; reliable, transient local). Stamps decide, never wall time, except for a timer
 that forgets persons once the input has stopped (``_on_state_timer``).
 
-Concurrency: subscription callbacks only store messages (images in a bounded cache,
-detections in a bounded queue) and wake the worker thread. The worker takes the NEWEST pending
-detections array; older pending arrays are answered at once from the track cache or as
+Concurrency: subscription callbacks only store messages (images in a cache bounded in count and
+bytes, detections in a bounded queue) and wake the worker thread. The worker takes the NEWEST
+pending detections array; older pending arrays are answered at once from the track cache or as
 SKIPPED 'dropped: stale frame under load' (latest-wins; every drop is counted). The executor
 thread never runs the model.
 
@@ -66,6 +68,9 @@ import sys
 import threading
 import time
 
+import numpy as np
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
@@ -80,12 +85,13 @@ from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
 from ..core.state import EmotionStates, EventKind, FrameStates, StateEvent, StateOptions
 from ..core.types import EmotionResult, Status
 from ..ros import detection_formats as formats
+from ..ros import rep155
 from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, events_to_msg, stamp_key,
                             stamp_seconds, states_to_msg, time_from_seconds)
-from ..ros.node_utils import (IMAGE_TRANSPORTS, decode_image, reason_kind, subscribe_image,
-                              with_message_info)
+from ..ros.node_utils import (IMAGE_TRANSPORTS, decode_image, image_size, reason_kind,
+                              subscribe_image, with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
 from ..ros.qos import EVENTS_QOS, RELIABILITY, RESULTS_QOS
@@ -204,8 +210,11 @@ PARAMS = [
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
-    ParamSpec('image_cache_size', 30, 'images kept for pairing with detections by stamp',
-              in_range(1, 1000)),
+    ParamSpec('image_cache_size', 30, 'images kept for pairing with detections by stamp '
+              '(rep155: camera frames waiting for their body rois)', in_range(1, 1000)),
+    ParamSpec('image_cache_mb', 512.0, 'most megabytes of images kept for pairing (the image '
+              'cache; rep155: the frames waiting for their rois); beyond it the oldest go, as '
+              'beyond image_cache_size', in_range(1.0, 1e6)),
     ParamSpec('pair_timeout_s', 1.0, 'how long a detections array waits for its image',
               in_range(0.0, 60.0)),
     ParamSpec('max_pending', 100, 'bound of the detections queue (older ones are answered as '
@@ -253,8 +262,12 @@ class _Pending:
     received: float  # time.monotonic()
     #: index in msg.detections -> reason: answered ERROR without evaluation (unusable box)
     errors: dict = dataclasses.field(default_factory=dict)
-    image: object = None  # rep155 body frames: their image message
+    image: object = None  # rep155 body frames: their image message (until answered)
     body: tuple | None = None  # rep155 body frames: (ids, rois) once taken
+    #: rep155 body frames: (width, height) of the image as known before decoding (the raw
+    #: message's fields, a compressed image's header; (0, 0): unknown), and its bytes
+    size: tuple[int, int] = (0, 0)
+    nbytes: int = 0
 
 
 class EmotionNode(PerceptionNode):
@@ -269,6 +282,7 @@ class EmotionNode(PerceptionNode):
         self._pub = self._debug_pub = None
         self._cond = threading.Condition()
         self._images: collections.OrderedDict = collections.OrderedDict()  # stamp -> msg
+        self._image_bytes = 0  # of the messages in _images
         self._pending: collections.deque[_Pending] = collections.deque()
         self._last_stamp: float | None = None
         self._evicted: collections.OrderedDict = collections.OrderedDict()  # stamps evicted
@@ -278,11 +292,16 @@ class EmotionNode(PerceptionNode):
         self._current_job: _Pending | None = None  # the array the worker is processing
         self._bodies = None  # rep155.BodyInput with detections_format rep155
         self._waiting: collections.deque[_Pending] = collections.deque()  # body frames
+        self._waiting_bytes = 0  # of the images of _waiting
         self._rep155_out = None  # rep155.Rep155Output with rep155.publish
         self.states: EmotionStates | None = None  # with state.enabled (configured)
         self._states_pub = self._events_pub = None
         self._state_last: tuple[float, float, str] | None = None  # stamp, monotonic, frame_id
         super().__init__(node_name, **kwargs)
+        # forgets REP-155 ids also when no frame comes; made once (no timer is created or
+        # destroyed while the node spins: ros.rclpy_compat.destroy_entity)
+        self._rep155_timer = self.create_timer(rep155.PRUNE_PERIOD_S, self._prune_rep155,
+                                               callback_group=MutuallyExclusiveCallbackGroup())
         self._state_timer = self.create_timer(STATE_TIMER_PERIOD_S, self._on_state_timer)
 
     def _backend_options(self, name: str) -> dict:
@@ -350,9 +369,8 @@ class EmotionNode(PerceptionNode):
         subs = [image_sub]
         fmt = p['detections_format']
         if fmt == 'rep155':
-            from ..ros.rep155 import BodyInput
-            self._bodies = BodyInput(self, self._cond, p['rep155.max_ids'],
-                                     4 * p['image_cache_size'])
+            self._bodies = rep155.BodyInput(self, self._cond, p['rep155.max_ids'],
+                                            4 * p['image_cache_size'])
             subs.append(self._bodies.tracked_sub)
             self._det_topic = self._bodies.tracked_sub.topic_name
         else:
@@ -366,11 +384,10 @@ class EmotionNode(PerceptionNode):
             subs.append(det_sub)
             self._det_topic = det_sub.topic_name
         if p['rep155.publish']:
-            from ..ros.rep155 import Rep155Output
-            self._rep155_out = Rep155Output(
+            self._rep155_out = rep155.Rep155Output(
                 self, p['rep155.max_ids'], p['rep155.forget_after_s'],
                 body_source=fmt != 'rep155',
-                tracked=(lambda: set(self._bodies.ids)) if fmt == 'rep155' else None)
+                tracked=self._bodies.tracked_ids if fmt == 'rep155' else None)
             subs.append(self._rep155_out.faces.tracked_sub)
         self.get_logger().info(f'subscribed {image_sub.topic_name} ({p["image_transport"]}) and '
                                f'{self._det_topic} ({fmt})')
@@ -380,11 +397,10 @@ class EmotionNode(PerceptionNode):
         with self._cond:
             # Answer what is still pending so that no detections array goes unanswered.
             pending, self._pending = list(self._pending), collections.deque()
-            waiting, self._waiting = list(self._waiting), collections.deque()
+            waiting = self._take_waiting()
             self._images.clear()
+            self._image_bytes = 0
             self._evicted.clear()
-        for item in waiting:
-            self._take_body_frame(item)
         for item in [*waiting, *pending]:
             self._answer_unprocessed(item, Status.SKIPPED, 'node deactivated before processing',
                                      'deactivated')
@@ -395,26 +411,65 @@ class EmotionNode(PerceptionNode):
             self._rep155_out.close()
             self._rep155_out = None
 
+    def _prune_rep155(self) -> None:
+        out = self._rep155_out
+        if out is not None:
+            out.prune()
+
     # -- callbacks (executor thread): store and wake ------------------------------------------
     def _on_image(self, msg) -> None:
         self.stats.count('images_in')
-        overflow = None
+        if self._bodies is not None:  # rep155: each image is a body frame
+            self._on_body_frame(msg)
+            return
+        size = len(msg.data)
         with self._cond:
-            if self._bodies is not None:  # rep155: each image is a body frame
-                self._waiting.append(_Pending(None, time.monotonic(), image=msg))
-                if len(self._waiting) > self.params['max_pending']:
-                    overflow = self._waiting.popleft()
-                    self._take_body_frame(overflow)
+            old = self._images.pop(stamp_key(msg.header), None)
+            self._image_bytes += size - (len(old.data) if old is not None else 0)
             self._images[stamp_key(msg.header)] = msg
-            while len(self._images) > self.params['image_cache_size']:
-                key, _ = self._images.popitem(last=False)
+            while len(self._images) > 1 and (
+                    len(self._images) > self.params['image_cache_size']
+                    or self._image_bytes > self.params['image_cache_mb'] * 2**20):
+                key, gone = self._images.popitem(last=False)
+                self._image_bytes -= len(gone.data)
                 self.stats.count('images_evicted')
                 self._evicted[key] = None  # remembered (bounded) to answer late detections
                 while len(self._evicted) > 4 * self.params['image_cache_size']:
                     self._evicted.popitem(last=False)
             self._cond.notify()
-        if overflow is not None:
-            self._answer_unprocessed(overflow, Status.SKIPPED, 'dropped: queue full', 'queue_full')
+
+    def _on_body_frame(self, msg) -> None:
+        """rep155: the image starts a body frame, which waits (holding the image) for the
+        rois of its stamp. At most ``image_cache_size`` frames / ``image_cache_mb`` of images
+        wait; the oldest beyond are answered SKIPPED."""
+        job = _Pending(None, time.monotonic(), image=msg, size=image_size(msg),
+                       nbytes=len(msg.data))
+        failed = self._worker.failed_reason
+        overflow = []
+        waiting = 0
+        with self._cond:
+            if failed:  # the worker died and was not restarted: nobody else answers
+                overflow = [job]
+                self._take_body_frame(job)
+            else:
+                self._waiting.append(job)
+                self._waiting_bytes += job.nbytes
+                while len(self._waiting) > 1 and (
+                        len(self._waiting) > self.params['image_cache_size']
+                        or self._waiting_bytes > self.params['image_cache_mb'] * 2**20):
+                    overflow.append(self._waiting.popleft())
+                    self._waiting_bytes -= overflow[-1].nbytes
+                    self._take_body_frame(overflow[-1])
+                waiting = len(self._waiting)
+                self._cond.notify()
+        for item in overflow:
+            if failed:
+                self._answer_safely(item, f'internal error: worker thread not running ({failed})')
+                continue
+            self._answer_unprocessed(
+                item, Status.SKIPPED, f'dropped: {waiting} newer camera frames were '
+                'waiting for their body rois (image_cache_size / image_cache_mb reached): are '
+                'the rois late?', 'body_frames_full')
 
     def _detections_publishers(self) -> list[bytes]:
         """gids of the publishers on the detections topic now (from the ROS graph)."""
@@ -514,21 +569,34 @@ class EmotionNode(PerceptionNode):
             if not ready and time.monotonic() - job.received < timeout:
                 return job.received + timeout
             self._waiting.popleft()
+            self._waiting_bytes -= job.nbytes
             self._take_body_frame(job)
             self.stats.count('detections_in')  # a body frame is this input's detections array
+            for older in self._pending:  # latest wins: they are answered unprocessed, and
+                older.image = None       # their images need not wait with them
             self._pending.append(job)
         return None
 
-    def _take_body_frame(self, job: _Pending, width: int | None = None,
-                         height: int | None = None) -> None:
-        """Fill a body frame's ``msg`` from the ids and rois of its stamp (under ``_cond``;
-        again after decoding with the image's size when it was not known before)."""
-        if job.body is None:
-            job.body = (self._bodies.take(stamp_key(job.image.header)) if self._bodies
-                        else ([], {}))
-        if width is None:
-            width, height = (int(getattr(job.image, 'width', 0)),
-                             int(getattr(job.image, 'height', 0)))
+    def _take_waiting(self) -> list[_Pending]:
+        """Empty the body-frame queue (under ``_cond``): its frames, each with its persons."""
+        waiting, self._waiting = list(self._waiting), collections.deque()
+        self._waiting_bytes = 0
+        for job in waiting:
+            self._take_body_frame(job)
+        return waiting
+
+    def _take_body_frame(self, job: _Pending) -> None:
+        """Fill a body frame's ``msg`` (under ``_cond``): the ids of its stamp's tracked list
+        and their rois (taken from ``_bodies``), boxes for the image size known before
+        decoding (``job.size``; unknown: persons without boxes, rebuilt once the frame is
+        decoded: :meth:`_fit_body_frame`)."""
+        job.body = (self._bodies.take(stamp_key(job.image.header)) if self._bodies
+                    else ([], {}))
+        self._body_frame_msg(job, *job.size)
+
+    def _body_frame_msg(self, job: _Pending, width: int, height: int) -> None:
+        """Build ``job.msg`` / ``job.errors`` from ``job.body`` for a ``width`` x ``height``
+        image (0 x 0: boxes not known yet)."""
         conv, clipped = formats.from_rep155(job.image.header, job.body[0], job.body[1],
                                             width, height)
         if clipped and job.msg is None:
@@ -569,10 +637,11 @@ class EmotionNode(PerceptionNode):
         text = f'internal error: the worker thread died ({reason})'
         if job is not None:
             self._answer_safely(job, text)
-        if gave_up:  # nobody takes the queue any more: answer it now (and what comes later)
+        if gave_up:  # nobody takes the queues any more: answer them now (and what comes later)
             with self._cond:
                 pending, self._pending = list(self._pending), collections.deque()
-            for item in pending:
+                waiting = self._take_waiting()
+            for item in [*waiting, *pending]:
                 self._answer_safely(item, text)
 
     def _answer_safely(self, job: _Pending, reason: str) -> None:
@@ -599,53 +668,86 @@ class EmotionNode(PerceptionNode):
         self._last_stamp = stamp_s
 
     def _process(self, job: _Pending, image_msg) -> None:
-        msg = job.msg
-        stamp_s = stamp_seconds(msg.header)
+        """Answer ``job`` (the worker's one detections array) with ``image_msg``, its paired
+        image (None: none came): in named steps, each of which may answer it and stop."""
+        stamp_s = stamp_seconds(job.msg.header)
         self._check_stamp(stamp_s)
-        detections = detections_from_msg(msg)
-        if not detections:
+        if not job.msg.detections:
             self._publish(job, [], None)
             return
         if image_msg is None:
-            with self._cond:
-                evicted = stamp_key(msg.header) in self._evicted
-            size = self.params['image_cache_size']
-            if evicted:
-                self.stats.count('errors.image_evicted')
-                self.kind_log.warn('image_evicted', f'image with stamp {stamp_s:.6f} was evicted '
-                                   f'from the image cache ({size} images) before its detections '
-                                   'arrived (detector too slow? raise image_cache_size)')
-                reason = (f'image evicted: detections arrived after {size} newer images '
-                          '(image_cache_size)')
-            else:
-                self.stats.count('errors.no_image')
-                self.kind_log.warn('no_image', f'no image with stamp {stamp_s:.6f} arrived within '
-                                   f'pair_timeout_s={self.params["pair_timeout_s"]} (image topic '
-                                   'or QoS wrong? detector fed from another camera?)')
-                reason = 'no image with this stamp: not received within pair_timeout_s'
-            self._answer_unprocessed(job, Status.ERROR, reason, None)
+            self._answer_without_image(job, stamp_s)
             return
+        rgb = self._decode(job, image_msg)
+        if rgb is None:
+            return
+        if job.body is not None:
+            self._fit_body_frame(job, rgb)
+        elif not self._size_matches(job, rgb):
+            return
+        results = self._evaluate(job, rgb, stamp_s)
+        if results is not None:
+            self._count_results(results)
+            self._publish(job, results, rgb)
+
+    def _answer_without_image(self, job: _Pending, stamp_s: float) -> None:
+        """No image with the array's stamp: evicted from the cache, or never received."""
+        with self._cond:
+            evicted = stamp_key(job.msg.header) in self._evicted
+        size = self.params['image_cache_size']
+        if evicted:
+            self.stats.count('errors.image_evicted')
+            self.kind_log.warn('image_evicted', f'image with stamp {stamp_s:.6f} was evicted '
+                               f'from the image cache ({size} images) before its detections '
+                               'arrived (detector too slow? raise image_cache_size)')
+            reason = (f'image evicted: detections arrived after {size} newer images '
+                      '(image_cache_size)')
+        else:
+            self.stats.count('errors.no_image')
+            self.kind_log.warn('no_image', f'no image with stamp {stamp_s:.6f} arrived within '
+                               f'pair_timeout_s={self.params["pair_timeout_s"]} (image topic '
+                               'or QoS wrong? detector fed from another camera?)')
+            reason = 'no image with this stamp: not received within pair_timeout_s'
+        self._answer_unprocessed(job, Status.ERROR, reason, None)
+
+    def _decode(self, job: _Pending, image_msg) -> np.ndarray | None:
+        """The image as (H, W, 3) uint8 RGB; None when it cannot be used (answered)."""
         try:
-            rgb = decode_image(image_msg, self.params['max_image_pixels'])
+            return decode_image(image_msg, self.params['max_image_pixels'])
         except (ImageConversionError, ImageError) as exc:
             kind = getattr(exc, 'kind', 'invalid')
             self.stats.count('errors.bad_image')
             self.stats.count(f'errors.bad_image.{kind}')
             self.kind_log.warn(f'bad_image.{kind}', f'cannot use image: {exc}')
             self._answer_unprocessed(job, Status.ERROR, f'bad image ({kind}): {exc}', None)
-            return
-        if job.body is not None and not (msg.image_width and msg.image_height):
-            self._take_body_frame(job, rgb.shape[1], rgb.shape[0])  # compressed: size now known
-            msg = job.msg
-        width, height = int(msg.image_width), int(msg.image_height)
-        if (width or height) and (width, height) != (rgb.shape[1], rgb.shape[0]):
-            self.stats.count('errors.size_mismatch')
-            reason = (f'size mismatch: the detections are for a {width}x{height} image, the image '
-                      f'with this stamp is {rgb.shape[1]}x{rgb.shape[0]}')
-            self.kind_log.warn('size_mismatch', f'{reason} (detector fed from another camera, '
-                               'or a resized stream?)')
-            self._answer_unprocessed(job, Status.ERROR, reason, None)
-            return
+            return None
+
+    def _fit_body_frame(self, job: _Pending, rgb: np.ndarray) -> None:
+        """rep155: the boxes for the decoded image's size, when they were built for another
+        (a compressed image whose header could not tell, or that decodes rotated)."""
+        height, width = rgb.shape[:2]
+        if (job.msg.image_width, job.msg.image_height) != (width, height):
+            self._body_frame_msg(job, width, height)
+
+    def _size_matches(self, job: _Pending, rgb: np.ndarray) -> bool:
+        """Whether the array's ``image_width/height`` (0 x 0: not given) are the image's;
+        a mismatch is answered ERROR."""
+        width, height = int(job.msg.image_width), int(job.msg.image_height)
+        if not (width or height) or (width, height) == (rgb.shape[1], rgb.shape[0]):
+            return True
+        self.stats.count('errors.size_mismatch')
+        reason = (f'size mismatch: the detections are for a {width}x{height} image, the image '
+                  f'with this stamp is {rgb.shape[1]}x{rgb.shape[0]}')
+        self.kind_log.warn('size_mismatch', f'{reason} (detector fed from another camera, '
+                           'or a resized stream?)')
+        self._answer_unprocessed(job, Status.ERROR, reason, None)
+        return False
+
+    def _evaluate(self, job: _Pending, rgb: np.ndarray, stamp_s: float
+                  ) -> list[EmotionResult] | None:
+        """Every person's result: the pipeline's for the usable boxes, ERROR for the others;
+        None when the backend failed (answered)."""
+        detections = detections_from_msg(job.msg)
         todo = [i for i in range(len(detections)) if i not in job.errors]
         try:
             frame = (self.pipeline.process(rgb, [detections[i] for i in todo], stamp_s) if todo
@@ -655,7 +757,7 @@ class EmotionNode(PerceptionNode):
             self.kind_log.error('backend', f'backend failed: {type(exc).__name__}: {exc}')
             self._answer_unprocessed(job, Status.ERROR,
                                      f'backend error: {type(exc).__name__}: {exc}', None)
-            return
+            return None
         self.stats.count('model_calls', frame.model_calls)
         self.stats.count('cache_hits', frame.cache_hits)
         if frame.duplicate_ids:
@@ -663,7 +765,10 @@ class EmotionNode(PerceptionNode):
             self.kind_log.warn('duplicate_track_ids', f'{frame.duplicate_ids} track id(s) occur '
                                'more than once in one detections array: those persons are '
                                'evaluated without the track cache')
-        results = self._with_errors(job, frame.results, todo)
+        return self._with_errors(job, frame.results, todo)
+
+    def _count_results(self, results: list[EmotionResult]) -> None:
+        """Count (and log, throttled) the persons answered ERROR / SKIPPED or with a reason."""
         for res in results:
             if res.status in (Status.ERROR, Status.SKIPPED) or res.reason:
                 kind = reason_kind(res.reason)
@@ -672,7 +777,6 @@ class EmotionNode(PerceptionNode):
                 self.stats.count(f'{group}.{kind}')
                 if kind != 'no_face_found_in_person_box':  # routine, not a fault
                     self.kind_log.warn(f'{group}.{kind}', f'person {group}: {res.reason}')
-        self._publish(job, results, rgb)
 
     def _with_errors(self, job: _Pending, results: list[EmotionResult], todo: list[int]
                      ) -> list[EmotionResult]:
@@ -831,6 +935,7 @@ class EmotionNode(PerceptionNode):
         with self._cond:
             depth, cached_images = len(self._pending), len(self._images)
             body_frames_waiting = len(self._waiting)
+            image_mb = (self._image_bytes + self._waiting_bytes) / 2**20
             oldest = self._pending[0].received if self._pending else None
         busy_s = now - busy_since if busy_since is not None else 0.0
         waiting_s = now - oldest if oldest is not None else 0.0
@@ -861,6 +966,7 @@ class EmotionNode(PerceptionNode):
             'latency_ms_p50': f'{pct[50]:.1f}', 'latency_ms_p90': f'{pct[90]:.1f}',
             'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': depth,
             'image_cache': cached_images, 'body_frames_waiting': body_frames_waiting,
+            'images_held_mb': f'{image_mb:.1f}',
             'backend': backend.name if backend else '', 'model': backend.model_id if backend else '',
             'device': getattr(backend, 'device', '') if backend else '',
             'model_loaded': bool(backend and backend.loaded),

@@ -6,12 +6,23 @@ SIGINT / SIGTERM at any moment end the process with exit code 0, no traceback, w
 handler (the context shut down wherever the main thread is) and :func:`spin_node`'s ordered exit;
 an autostart thread that finds the context shut down ends quietly, and a transition that does
 not finish (a model load that hangs) is not waited for.
+
+Any other exception out of ``executor.spin()`` (an rclpy race, a bug in code that no guard
+wraps) does not end the process: :func:`spin_guarded` logs it with its traceback, the node
+counts and reports it in ``/diagnostics`` (``PerceptionNode.executor_failed``), and the
+executor is spun again, after a short pause; only ``MAX_SPIN_FAILURES`` of them within
+``SPIN_FAILURE_WINDOW_S`` (something broken for good) end it, with exit code 1 (a launch file's
+``respawn`` can then start it again).
 """
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 import threading
+import time
+import traceback
+from typing import Callable
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -32,6 +43,13 @@ EXIT_WORKER_TIMEOUT_S = 3.0
 #: model) before exiting without the node's teardown: a load that hangs must not hold the exit
 #: past launch's 5 s (the process ends with os._exit; the GPU memory goes with it)
 EXIT_TRANSITION_WAIT_S = 1.0
+#: exceptions out of ``executor.spin()`` tolerated within SPIN_FAILURE_WINDOW_S seconds; one
+#: more ends the process (exit code 1)
+MAX_SPIN_FAILURES = 10
+SPIN_FAILURE_WINDOW_S = 60.0
+#: pause before spinning again after the n-th recent failure: SPIN_RETRY_S * 2**(n-1), at most
+#: 1 s (a failure that repeats at once must not take a core)
+SPIN_RETRY_S = 0.01
 
 
 def shutting_down() -> bool:
@@ -74,9 +92,53 @@ def _autostart(node: LifecycleNode) -> bool:
     return state == 'active'
 
 
+def spin_guarded(executor, stopping: Callable[[], bool],
+                 on_failure: Callable[[BaseException, str, bool], None]) -> bool:
+    """``executor.spin()`` until the executor or its context is shut down, spinning it again
+    after any exception but a shutdown (see the module docstring).
+
+    ``stopping()`` tells a shutdown in progress (an exception then ends the spin quietly: the
+    executor raises ``RCLError`` on a context shut down under it); ``on_failure(exc, text,
+    giving_up)`` is told each other exception (``text``: its traceback) before the executor is
+    spun again (``giving_up`` False) or, past ``MAX_SPIN_FAILURES``, not (True).
+
+    Returns True when the spin ended by a shutdown, False when it gave up.
+    """
+    failures: collections.deque[float] = collections.deque()
+    while True:
+        try:
+            executor.spin()
+            return True
+        except (KeyboardInterrupt, ExternalShutdownException):
+            return True
+        except Exception as exc:  # noqa: BLE001 - logged, reported, spun again
+            if stopping():
+                return True
+            now = time.monotonic()
+            failures.append(now)
+            while failures and now - failures[0] > SPIN_FAILURE_WINDOW_S:
+                failures.popleft()
+            giving_up = len(failures) > MAX_SPIN_FAILURES
+            on_failure(exc, traceback.format_exc(), giving_up)
+            if giving_up:
+                return False
+            time.sleep(min(1.0, SPIN_RETRY_S * 2 ** (len(failures) - 1)))
+
+
+def _report_spin_failure(node, exc: BaseException, text: str, giving_up: bool) -> None:
+    """Log (and have the node count and report) an exception out of ``executor.spin()``."""
+    failed = getattr(node, 'executor_failed', None)
+    if failed is not None:
+        failed(exc, text, giving_up)
+        return
+    what = 'exiting' if giving_up else 'spinning it again'
+    node.get_logger().error(f'the executor raised {type(exc).__name__}: {exc} ({what})\n{text}')
+
+
 def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> int:
     """Create ``node_cls``, autostart it if its ``autostart`` parameter is true, spin until
-    SIGINT/SIGTERM, then shut the node down (worker threads stopped). Returns the exit code.
+    SIGINT/SIGTERM (:func:`spin_guarded`), then shut the node down (worker threads stopped).
+    Returns the exit code (0; 1 when the executor kept raising).
 
     Autostart runs in a thread next to the spinning executor, so the node answers its lifecycle
     and parameter services (and publishes /diagnostics) while it loads its model.
@@ -85,6 +147,7 @@ def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> i
     signals.running()
     node = None
     executor = None
+    code = 0
     try:
         executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
         node = node_cls()
@@ -92,7 +155,10 @@ def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> i
         if node.get_parameter('autostart').value and not shutting_down():
             threading.Thread(target=autostart, args=(node,), name='autostart',
                              daemon=True).start()
-        executor.spin()
+        if not spin_guarded(executor, shutting_down,
+                            lambda exc, text, giving_up: _report_spin_failure(
+                                node, exc, text, giving_up)):
+            code = 1
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception:  # noqa: BLE001 - re-raised unless it is the requested shutdown
@@ -112,7 +178,7 @@ def spin_node(node_cls: type[LifecycleNode], args: list[str] | None = None) -> i
             executor.shutdown()
         if rclpy.ok():
             rclpy.shutdown()
-    return 0
+    return code
 
 
 def _close_node(node: LifecycleNode, executor: MultiThreadedExecutor | None) -> None:

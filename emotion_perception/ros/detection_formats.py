@@ -238,10 +238,14 @@ def from_yolo(msg: Any, person_classes: Sequence[str], min_confidence: float = 0
 
 
 def roi_box(roi: Any, width: int, height: int) -> tuple[BBox | None, str, bool]:
-    """A normalised REP-155 roi -> (xyxy pixel box or None, reason, clipped).
+    """A normalised REP-155 roi (hri_msgs/NormalizedRegionOfInterest2D, xyxy in [0, 1]) ->
+    (xyxy pixel box of a ``width`` x ``height`` image or None, reason, clipped): the one place
+    that turns REP-155 rois (bodies and faces) into pixels.
 
     Coordinates slightly outside [0, 1] (``UNIT_TOLERANCE``) are accepted; a roi reaching
-    further out is clipped to [0, 1] (``clipped`` True) unless nothing of it is inside.
+    further out is clipped to [0, 1] (``clipped`` True) unless nothing of it is inside. An
+    image size of 0 x 0 (not known yet: a compressed frame before decoding) gives an empty box
+    at (0, 0) and no reason when the roi itself is usable.
     """
     coords = (float(roi.xmin), float(roi.ymin), float(roi.xmax), float(roi.ymax))
     if not all(math.isfinite(c) for c in coords):
@@ -255,16 +259,18 @@ def roi_box(roi: Any, width: int, height: int) -> tuple[BBox | None, str, bool]:
     if cx2 <= cx1 or cy2 <= cy1:
         return None, f'bad roi: outside [0, 1], xyxy={coords}', clipped
     if width <= 0 or height <= 0:
-        return None, 'image size unknown', clipped
+        return BBox(0.0, 0.0, 0.0, 0.0), '', clipped
     return BBox(cx1 * width, cy1 * height, cx2 * width, cy2 * height), '', clipped
 
 
 def from_rep155(header: Header, body_ids: Sequence[str], rois: Mapping[str, Any],
                 width: int, height: int) -> tuple[Converted, int]:
-    """One REP-155 body frame -> persons: one per id of ``body_ids`` (the latest tracked list),
+    """One REP-155 body frame -> persons: one per id of ``body_ids`` (the frame's tracked list),
     boxes from ``rois`` (body id -> NormalizedRegionOfInterest2D stamped with the image's
     stamp) times the image size; a body without a roi is answered ERROR 'no roi for this
-    stamp'. Returns (converted, number of rois clipped to [0, 1])."""
+    stamp'. With a 0 x 0 size (not known yet) the boxes are empty and only the rois' own
+    problems are errors: build it again with the size before evaluating. Returns (converted,
+    number of rois clipped to [0, 1])."""
     out = Converted(PersonDetectionArray(header=header, image_width=int(width),
                                          image_height=int(height)))
     clipped_n = 0

@@ -13,9 +13,11 @@ from typing import Any, Callable
 from rclpy.logging import LoggingSeverity
 from sensor_msgs.msg import CompressedImage, Image
 
-from .image_conversion import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_msg_to_rgb
+from .image_conversion import (DEFAULT_MAX_PIXELS, ImageConversionError, compressed_image_size,
+                               compressed_to_rgb, image_msg_to_rgb)
 from .qos import image_qos, warn_on_incompatible_qos
 from .rclpy_compat import Caller, log_with_caller, subscription_passes_message_info
+
 
 def _this_file() -> str:
     return sys._getframe().f_code.co_filename
@@ -234,6 +236,18 @@ def decode_image(msg, max_pixels: int = DEFAULT_MAX_PIXELS):
     if isinstance(msg, CompressedImage):
         return compressed_to_rgb(msg, max_pixels=max_pixels)
     return image_msg_to_rgb(msg, max_pixels=max_pixels)
+
+
+def image_size(msg) -> tuple[int, int]:
+    """(width, height) of an Image or CompressedImage message without decoding it: the raw
+    message's fields, or what a compressed image's header says; (0, 0) when a compressed
+    header cannot be read (decoding it will say why)."""
+    if isinstance(msg, CompressedImage):
+        try:
+            return compressed_image_size(msg.data) or (0, 0)
+        except ImageConversionError:
+            return 0, 0
+    return int(msg.width), int(msg.height)
 
 
 def reason_kind(reason: str) -> str:

@@ -15,6 +15,13 @@ Everything else in the package uses rclpy's public API only: ``Node.services`` (
 ``_services``), ``Node.list_parameters`` (not ``_parameters``), ``Executor.context`` (not
 ``_context``), the lifecycle services found by their ``lifecycle_msgs`` type (not the
 ``_service_*`` attributes).
+
+Entities created or destroyed while the node spins (REP-155 per-id topics, the subscriptions of
+activate / deactivate, the publishers of configure / cleanup) go through
+:func:`no_publisher_events`, :func:`no_subscription_events` and :func:`destroy_entity`: rclpy's
+executors build their wait sets from the node's entity lists without a lock, and destroying an
+entity that carries QoS event handlers at the wrong moment ends ``executor.spin()`` (see
+:func:`destroy_entity`).
 """
 from __future__ import annotations
 
@@ -174,6 +181,90 @@ def subscription_passes_message_info() -> bool:
         return False
     return hasattr(Subscription, 'CallbackType')
 
+
+
+def no_publisher_events() -> Any:
+    """``event_callbacks`` for ``create_publisher`` that attach no QoS event handler.
+
+    Public API (``PublisherEventCallbacks(use_default_callbacks=False)``); here because the
+    package relies on what it implies: by default rclpy gives every publisher two event
+    handlers (incompatible QoS, incompatible type), each a ``Waitable`` on the node that every
+    executor iteration gathers, enters and adds to its wait set in Python. A publisher without
+    them adds nothing to the wait set (publishers are not waited on), so creating and
+    destroying it from any thread cannot race the executor (:func:`destroy_entity`), and
+    hundreds of per-id publishers cost the executor nothing. The price: an incompatible
+    subscriber on such a topic is not warned about.
+
+    Checked: rclpy 7.1.6, 9.1.2 (``PublisherEventCallbacks.create_event_handlers`` returns no
+    handler).
+    """
+    from rclpy.event_handler import PublisherEventCallbacks
+    return PublisherEventCallbacks(use_default_callbacks=False)
+
+
+def no_subscription_events() -> Any:
+    """``event_callbacks`` for ``create_subscription`` that attach no QoS event handler (see
+    :func:`no_publisher_events`; a subscription itself is waited on, and its destruction from
+    another thread is safe: :func:`destroy_entity`).
+
+    Checked: rclpy 7.1.6, 9.1.2.
+    """
+    from rclpy.event_handler import SubscriptionEventCallbacks
+    return SubscriptionEventCallbacks(use_default_callbacks=False)
+
+
+def destroy_entity(node: Any, entity: Any) -> bool:
+    """Destroy ``entity`` (a publisher, lifecycle publisher or subscription of ``node``) from
+    any thread, also while an executor spins the node. Returns False when the node does not
+    hold it (already destroyed).
+
+    Reason: rclpy's executors (``Executor._wait_for_ready_callbacks``, the same in 7.1.6 and
+    9.1.2) build each wait set without a lock, in three steps: (1) gather the entities from the
+    node's lists (``node.subscriptions``, ``node.waitables``, ...), (2) enter each handle
+    (``with handle``: from then on a destruction is deferred until the wait ends; a handle
+    already destroyed raises ``InvalidHandle``, which is caught and the entity skipped), (3) add
+    them to the wait set. For a ``Waitable`` (the QoS event handlers rclpy gives each publisher
+    and subscription by default) the ``InvalidHandle`` of step 2 is caught but the waitable is
+    left in the list, and step 3 (``EventHandler.add_to_wait_set``: ``with self.__event``)
+    raises it again, uncaught: ``spin()`` ends with ``InvalidHandle: cannot use Destroyable
+    because destruction was requested`` whenever an entity with event handlers is destroyed
+    between steps 1 and 2 by another thread. With ``MultiThreadedExecutor`` the callbacks run
+    in pool threads while the spinning thread builds the next wait set, so a callback is no
+    safe place to destroy from either.
+
+    What this does instead: the event handlers are taken off the node (``Node.remove_waitable``:
+    no wait set gathered from now on holds them) and off the entity (``entity.event_handlers``
+    emptied, so that ``Publisher.destroy`` / ``Subscription.destroy`` do not destroy them), and
+    are NOT destroyed: a wait set being built may still hold them. Each one's rcl event is
+    finalized when its last Python reference goes (C++ ``EventHandle``'s destructor; nothing
+    refers back to it), i.e. once that wait set is done; it keeps its parent's rcl handle alive
+    until then (``EventHandle::grandparent_`` is a copy of the rclpy Publisher/Subscription,
+    sharing its ``shared_ptr``), so nothing is freed under the executor. The entity itself goes
+    through ``Node.destroy_publisher`` / ``destroy_subscription`` /
+    ``destroy_lifecycle_publisher``: its handle is destroyed when not in use (step 2), and the
+    executor skips a subscription whose handle is gone (``handle.pointer`` is 0 afterwards,
+    ``_take_subscription`` catches ``InvalidHandle``).
+
+    Checked: rclpy 7.1.6, 9.1.2 (``test_rclpy_compat``: a spinning MultiThreadedExecutor
+    survives thousands of create / destroy cycles from another thread that rclpy's own
+    ``destroy_publisher`` / ``destroy_subscription`` end within seconds).
+    """
+    if not isinstance(getattr(entity, 'event_handlers', None), list):
+        raise RclpyInternalsChanged(
+            f'{type(entity).__name__}.event_handlers is not a list of event handlers')
+    handlers, entity.event_handlers = list(entity.event_handlers), []
+    for handler in handlers:
+        try:
+            node.remove_waitable(handler)
+        except ValueError:  # not (or no longer) on the node
+            pass
+    from rclpy.lifecycle import LifecyclePublisher
+    from rclpy.publisher import Publisher
+    if isinstance(entity, LifecyclePublisher):
+        return bool(node.destroy_lifecycle_publisher(entity))
+    if isinstance(entity, Publisher):
+        return bool(node.destroy_publisher(entity))
+    return bool(node.destroy_subscription(entity))
 
 
 #: (function name, absolute file path, line number) of a log message's origin

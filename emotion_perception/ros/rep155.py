@@ -7,30 +7,61 @@ NormalizedRegionOfInterest2D, normalised xyxy), ``/humans/faces/<id>/expression`
 one person). QoS: reliable, volatile, as libhri (SystemDefaultsQoS) subscribes; a best-effort
 publisher would be invisible to it.
 
+Pairing (:class:`BodyInput`): tracked lists and rois are kept by stamp (the last
+``max_stamps`` stamps of each). A camera frame stamped ``t`` pairs with the tracked list of its
+own stamp: the list stamped ``t``, or, where there is none (a body source that publishes its
+list only when it changes), the latest list stamped before ``t``. So a body that appears later
+does not make an older frame wait for a roi it can never get, and a body that left is still a
+person of the frames it was in. When a frame is complete: see :meth:`BodyInput.ready`.
+
 Bounded: at most ``max_ids`` per-id subscriptions (per kind) and per-id publishers exist; ids
 beyond are refused with a counter (``rep155.ids_over_cap``) and a throttled warning, ids that
-are not valid ROS name tokens are refused (``rep155.invalid_ids``). Subscriptions and
-publishers of ids gone from a tracked list (or unseen for ``forget_after_s`` where this node is
-the body source) are destroyed.
+are not valid ROS name tokens are refused (``rep155.invalid_ids``). Subscriptions follow the
+newest tracked list; publishers of ids gone from it (or, where this node is the body source,
+unseen for ``forget_after_s``: checked on every frame and by the node's timer calling
+:meth:`Rep155Output.prune`, so also when no frame comes) are destroyed.
+
+Threads and ROS entities. The per-id subscriptions are created and destroyed in the tracked-list
+callbacks (an executor thread) and at deactivate (the transition thread); the per-id publishers
+by whichever thread answers a frame (the worker; an executor thread answering an overflow; the
+transition thread draining the queue) and by the timer. None of these is a place where the
+executor cannot be waiting on the entity: rclpy's executors (7.1.6 and 9.1.2; what they do is
+told in :func:`~.rclpy_compat.destroy_entity`) gather the node's entities, enter their handles
+and add them to the wait set in the spinning thread without a lock, and with the
+``MultiThreadedExecutor`` of ``nodes.lifecycle`` the callbacks run in pool threads meanwhile.
+Keeping the per-id entities and reusing them is not possible either (the id is in the topic
+name). What makes it safe (``ros.rclpy_compat``): per-id entities carry no QoS event handler
+(:func:`~.rclpy_compat.no_publisher_events`, :func:`~.rclpy_compat.no_subscription_events`). A
+publisher without one is never part of a wait set; a subscription's handle is entered by the
+executor before it waits (its destruction then waits for the wait to end), and one destroyed
+before that is skipped (rclpy catches ``InvalidHandle`` there). What ended ``spin()`` with
+``InvalidHandle`` (issue 25) was the event handlers of a per-id publisher destroyed between the
+executor gathering and entering them: rclpy catches that one at the entering but raises it again
+from ``EventHandler.add_to_wait_set``. The entities that keep their event handlers (the tracked-
+list subscriptions and publisher, made at activate) are destroyed through
+:func:`~.rclpy_compat.destroy_entity`, which detaches the handlers instead of destroying them
+under the executor. Between our own threads, each class holds a lock around its entities, and
+nothing is created after ``close()``.
 
 The message package hri_msgs is imported by :func:`load` only (optional dependency).
 """
 from __future__ import annotations
 
+import bisect
 import collections
-import math
 import threading
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Collection, Sequence
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 from emotion_perception.msg import PersonEmotionArray
 
 from ..core.expressions import to_expression
-from ..core.types import BBox, Status
-from .detection_formats import is_name_token, message_module, rep155_id
-from .messages import emotion_to_msg, roi_to_bbox, stamp_key
+from ..core.types import Status
+from .detection_formats import is_name_token, message_module, rep155_id, roi_box
+from .messages import emotion_to_msg, roi_to_bbox, stamp_key, stamp_seconds
+from .rclpy_compat import destroy_entity, no_publisher_events, no_subscription_events
 
 #: libhri subscribes with rclcpp::SystemDefaultsQoS: reliable, volatile
 HRI_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -44,6 +75,10 @@ FACE_SEARCH_FRACTION = 0.6
 #: the roi of a face is used for frames up to this long after its stamp (faces may come from a
 #: slower detector than the bodies)
 FACE_ROI_MAX_AGE_S = 1.0
+#: how often the emotion node's timer calls :meth:`Rep155Output.prune` (seconds)
+PRUNE_PERIOD_S = 0.5
+
+Stamp = tuple[int, int]  # (sec, nanosec) of a header stamp
 
 
 def load() -> Any:
@@ -52,16 +87,23 @@ def load() -> Any:
 
 
 class IdSubscriptions:
-    """Per-id subscriptions (``<prefix>/<id>/<leaf>``) following a tracked list, bounded."""
+    """Per-id subscriptions (``<prefix>/<id>/<leaf>``) following a tracked list, bounded.
+
+    Thread-safe: :meth:`follow` runs in the tracked-list callback (an executor thread) and
+    :meth:`close` on the transition thread; after ``close`` nothing is subscribed any more.
+    """
 
     def __init__(self, node: Any, prefix: str, leaf: str, msg_type: type,
                  callback: Callable[[str, Any], None], max_ids: int) -> None:
         self.node, self.prefix, self.leaf = node, prefix, leaf
         self.msg_type, self.callback, self.max_ids = msg_type, callback, max_ids
         self.subs: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
 
-    def update(self, ids: Sequence[str]) -> list[str]:
-        """Follow the tracked list ``ids``; returns the ids accepted (valid, within the cap)."""
+    def accept(self, ids: Sequence[str]) -> list[str]:
+        """The ids of a tracked list this node follows: valid ROS name tokens, first
+        occurrence, at most ``max_ids`` (the others are counted and warned about)."""
         accepted: list[str] = []
         seen: set[str] = set()
         invalid = over = 0
@@ -84,30 +126,51 @@ class IdSubscriptions:
             stats.count('rep155.ids_over_cap', over)
             log.warn('rep155.ids_over_cap', f'{self.prefix}/tracked names more than '
                      f'rep155.max_ids={self.max_ids} ids: {over} ignored (no subscription)')
-        keep = set(accepted)
-        for i in [i for i in self.subs if i not in keep]:
-            self.node.destroy_subscription(self.subs.pop(i))
-        for i in accepted:
-            if i not in self.subs:
-                self.subs[i] = self.node.create_subscription(
-                    self.msg_type, f'{self.prefix}/{i}/{self.leaf}',
-                    lambda msg, i=i: self.callback(i, msg), HRI_QOS)
         return accepted
 
+    def follow(self, accepted: Sequence[str]) -> None:
+        """Subscribe the ids of ``accepted`` (from :meth:`accept`), unsubscribe the others."""
+        keep = set(accepted)
+        with self._lock:
+            if self._closed:
+                return
+            for i in [i for i in self.subs if i not in keep]:
+                destroy_entity(self.node, self.subs.pop(i))
+            for i in accepted:
+                if i not in self.subs:
+                    self.subs[i] = self.node.create_subscription(
+                        self.msg_type, f'{self.prefix}/{i}/{self.leaf}',
+                        lambda msg, i=i: self.callback(i, msg), HRI_QOS,
+                        event_callbacks=no_subscription_events())
+
+    def subscribed(self) -> list[str]:
+        """The ids subscribed now."""
+        with self._lock:
+            return list(self.subs)
+
     def close(self) -> None:
-        self.update([])
+        """Unsubscribe all, for good."""
+        with self._lock:
+            self._closed = True
+            subs, self.subs = list(self.subs.values()), {}
+            for sub in subs:
+                destroy_entity(self.node, sub)
 
 
 class BodyInput:
-    """``rep155`` input: the tracked bodies and their rois by stamp (see emotion_node)."""
+    """``rep155`` input: the tracked lists and the rois of the bodies, by stamp.
+
+    The lists and rois are read and changed under ``cond`` (the emotion node's condition, which
+    is notified when one arrives); :meth:`ready` and :meth:`take` are called holding it.
+    """
 
     def __init__(self, node: Any, cond: threading.Condition, max_ids: int, max_stamps: int
                  ) -> None:
         self.hri = load()
         self.node, self.cond, self.max_stamps = node, cond, max_stamps
-        self.ids: list[str] = []                 # the latest tracked list (accepted ids)
-        self.list_stamp: tuple[int, int] = (0, 0)
-        self.rois: collections.OrderedDict = collections.OrderedDict()  # stamp -> {id: roi}
+        #: (stamp, accepted ids) of the tracked lists received, oldest stamp first
+        self.lists: list[tuple[Stamp, tuple[str, ...]]] = []
+        self.rois: collections.OrderedDict[Stamp, dict[str, Any]] = collections.OrderedDict()
         self.subs = IdSubscriptions(node, BODIES, 'roi', self.hri.NormalizedRegionOfInterest2D,
                                     self._on_roi, max_ids)
         self.tracked_sub = node.create_subscription(self.hri.IdsList, f'{BODIES}/tracked',
@@ -115,44 +178,73 @@ class BodyInput:
 
     def _on_tracked(self, msg: Any) -> None:
         self.node.stats.count('rep155.tracked_in')
-        ids = self.subs.update(list(msg.ids))
+        ids = tuple(self.subs.accept(list(msg.ids)))
+        key = stamp_key(msg.header)
         with self.cond:
-            self.ids, self.list_stamp = ids, stamp_key(msg.header)
+            newest = not self.lists or key >= self.lists[-1][0]
+            at = bisect.bisect_left(self.lists, key, key=lambda entry: entry[0])
+            if at < len(self.lists) and self.lists[at][0] == key:
+                self.lists[at] = (key, ids)
+            else:
+                self.lists.insert(at, (key, ids))
+            del self.lists[:-self.max_stamps]
             self.cond.notify_all()
+        if newest:  # the subscriptions follow the newest list (not a late older one)
+            self.subs.follow(ids)
 
     def _on_roi(self, body_id: str, msg: Any) -> None:
         self.node.stats.count('rep155.rois_in')
         key = stamp_key(msg.header)
         with self.cond:
-            if body_id not in self.ids:
-                self.node.stats.count('rep155.roi_unknown_body')
-                return
             self.rois.setdefault(key, {})[body_id] = msg
             self.rois.move_to_end(key)
             while len(self.rois) > self.max_stamps:
                 self.rois.popitem(last=False)
             self.cond.notify_all()
 
-    def ready(self, key: tuple[int, int]) -> bool:
+    def tracked_ids(self) -> list[str]:
+        """The ids of the newest tracked list."""
+        with self.cond:
+            return list(self.lists[-1][1]) if self.lists else []
+
+    def _list_for(self, key: Stamp) -> tuple[int, tuple[str, ...] | None]:
+        """(index in ``lists`` of the list stamped ``key`` or the latest one before it (-1:
+        none), its ids or None)."""
+        at = bisect.bisect_right(self.lists, key, key=lambda entry: entry[0]) - 1
+        return at, (self.lists[at][1] if at >= 0 else None)
+
+    def ready(self, key: Stamp) -> bool:
         """Whether the body frame of the image stamped ``key`` is complete (under ``cond``):
-        every id of the latest tracked list has its roi for this stamp, and the list is not
-        empty or is stamped at or after the image (an empty list from before the image may
-        just not have been updated yet)."""
+        every id of its tracked list has a roi stamped ``key``, where its list is
+
+        * the list stamped ``key`` when it came;
+        * else the latest list before ``key`` when a later list came (none for ``key`` will);
+        * else (the list of ``key`` may still come) the latest list before ``key``, if it is
+          not empty and no roi stamped ``key`` comes from a body outside it (a body that
+          appeared: its list is on its way). An empty or no list waits for the list of ``key``
+          (or ``pair_timeout_s``).
+        """
+        at, ids = self._list_for(key)
         got = self.rois.get(key, {})
-        if not self.ids:
-            return self.list_stamp >= key
-        return all(i in got for i in self.ids)
+        if ids is None:
+            return False
+        if self.lists[at][0] == key or at + 1 < len(self.lists):
+            return all(i in got for i in ids)
+        return bool(ids) and all(i in got for i in ids) and all(i in ids for i in got)
 
-    def take(self, key: tuple[int, int]) -> tuple[list[str], dict]:
-        """(ids, rois) of the frame stamped ``key`` (under ``cond``); forgets its rois."""
-        return list(self.ids), self.rois.pop(key, {})
+    def take(self, key: Stamp) -> tuple[list[str], dict]:
+        """(ids of the frame's tracked list, rois by id) of the image stamped ``key`` (under
+        ``cond``); forgets its rois."""
+        _, ids = self._list_for(key)
+        return list(ids or ()), self.rois.pop(key, {})
 
-    def close(self) -> list:
+    def close(self) -> None:
+        """Unsubscribe the per-id rois (the tracked-list subscription is the node's) and forget
+        the lists and rois."""
         self.subs.close()
         with self.cond:
             self.rois.clear()
-            self.ids = []
-        return [self.tracked_sub]
+            self.lists.clear()
 
 
 class FaceInput:
@@ -168,7 +260,8 @@ class FaceInput:
                                                     self._on_tracked, HRI_QOS)
 
     def _on_tracked(self, msg: Any) -> None:
-        ids = self.subs.update(list(msg.ids))
+        ids = self.subs.accept(list(msg.ids))
+        self.subs.follow(ids)
         with self.lock:
             self.ids = ids
             self.rois = {i: r for i, r in self.rois.items() if i in ids}
@@ -178,44 +271,52 @@ class FaceInput:
             if face_id in self.ids:
                 self.rois[face_id] = msg
 
+    def tracked_ids(self) -> list[str]:
+        with self.lock:
+            return list(self.ids)
+
     def faces(self, stamp_s: float, width: int, height: int) -> list[tuple[str, Any]]:
-        """(face id, Face in pixels) of the tracked faces with a roi no older than
+        """(face id, Face in pixels) of the tracked faces with a usable roi no older than
         ``FACE_ROI_MAX_AGE_S`` before ``stamp_s`` (nor after it)."""
         from ..core.faces import Face  # imports torch: only where faces are published
         out = []
         with self.lock:
             items = [(i, self.rois[i]) for i in self.ids if i in self.rois]
         for face_id, roi in items:
-            t = roi.header.stamp.sec + roi.header.stamp.nanosec * 1e-9
-            coords = (roi.xmin, roi.ymin, roi.xmax, roi.ymax)
-            if not (0.0 <= stamp_s - t <= FACE_ROI_MAX_AGE_S) or not all(
-                    math.isfinite(c) for c in coords):
+            if not 0.0 <= stamp_s - stamp_seconds(roi.header) <= FACE_ROI_MAX_AGE_S:
                 continue
-            score = float(roi.c) if math.isfinite(roi.c) and 0 < roi.c <= 1 else 1.0
-            box = BBox(roi.xmin * width, roi.ymin * height, roi.xmax * width, roi.ymax * height)
-            if box.area > 0:
-                out.append((face_id, Face(box=box, score=score, source='rep155')))
+            box, _, _ = roi_box(roi, width, height)
+            if box is None or box.area <= 0:
+                continue
+            score = float(roi.c) if 0 < roi.c <= 1 else 1.0  # (NaN fails the test)
+            out.append((face_id, Face(box=box, score=score, source='rep155')))
         return out
 
-    def close(self) -> list:
+    def close(self) -> None:
+        """Unsubscribe the per-id rois (the tracked-list subscription is the node's)."""
         self.subs.close()
-        return [self.tracked_sub]
 
 
 class Rep155Output:
     """Publishes per-body emotions, face expressions and (as body source) bodies.
 
-    All calls from the emotion node's worker thread.
+    Thread-safe: :meth:`publish` runs in whichever thread answers a frame, :meth:`prune` in
+    the node's timer, :meth:`close` on the transition thread; nothing is published or created
+    after ``close``.
     """
 
     def __init__(self, node: Any, max_ids: int, forget_after_s: float, body_source: bool,
-                 tracked: Callable[[], set] | None = None) -> None:
+                 tracked: Callable[[], Collection[str]] | None = None) -> None:
+        """``tracked``: with the rep155 input, the body ids tracked now (its newest list)."""
         self.hri = load()
-        self.tracked = tracked  # rep155 input: the body ids tracked now
+        self.tracked = tracked
         self.node, self.max_ids = node, max_ids
         self.forget_after_s, self.body_source = forget_after_s, body_source
         self.pubs: dict[tuple[str, str], Any] = {}   # (kind, id) -> publisher
         self.last_seen: dict[str, float] = {}        # body id -> monotonic (body source)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._frame_id = ''
         self.faces = FaceInput(node, self.hri, max_ids)
         self.tracked_pub = (node.create_publisher(self.hri.IdsList, f'{BODIES}/tracked', HRI_QOS)
                             if body_source else None)
@@ -229,61 +330,74 @@ class Rep155Output:
                 self.node.kind_log.warn('rep155.pubs_over_cap', f'more than rep155.max_ids='
                                         f'{self.max_ids} {kind} publishers: {topic} not published')
                 return None
-            pub = self.pubs[key] = self.node.create_publisher(msg_type, topic, HRI_QOS)
+            pub = self.pubs[key] = self.node.create_publisher(
+                msg_type, topic, HRI_QOS, event_callbacks=no_publisher_events())
         return pub
 
-    def _drop(self, keep: Callable[[str, str], bool]) -> None:
-        for key in [k for k in self.pubs if not keep(*k)]:
-            self.node.destroy_publisher(self.pubs.pop(key))
-            self.node.stats.count('rep155.publishers_removed')
+    def _drop_gone(self) -> None:
+        """Destroy the publishers of bodies no longer tracked (body source: unseen for
+        ``forget_after_s``; else: not in the input's newest list) and of faces no longer in
+        ``/humans/faces/tracked``."""
+        bodies = (set(self.last_seen) if self.body_source else
+                  set(self.tracked()) if self.tracked is not None else None)
+        faces = set(self.faces.tracked_ids())
+        for kind, ident in list(self.pubs):
+            gone = ident not in faces if kind == 'expression' else (
+                bodies is not None and ident not in bodies)
+            if gone:
+                destroy_entity(self.node, self.pubs.pop((kind, ident)))
+                self.node.stats.count('rep155.publishers_removed')
+
+    def _forget(self, now: float) -> bool:
+        """Forget the bodies unseen for ``forget_after_s``; whether there were any."""
+        gone = [b for b, t in self.last_seen.items() if now - t > self.forget_after_s]
+        for b in gone:
+            del self.last_seen[b]
+        return bool(gone)
 
     def publish(self, header: Any, width: int, height: int, persons: Sequence[Any],
                 results: Sequence[Any]) -> None:
         """One answered frame: ``persons`` (PersonDetection msgs), ``results`` (EmotionResult)
         and the image size in pixels (0 = unknown: no rois nor faces then)."""
-        now = time.monotonic()
-        stamp_s = header.stamp.sec + header.stamp.nanosec * 1e-9
-        answered = []  # (body id, person msg, result) of OK / CACHED persons with an id
-        for det, res in zip(persons, results):
-            bid = rep155_id(det.track_id)
-            if not bid:
-                continue
+        with self._lock:
+            if self._closed:
+                return
+            now = time.monotonic()
+            answered = []  # (body id, person msg, result) of OK / CACHED persons with an id
+            for det, res in zip(persons, results):
+                bid = rep155_id(det.track_id)
+                if not bid:
+                    continue
+                if self.body_source:
+                    self.last_seen[bid] = now
+                if res.status in (Status.OK, Status.CACHED):
+                    answered.append((bid, det, res))
             if self.body_source:
-                self.last_seen[bid] = now
-            if res.status in (Status.OK, Status.CACHED):
-                answered.append((bid, det, res))
-        if self.body_source:
-            self._publish_bodies(header, width, height, persons, now)
-        elif self.tracked is not None:
-            live = self.tracked()
-            self._drop(lambda kind, ident: ident in live if kind == 'emotion' else True)
-        for bid, det, res in answered:
-            pub = self._pub('emotion', bid, PersonEmotionArray, f'{BODIES}/{bid}/emotion')
-            if pub is not None:
-                person = self._person_msg(det, res)
-                pub.publish(PersonEmotionArray(header=header, persons=[person]))
-                self.node.stats.count('rep155.emotions_out')
-        if answered and width > 0 and height > 0:
-            self._publish_expressions(header, stamp_s, width, height, answered)
+                self._forget(now)
+                self._frame_id = header.frame_id
+                self._publish_bodies(header, width, height, persons)
+            self._drop_gone()
+            for bid, det, res in answered:
+                pub = self._pub('emotion', bid, PersonEmotionArray, f'{BODIES}/{bid}/emotion')
+                if pub is not None:
+                    pub.publish(PersonEmotionArray(header=header,
+                                                   persons=[emotion_to_msg(det, res)]))
+                    self.node.stats.count('rep155.emotions_out')
+            if answered and width > 0 and height > 0:
+                self._publish_expressions(header, width, height, answered)
 
-    @staticmethod
-    def _person_msg(det: Any, res: Any) -> Any:
-        return emotion_to_msg(det, res)
-
-    def _publish_bodies(self, header: Any, width: int, height: int, persons: Sequence[Any],
-                        now: float) -> None:
-        gone = [b for b, t in self.last_seen.items() if now - t > self.forget_after_s]
-        for b in gone:
-            del self.last_seen[b]
+    def _tracked_list(self, header: Any) -> None:
         ids = list(self.last_seen)[:self.max_ids]
-        self._drop(lambda kind, ident: ident in self.last_seen if kind in ('emotion', 'roi')
-                   else True)
         self.tracked_pub.publish(self.hri.IdsList(header=header, ids=ids))
+
+    def _publish_bodies(self, header: Any, width: int, height: int, persons: Sequence[Any]
+                        ) -> None:
+        self._tracked_list(header)
         if width <= 0 or height <= 0:
             return
         for det in persons:
             bid = rep155_id(det.track_id)
-            if not bid or bid not in ids:
+            if not bid or bid not in self.last_seen:
                 continue
             box = roi_to_bbox(det.bbox)
             if box.area <= 0:
@@ -296,21 +410,19 @@ class Rep155Output:
                     ymin=min(1.0, box.y1 / height), xmax=min(1.0, box.x2 / width),
                     ymax=min(1.0, box.y2 / height), c=float(det.confidence)))
 
-    def _publish_expressions(self, header: Any, stamp_s: float, width: int, height: int,
-                             answered: list) -> None:
-        faces = self.faces.faces(stamp_s, width, height)
+    def _publish_expressions(self, header: Any, width: int, height: int, answered: list
+                             ) -> None:
+        faces = self.faces.faces(stamp_seconds(header), width, height)
         if not faces:
             return
         from ..core.faces import assign_faces
         boxes = [roi_to_bbox(det.bbox) for _, det, _ in answered]
         chosen = assign_faces(boxes, [f for _, f in faces], FACE_SEARCH_FRACTION)
         by_face = {id(f): i for i, f in faces}
-        live = set()
-        for (bid, det, res), face in zip(answered, chosen):
+        for (_, _, res), face in zip(answered, chosen):
             if face is None:
                 continue
             face_id = by_face[id(face)]
-            live.add(face_id)
             try:
                 est = to_expression(res.scores, res.vad)
             except ValueError:
@@ -322,22 +434,28 @@ class Rep155Output:
                     header=header, expression=est.expression, valence=est.valence,
                     arousal=est.arousal, confidence=est.confidence))
                 self.node.stats.count('rep155.expressions_out')
-        tracked = set(self.faces.ids)
-        self._drop(lambda kind, ident: ident in tracked if kind == 'expression' else True)
 
     def prune(self) -> None:
-        """Forget bodies unseen for ``forget_after_s`` (also when no frame comes)."""
-        if self.body_source:
-            now = time.monotonic()
-            for b in [b for b, t in self.last_seen.items() if now - t > self.forget_after_s]:
-                del self.last_seen[b]
-            self._drop(lambda kind, ident: ident in self.last_seen
-                       if kind in ('emotion', 'roi') else True)
+        """Forget what left also when no frame comes (the emotion node's timer, every
+        ``PRUNE_PERIOD_S``): bodies unseen for ``forget_after_s`` (body source: the shorter
+        tracked list is published, stamped with the node's clock), bodies the input no longer
+        tracks, faces no longer tracked; their publishers are destroyed."""
+        with self._lock:
+            if self._closed:
+                return
+            if self.body_source and self._forget(time.monotonic()):
+                from std_msgs.msg import Header
+                self._tracked_list(Header(stamp=self.node.get_clock().now().to_msg(),
+                                          frame_id=self._frame_id))
+            self._drop_gone()
 
-    def close(self) -> list:
-        self._drop(lambda kind, ident: False)
-        subs = self.faces.close()
-        if self.tracked_pub is not None:
-            self.node.destroy_publisher(self.tracked_pub)
-            self.tracked_pub = None
-        return subs
+    def close(self) -> None:
+        """Destroy every publisher and the face subscriptions, for good."""
+        with self._lock:
+            self._closed = True
+            for key in list(self.pubs):
+                destroy_entity(self.node, self.pubs.pop(key))
+            if self.tracked_pub is not None:
+                destroy_entity(self.node, self.tracked_pub)
+                self.tracked_pub = None
+        self.faces.close()

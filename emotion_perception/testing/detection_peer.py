@@ -9,6 +9,7 @@ REP-155).
 until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and then publishes:
 
   {"kind": "image", "photo": "bus", "stamp": [sec, nsec]}          sensor_msgs/Image on image
+   ("transport": "compressed": a JPEG sensor_msgs/CompressedImage on image/compressed)
   (every step with a stamp may also give "frame_id"; default 'camera')
   {"kind": "native" | "vision_msgs" | "yolo", "stamp": [...], "topic": "detections",
    "detections": [{"id": "7", "class": "person", "class_id": 0, "score": 0.9,
@@ -20,6 +21,8 @@ until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and
   {"kind": "await", "stamp": [...], "timeout_s": 30}   until ``emotions`` with that stamp came
                                                         (lockstep with the emotion node)
   {"kind": "repeat", "n": 30, "hz": 30, "steps": [...]}  (stamps get +i/hz seconds)
+  {"kind": "stream", ...}   a camera + tracker at a fixed rate whose people come and go, with
+                            every answer accounted for (see :class:`Stream`; soak tests)
 
 ``listen`` records every message of the given topics (types: emotions, states, events,
 expression, ids, roi, vision) as JSON lines of simplified fields to OUT, flushing each, until
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -52,13 +56,17 @@ def _header(stamp: list[int], frame: str = 'camera') -> Any:
     return h
 
 
-def _photo(name: str) -> Any:
+def _photo(name: str, transport: str = 'raw') -> Any:
+    """A sample photo as a raw Image (rgb8) or, ``transport`` 'compressed', a JPEG
+    CompressedImage."""
     import numpy as np
     from PIL import Image as PILImage
 
     from ..core.model_files import sample_image_paths
-    from ..ros.image_conversion import numpy_to_image_msg
+    from ..ros.image_conversion import numpy_to_image_msg, rgb_to_compressed
     rgb = np.asarray(PILImage.open(sample_image_paths()[name]).convert('RGB'))
+    if transport == 'compressed':
+        return rgb_to_compressed(rgb, 'jpeg')
     return numpy_to_image_msg(rgb, 'rgb8')
 
 
@@ -66,11 +74,13 @@ def build(step: dict, photos: dict) -> tuple[type, str, Any, Any]:
     """(message type, topic, message, QoS) of one publish step."""
     kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]), step.get('frame_id', 'camera'))
     if kind == 'image':
-        if step['photo'] not in photos:
-            photos[step['photo']] = _photo(step['photo'])
-        msg = photos[step['photo']]
+        transport = step.get('transport', 'raw')
+        if (step['photo'], transport) not in photos:
+            photos[step['photo'], transport] = _photo(step['photo'], transport)
+        msg = photos[step['photo'], transport]
         msg.header = hdr
-        return type(msg), step.get('topic', 'image'), msg, image_qos('reliable', 10)
+        topic = step.get('topic', 'image/compressed' if transport == 'compressed' else 'image')
+        return type(msg), topic, msg, image_qos('reliable', 10)
     if kind == 'native':
         from sensor_msgs.msg import RegionOfInterest
 
@@ -180,6 +190,8 @@ class Publisher(Node):
                 time.sleep(float(step['s']))
             elif step['kind'] == 'await':
                 self._await(step['stamp'], float(step.get('timeout_s', 30.0)))
+            elif step['kind'] == 'stream':
+                Stream(self, step).run()
             elif step['kind'] == 'repeat':
                 period = 1.0 / float(step['hz'])
                 t0 = time.monotonic()
@@ -189,6 +201,117 @@ class Publisher(Node):
             else:
                 msg_type, topic, msg, qos = build(step, self.photos)
                 self._publisher(msg_type, topic, qos).publish(msg)
+
+
+class Stream:
+    """A camera and a tracker: ``hz`` frames a second for ``seconds``, each an image (raw
+    ``image`` or compressed ``image/compressed``) of ``photo`` and its native detections array
+    (the photo's annotated people, ``testing.sample_people``), whose track ids change every
+    ``id_period_s`` (person ``j`` of period ``k`` is ``p<k>_<j>``, the periods of the people
+    shifted so ids come and go all the time). Every ``emotions`` array is counted by stamp.
+
+    Step keys: photo ('zidane'), transport ('raw' | 'compressed'), hz (5), seconds (10),
+    start ([1000, 0]: the first stamp), id_period_s (2.0), answer_timeout_s (30: how long the
+    end waits for the last answers), report (a JSON file, rewritten every ``report_every_s``
+    (5) seconds and at the end: frames sent, stamps answered once / more than once / not at
+    all, track ids used, persons by status).
+    """
+
+    def __init__(self, peer: 'Publisher', step: dict) -> None:
+        from .sample_people import PEOPLE
+        self.peer, self.step = peer, step
+        self.photo = step.get('photo', 'zidane')
+        self.boxes = [p.box for p in PEOPLE[self.photo]]
+        self.hz, self.seconds = float(step.get('hz', 5)), float(step.get('seconds', 10))
+        self.id_period_s = float(step.get('id_period_s', 2.0))
+        self.answers: dict[tuple[int, int], int] = {}
+        self.status: dict[int, int] = {}
+        self.lock = threading.Lock()
+        self.sent: list[tuple[int, int]] = []
+        self.ids: set[str] = set()
+
+    def _on_answer(self, msg: Any) -> None:
+        key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        with self.lock:
+            self.answers[key] = self.answers.get(key, 0) + 1
+            for p in msg.persons:
+                self.status[int(p.status)] = self.status.get(int(p.status), 0) + 1
+
+    def _image(self) -> tuple[type, str, Any]:
+        transport = self.step.get('transport', 'raw')
+        image = _photo(self.photo, transport)
+        return type(image), 'image/compressed' if transport == 'compressed' else 'image', image
+
+    def _detections(self, hdr: Any, t: float, width: int, height: int) -> Any:
+        from sensor_msgs.msg import RegionOfInterest
+
+        from emotion_perception.msg import PersonDetection, PersonDetectionArray
+        msg = PersonDetectionArray(header=hdr, image_width=width, image_height=height)
+        for j, (x1, y1, x2, y2) in enumerate(self.boxes):
+            period = int(t / self.id_period_s + j / max(1, len(self.boxes)))
+            track_id = f'p{period}_{j}'
+            self.ids.add(track_id)
+            msg.detections.append(PersonDetection(
+                track_id=track_id, confidence=0.9,
+                bbox=RegionOfInterest(x_offset=int(x1), y_offset=int(y1),
+                                      width=int(x2 - x1), height=int(y2 - y1))))
+        return msg
+
+    def report(self, done: bool) -> dict:
+        with self.lock:
+            answers, status = dict(self.answers), dict(self.status)
+        counts = [answers.get(k, 0) for k in self.sent]
+        out = {'done': done, 'sent': len(self.sent), 'answered_once': counts.count(1),
+               'answered_twice_or_more': sum(1 for c in counts if c > 1),
+               'unanswered': counts.count(0), 'ids': len(self.ids),
+               'first_unanswered': [list(k) for k, c in zip(self.sent, counts) if c == 0][:5],
+               'persons_by_status': {str(k): v for k, v in sorted(status.items())}}
+        path = self.step.get('report')
+        if path:
+            with open(path + '.tmp', 'w') as f:
+                json.dump(out, f)
+            os.replace(path + '.tmp', path)
+        return out
+
+    def run(self) -> None:
+        from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
+        self.peer.create_subscription(PersonEmotionArray, 'emotions', self._on_answer,
+                                      RESULTS_QOS)
+        img_type, img_topic, image = self._image()
+        width, height = _photo_size(image)
+        img_pub = self.peer._publisher(img_type, img_topic, image_qos('reliable', 10))
+        det_pub = self.peer._publisher(PersonDetectionArray, 'detections', RESULTS_QOS)
+        start = self.step.get('start', [1000, 0])
+        t0 = time.monotonic()
+        last_report = t0
+        every = float(self.step.get('report_every_s', 5.0))
+        for i in range(int(self.hz * self.seconds)):
+            t = i / self.hz
+            hdr = _header(_shifted({'stamp': start}, t)['stamp'])
+            image.header = hdr
+            img_pub.publish(image)
+            det_pub.publish(self._detections(hdr, t, width, height))
+            self.sent.append((hdr.stamp.sec, hdr.stamp.nanosec))
+            if time.monotonic() - last_report >= every:
+                last_report = time.monotonic()
+                self.report(False)
+            time.sleep(max(0.0, t0 + (i + 1) / self.hz - time.monotonic()))
+        end = time.monotonic() + float(self.step.get('answer_timeout_s', 30.0))
+        while time.monotonic() < end:
+            with self.lock:
+                if all(k in self.answers for k in self.sent):
+                    break
+            time.sleep(0.05)
+        time.sleep(0.5)  # a duplicate answer would come right after the first
+        self.report(True)
+
+
+def _photo_size(image: Any) -> tuple[int, int]:
+    """(width, height) of a raw or compressed image message."""
+    if hasattr(image, 'width'):
+        return int(image.width), int(image.height)
+    from ..ros.image_conversion import compressed_image_size
+    return compressed_image_size(bytes(image.data))
 
 
 def _num(v: float) -> float | None:

@@ -26,14 +26,19 @@ class RosHarness:
         self.node = Node(name, context=self.context)
         self.executor.add_node(self.node)
         self._nodes: list[Node] = []
+        #: exceptions that escaped executor.spin() ('Type: message'); it was spun again
+        self.spin_errors: list[str] = []
+        self._closing = False
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races end the spin
-            pass
+        """Spin as a node process does (``nodes.lifecycle.spin_guarded``): an exception out of
+        ``spin()`` is recorded in ``spin_errors`` and the executor spun again."""
+        from ..nodes.lifecycle import spin_guarded
+        spin_guarded(self.executor, lambda: self._closing or not self.context.ok(),
+                     lambda exc, text, giving_up: self.spin_errors.append(
+                         f'{type(exc).__name__}: {exc}'))
 
     def add(self, node: Node) -> Node:
         self.executor.add_node(node)
@@ -71,6 +76,7 @@ class RosHarness:
                 except Exception:  # noqa: BLE001
                     pass
         # Stop spinning and wait for the spin thread before destroying what it may still use.
+        self._closing = True
         self.executor.shutdown(timeout_sec=5.0)
         self._thread.join(timeout=10.0)
         for node in [*self._nodes, self.node]:

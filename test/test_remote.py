@@ -247,15 +247,15 @@ def test_a_forgotten_image_is_sent_again(vllm_server, local, exact, monkeypatch)
     real_ask = exact._ask
     calls = []
 
-    def ask(convs, p, server, upload):
+    def ask(convs, p, server, caps, upload, deadline):
         calls.append(upload)
         if upload and len(calls) == 1:  # the first upload goes under another uuid
             uuid, p.uuid = p.uuid, 'x' + p.uuid[1:]
             try:
-                return real_ask(convs, p, server, upload)
+                return real_ask(convs, p, server, caps, upload, deadline)
             finally:
                 p.uuid = uuid
-        return real_ask(convs, p, server, upload)
+        return real_ask(convs, p, server, caps, upload, deadline)
     monkeypatch.setattr(exact, '_ask', ask)
     got = exact.predict(img, boxes[:1])
     assert calls[:3] == [True, False, True]  # upload, cache miss, upload again
@@ -412,7 +412,7 @@ def test_a_silent_link_costs_seconds_not_minutes(vllm_server):
                 assert time.monotonic() - back < 10, 'answers did not resume'
                 time.sleep(0.1)
             print(f'answers again {time.monotonic() - back:.1f} s after the link came back')
-            assert time.monotonic() - back < 5
+            assert time.monotonic() - back < 8
             assert backend.diagnostics()['health_probes'] >= 2
         finally:
             backend.unload()
@@ -681,7 +681,7 @@ def test_emotion_node_through_a_silent_link(vllm_server):
         assert all(p.status_reason.startswith(('server unreachable', 'deadline exceeded'))
                    for p in errors), reasons
         ok_again = [t for t, p in statuses(back) if p.status == PersonEmotion.STATUS_OK]
-        assert ok_again and ok_again[0] - back < 5.0, 'no answer within 5 s of the link back'
+        assert ok_again and ok_again[0] - back < 8.0, "no answer within 8 s of the link back"
         # deactivate while a frame's requests hang on the silent link
         cut_on_next_chat(proxy)
         publish(rig, n + 100)

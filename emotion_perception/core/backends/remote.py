@@ -44,8 +44,8 @@ answer) is retried on the same server with exponential backoff, ``retries`` time
 deadline. A server that stops answering leaves the pool (``fail_threshold`` requests without
 an answer, or a background health probe without one) and is probed back in every ``down_s``;
 a person's own failures (a 5xx for its image) never take a server that answers probes out.
-Persons still waiting on a server that left the pool are answered at once; persons whose
-server is out move to another one. ``cancel_calls`` (deactivate) and ``unload`` end every
+Persons still waiting on a server that left the pool are answered at once when no other
+server is up; persons whose requests fail on a server that is out move to another one. ``cancel_calls`` (deactivate) and ``unload`` end every
 wait at once (the persons are ERROR ``cancelled: ...``), so a call in flight returns within
 moments. Configure retries the same way (per-request ``timeout_s``, no frame deadline); a
 server that never answers, or answers in another shape, -> ``ModelLoadError`` naming what was
@@ -900,7 +900,8 @@ class RemoteBackend(EmotionBackend):
         """Each person's requests on one server, persons concurrently, all within ONE
         deadline (``deadline_s``). Returns when every person is answered, the deadline has
         passed, the call is cancelled (``cancel_calls``, ``unload``), or the persons still
-        waiting wait on servers that left the pool; those persons get the reason."""
+        waiting wait on servers that left the pool (and no other is up); those persons get
+        the reason."""
         executor = self._executor
         if executor is None or self.transport is None:
             raise BackendError('remote backend is not loaded')
@@ -914,7 +915,8 @@ class RemoteBackend(EmotionBackend):
                 futures[executor.submit(self._on_a_server, work, p, deadline)] = p
             for fut in futures:
                 fut.add_done_callback(lambda _: deadline.notify())
-            deadline.wait(math.inf, until=lambda: _settled(futures), past=GRACE_S)
+            pool = self.transport.pool
+            deadline.wait(math.inf, until=lambda: _settled(futures, pool), past=GRACE_S)
         except RuntimeError:  # the executor was shut down: unloaded meanwhile
             deadline.cancel('the backend was unloaded')
         finally:
@@ -1051,10 +1053,11 @@ class RemoteBackend(EmotionBackend):
         return sp.read_scores(lps, NUM_CATEGORIES)
 
 
-def _settled(futures: Mapping[cf.Future, PersonRequests]) -> bool:
-    """Every person answered, or waiting on a server that left the pool."""
-    return all(f.done() or (p.server is not None and not p.server.up)
-               for f, p in futures.items())
+def _settled(futures: Mapping[cf.Future, PersonRequests], pool: ServerPool) -> bool:
+    """Every person answered, or waiting on a server that left the pool when no other server
+    is up (with one up, a person whose request fails moves there)."""
+    return all(f.done() or (p.server is not None and not p.server.up
+                            and not pool.usable([p.server])) for f, p in futures.items())
 
 
 def _outcome(fut: cf.Future | None, p: PersonRequests, deadline: Deadline

@@ -99,12 +99,23 @@ def test_a_server_leaves_the_pool_when_it_stops_answering_not_for_one_requests_e
         s = pool.acquire()
         assert s is b
         pool.release(s)
-    # the health prober's word: a probe without an answer takes b out at once; error answers
-    # only after fail_threshold in a row
+    # the health prober's word: a probe without an answer takes b out at once while a request
+    # to it is stalled too, else at the second in a row (a probe that met one slow moment is
+    # not enough); error answers only after fail_threshold in a row
     pool.probed(b, 'health probe: HTTP 503', answered=True)
     pool.probed(b, 'health probe: HTTP 503', answered=True)
     assert b.up
+    pool.probed(b)
     pool.probed(b, 'health probe: no answer within 3 s', answered=False)
+    assert b.up
+    pool.probed(b)  # it answered again: the count starts over
+    pool.probed(b, 'health probe: no answer within 3 s', answered=False)
+    assert b.up
+    pool.probed(b, 'health probe: no answer within 3 s', answered=False)
+    assert not b.up
+    pool.probed(b)
+    assert b.up
+    pool.probed(b, 'health probe: no answer within 3 s', answered=False, stalled=True)
     assert not b.up
     with pytest.raises(RequestFailed, match='server unreachable.*out of the pool.*no answer'):
         pool.acquire()

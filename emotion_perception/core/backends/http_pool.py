@@ -13,8 +13,9 @@ Used by the ``remote`` backend (vLLM's OpenAI-compatible API).
 * Server health: a server that does not answer (refused, reset, its read timeout)
   ``fail_threshold`` requests in a row is taken out. Any failed request, and a request left
   unanswered for longer than the connect timeout, makes the background ``HealthProber`` ask
-  the server (``GET /v1/models``, bounded by the connect timeout): no answer takes it out at
-  once, ``fail_threshold`` 5xx answers in a row too. Servers out are probed in the background
+  the server (``GET /v1/models``, bounded by the connect timeout): no answer takes it out (at
+  once while a request to it is stalled as long, else at the second probe in a row),
+  ``fail_threshold`` 5xx answers in a row too. Servers out are probed in the background
   every ``down_s`` (doubling while they keep being taken out, at most 16x) and put back on
   the first good answer. The failure of one request (an image the server rejects with a 5xx)
   never takes a server that answers its probes out of the pool.
@@ -158,7 +159,7 @@ class Deadline:
                 left = end - time.monotonic()
                 if left <= 0:
                     return
-                self.cond.wait(min(left, 60.0))
+                self.cond.wait(min(left, 0.5))  # ``until`` may also change unnotified
 
     def error(self, last: RequestFailed | None = None) -> RequestFailed | None:
         """The failure to answer with now: cancelled, or past the deadline; None: go on."""
@@ -296,10 +297,13 @@ class ServerPool:
                 16, 2 ** max(0, server.outs - 1))
         self._changed()
 
-    def probed(self, server: Server, error: str = '', answered: bool = True) -> None:
-        """A health probe's outcome (``error`` '' = a good answer). No answer at all takes
-        the server out at once, ``fail_threshold`` error answers in a row too; a server out
-        stays out (probed again later) until a good answer brings it back."""
+    def probed(self, server: Server, error: str = '', answered: bool = True,
+               stalled: bool = False) -> None:
+        """A health probe's outcome (``error`` '' = a good answer). No answer takes the server
+        out at once when a request to it is stalled too (``stalled``: unanswered for longer
+        than the probe may take), else at the second such probe in a row; ``fail_threshold``
+        error answers in a row too. A server out stays out (probed again later) until a good
+        answer brings it back."""
         if not error:
             with self._lock:
                 server.probe_error, server.probe_failures = '', 0
@@ -315,8 +319,9 @@ class ServerPool:
                 server.down_until = time.monotonic() + self.down_s * min(
                     16, 2 ** max(0, server.outs - 1))
                 return
-            if answered and server.probe_failures < self.fail_threshold:
-                return
+            strikes = self.fail_threshold if answered else (1 if stalled else 2)
+            if server.probe_failures < strikes:
+                return  # probed again at once (HealthProber)
         self.take_out(server, f'{error}; probed in the background')
 
     def _changed(self) -> None:
@@ -657,18 +662,22 @@ class HealthProber:
             self._cond.notify_all()
 
     def _due(self, now: float) -> list[Server]:
-        """Under the lock: the servers to probe now."""
+        """Under the lock: the servers to probe now (one whose last probe failed: at once)."""
         pool = self.transport.pool
         quiet = max(self.transport.connect_timeout_s, pool.down_s)
         due = []
         for s in pool.servers:
-            recent = now - self._probed_at.get(id(s), -math.inf) < quiet
+            last = self._probed_at.get(id(s), -math.inf)
             if not s.up:
                 due += [s] if s.down_until <= now else []
-            elif not recent and (id(s) in self._suspects or now - pool.oldest_wait(s)
-                                 > self.transport.connect_timeout_s):
+            elif s.probe_failures or (now - last >= quiet and (
+                    id(s) in self._suspects or self.stalled(s, now))):
                 due.append(s)
         return due
+
+    def stalled(self, server: Server, now: float) -> bool:
+        """A request to ``server`` has waited longer than a health probe may take."""
+        return now - self.transport.pool.oldest_wait(server) > self.transport.connect_timeout_s
 
     def _run(self) -> None:
         while True:
@@ -686,8 +695,8 @@ class HealthProber:
                 with self._cond:
                     if self._stopped:
                         return
-                    self._probed_at[id(s)] = time.monotonic()
-                self.transport.pool.probed(s, error, answered)
+                    self._probed_at[id(s)] = now = time.monotonic()
+                self.transport.pool.probed(s, error, answered, self.stalled(s, now))
 
 
 __all__ = ['BAD_RESPONSE', 'CANCELLED', 'DEADLINE', 'Deadline', 'ERROR_KINDS', 'HealthProber',

@@ -69,6 +69,7 @@ import math
 import os
 import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -915,8 +916,8 @@ class RemoteBackend(EmotionBackend):
                 futures[executor.submit(self._on_a_server, work, p, deadline)] = p
             for fut in futures:
                 fut.add_done_callback(lambda _: deadline.notify())
-            pool = self.transport.pool
-            deadline.wait(math.inf, until=lambda: _settled(futures, pool), past=GRACE_S)
+            transport = self.transport
+            deadline.wait(math.inf, until=lambda: _settled(futures, transport), past=GRACE_S)
         except RuntimeError:  # the executor was shut down: unloaded meanwhile
             deadline.cancel('the backend was unloaded')
         finally:
@@ -1053,11 +1054,15 @@ class RemoteBackend(EmotionBackend):
         return sp.read_scores(lps, NUM_CATEGORIES)
 
 
-def _settled(futures: Mapping[cf.Future, PersonRequests], pool: ServerPool) -> bool:
-    """Every person answered, or waiting on a server that left the pool when no other server
-    is up (with one up, a person whose request fails moves there)."""
+def _settled(futures: Mapping[cf.Future, PersonRequests], transport: Transport) -> bool:
+    """Every person answered, or stuck: waiting on a server that left the pool while a request
+    to it is stalled, and no other server is up (with one up, a person whose request fails
+    moves there)."""
+    now = time.monotonic()
     return all(f.done() or (p.server is not None and not p.server.up
-                            and not pool.usable([p.server])) for f, p in futures.items())
+                            and transport.prober.stalled(p.server, now)
+                            and not transport.pool.usable([p.server]))
+               for f, p in futures.items())
 
 
 def _outcome(fut: cf.Future | None, p: PersonRequests, deadline: Deadline

@@ -41,6 +41,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from std_msgs.msg import String
 
 from emotion_perception.msg import PersonEmotion, PersonEmotionArray
+from emotion_perception.ros.messages import stamp_seconds
 from emotion_perception.ros.qos import RESULTS_QOS
 
 #: EMOTIC categories that say a person is in distress (a reason to slow down and attend).
@@ -173,7 +174,7 @@ class BehaviourNode(Node):
 
     def on_emotions(self, msg: PersonEmotionArray) -> None:
         try:
-            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp_s = stamp_seconds(msg.header)
             now_s = self.get_clock().now().nanoseconds * 1e-9
             late = now_s - stamp_s > self.policy.settings.max_delay_s
             if late or stamp_s <= self._last_stamp_s:

@@ -3,18 +3,23 @@
 ``PersonDetector`` wraps an ultralytics model restricted to person classes and, optionally,
 ultralytics' own multi-object trackers (ByteTrack / BoT-SORT) for track ids that stay stable
 while a person is tracked. Note ultralytics' trackers report a new person once the track is
-confirmed (from its second frame, except on the very first frame of a stream).
+confirmed (from its second frame, except on the very first frame of a stream). The model runs
+in PyTorch or, exported from the same weights, in OpenVINO / ONNX Runtime (``runtime``; see
+``detector_runtime``).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .backends.base import ModelLoadError, resolve_device, validate_image
-from .model_files import OFFLINE_PERSON_DETECTOR, ModelFileError, resolve_model_path
+from .detector_runtime import (RUNTIMES, RuntimeChoice, choose_runtime, pin_openvino_float32,
+                               runtime_of)
+from .model_files import OFFLINE_PERSON_DETECTOR, PKG_SCHEME, ModelFileError, resolve_model_path
 from .threads import keep_torch_threads
 from .types import BBox, DetectionResult, PersonDetection, Timings
 
@@ -35,12 +40,18 @@ class DetectorOptions:
         confidence: minimum detection confidence in [0, 1].
         iou: IoU threshold of non-maximum suppression in [0, 1].
         image_size: inference size in pixels (long side, multiple of 32).
-        half: FP16 inference (GPU only).
+        half: reduced precision: FP16 inference on a GPU (torch); with runtime openvino, bf16
+            on CPUs that have it (AVX512-BF16, AMX: about 1.9x float32 here, boxes no longer
+            exactly torch's). Otherwise OpenVINO is held to float32.
         person_class_ids: class ids that are persons; empty = auto (the class named 'person',
             or every class when the model has none, as for the offline detector whose classes
             are 'Normal' and 'Fall').
         tracker: 'bytetrack.yaml', 'botsort.yaml' or '' (no tracking).
         max_detections: at most this many persons per image.
+        runtime: 'auto' | 'torch' | 'openvino' | 'onnxruntime' (``detector_runtime``: auto
+            picks OpenVINO on x86-64 CPUs, torch on CUDA).
+        runtime_cache_dir: where exported models are cached; '' = beside the weights when
+            writable, else the user cache (``detector_runtime.cache_root``).
     """
 
     model: str = OFFLINE_PERSON_DETECTOR
@@ -52,6 +63,8 @@ class DetectorOptions:
     person_class_ids: Sequence[int] = ()
     tracker: str = 'bytetrack.yaml'
     max_detections: int = 50
+    runtime: str = 'auto'
+    runtime_cache_dir: str = ''
 
     def validate(self) -> None:
         """Raise ValueError with the offending option."""
@@ -65,6 +78,8 @@ class DetectorOptions:
             raise ValueError(f'tracker must be one of {TRACKERS}, got {self.tracker!r}')
         if self.max_detections < 1:
             raise ValueError(f'max_detections must be >= 1, got {self.max_detections}')
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f'runtime must be one of {RUNTIMES}, got {self.runtime!r}')
 
 
 class PersonDetector:
@@ -82,13 +97,20 @@ class PersonDetector:
         self.model: Any = None
         self.class_ids: list[int] = []
         self.device = ''
+        #: what runs the model and why (set by ``load``)
+        self.runtime: RuntimeChoice | None = None
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
 
     def load(self) -> None:
-        """Load the weights. Raises ``ModelLoadError`` with the reason (path, hub, format)."""
+        """Load the weights in the configured runtime (exporting them first when needed).
+
+        Raises:
+            ModelLoadError: with the reason (path, hub, format, a runtime this configuration
+                cannot use).
+        """
         if self.model is not None:
             return
         opts = self.options
@@ -96,30 +118,88 @@ class PersonDetector:
             path = resolve_model_path(opts.model)
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
+        dev = resolve_device(opts.device)
+        choice = self._choose_runtime(path, dev)
+        model = self._load_yolo(choice.model_path)
+        if choice.runtime == 'openvino' and not opts.half:
+            xml = Path(choice.model_path)  # an exported folder, or a user's .xml
+            pin_openvino_float32(model, xml if xml.suffix == '.xml' else next(xml.glob('*.xml')))
+        if choice.runtime != 'torch':
+            model, choice = self._check_exported(model, choice, path)
+        self.runtime = choice
+        self.class_ids = self._person_classes(dict(model.names))
+        self.device = 'cpu' if choice.runtime != 'torch' else ('0' if dev == 'cuda' else dev)
+        self.model = model
+        LOG.info('person detector %s loaded: classes %s as persons, device %s, runtime %s (%s)',
+                 path, {i: model.names[i] for i in self.class_ids}, self.device,
+                 choice.runtime, choice.reason)
+
+    def _choose_runtime(self, path: str, device: str) -> RuntimeChoice:
+        """``detector_runtime.choose_runtime`` for these options; a model that is no .pt file
+        (an exported one, a TensorRT engine) runs as given."""
+        opts = self.options
+        weights = Path(path)
+        if weights.suffix != '.pt':
+            return RuntimeChoice(runtime_of(weights), opts.runtime, path, 'model loaded as given')
+        if not weights.is_file() and opts.runtime != 'torch':
+            weights = Path(self._load_yolo(path).ckpt_path)  # a hub name: downloaded now
+        try:
+            import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
+            with keep_torch_threads():  # the tracker's YAML and the exporter import ultralytics
+                return choose_runtime(opts.runtime, device, weights, opts.image_size,
+                                      opts.tracker, opts.runtime_cache_dir,
+                                      opts.model.startswith(PKG_SCHEME))
+        except ValueError as exc:
+            raise ModelLoadError(f'person detector: {exc}') from exc
+
+    def _check_exported(self, model: Any, choice: RuntimeChoice, weights: str
+                        ) -> tuple[Any, RuntimeChoice]:
+        """An exported model that does not run falls back to torch (the reason logged)."""
+        try:
+            self._warm_up(model, 'cpu')
+            return model, choice
+        except Exception as exc:  # noqa: BLE001 - any failure of the runtime or the file
+            why = (f'{choice.runtime} model {choice.model_path} does not run '
+                   f'({type(exc).__name__}: {exc}); running torch instead')
+            LOG.warning('person detector: %s', why)
+            return self._load_yolo(weights), dataclasses.replace(choice, runtime='torch',
+                                                                 model_path=weights, reason=why)
+
+    def warm_up(self) -> None:
+        """One prediction on a blank frame, so the first camera frame does not pay the lazy
+        set-up (imports, the runtime's compilation). The tracker sees nothing."""
+        if self.model is None:
+            raise ModelLoadError('person detector is not loaded; call load() first')
+        self._warm_up(self.model, self.device)
+
+    def _warm_up(self, model: Any, device: str) -> None:
+        size = self.options.image_size
+        # the tracker argument as ``detect`` passes it, so its first call reuses this predictor
+        with keep_torch_threads():
+            model.predict(np.zeros((size, size, 3), np.uint8), imgsz=size, device=device,
+                          tracker=self.options.tracker or 'bytetrack.yaml', verbose=False)
+
+    def _load_yolo(self, path: str) -> Any:
         try:
             import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
             with keep_torch_threads():
                 from ultralytics import YOLO
-                model = YOLO(path, task='detect')
+                return YOLO(path, task='detect')
         except Exception as exc:  # ultralytics raises many types (FileNotFound, Connection...)
             raise ModelLoadError(
-                f'cannot load person detector {opts.model!r}: {type(exc).__name__}: {exc}. '
+                f'cannot load person detector {path!r}: {type(exc).__name__}: {exc}. '
                 'Give a local .pt path, a pkg:// file, or a hub name on a machine with internet.'
             ) from exc
-        names: dict[int, str] = dict(model.names)
-        if opts.person_class_ids:
-            unknown = sorted(set(opts.person_class_ids) - set(names))
+
+    def _person_classes(self, names: dict[int, str]) -> list[int]:
+        """Class ids counted as persons (configured, or the 'person' class, or all)."""
+        if self.options.person_class_ids:
+            unknown = sorted(set(self.options.person_class_ids) - set(names))
             if unknown:
                 raise ModelLoadError(f'person_class_ids {unknown} not in the model classes {names}')
-            self.class_ids = sorted(int(c) for c in opts.person_class_ids)
-        else:
-            persons = [i for i, n in names.items() if n.lower() == 'person']
-            self.class_ids = persons or sorted(names)
-        dev = resolve_device(opts.device)
-        self.device = '0' if dev == 'cuda' else dev
-        self.model = model
-        LOG.info('person detector %s loaded: classes %s as persons, device %s',
-                 path, {i: names[i] for i in self.class_ids}, self.device)
+            return sorted(int(c) for c in self.options.person_class_ids)
+        persons = [i for i, n in names.items() if n.lower() == 'person']
+        return persons or sorted(names)
 
     def unload(self) -> None:
         """Drop the model (and its tracker state); frees GPU memory."""
@@ -153,7 +233,8 @@ class PersonDetector:
         kwargs = dict(conf=opts.confidence, iou=opts.iou, imgsz=opts.image_size,
                       classes=self.class_ids, device=self.device, max_det=opts.max_detections,
                       verbose=False)
-        if opts.half:  # passed only when set: ultralytics warns about the argument itself
+        # passed only when set (ultralytics warns about the argument itself); torch only
+        if opts.half and self.runtime is not None and self.runtime.runtime == 'torch':
             kwargs['half'] = True
         with keep_torch_threads():  # ultralytics re-sets torch's threads at its first call
             if opts.tracker:

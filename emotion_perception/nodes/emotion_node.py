@@ -70,10 +70,10 @@ from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
 from ..core.types import EmotionResult, Status
 from ..ros import detection_formats as formats
 from ..ros.diagnostics import ERROR, OK, WARN
-from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
-from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kind,
-                              subscribe_image, with_message_info)
+from ..ros.node_utils import (IMAGE_TRANSPORTS, decode_image, reason_kind, subscribe_image,
+                              with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
 from ..ros.qos import RELIABILITY, RESULTS_QOS
@@ -91,9 +91,12 @@ BACKEND_PARAMS = [
     ParamSpec('backend.device_map', '', "from_pretrained device map spreading a large model "
               "over devices, e.g. 'auto' (a 13B model over two GPUs); '' = all on "
               'backend.device'),
-    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
-              "'float16'", one_of('auto', 'float32', 'bfloat16', 'float16')),
-    ParamSpec('backend.quantization', 'none', "vlm weights quantized while loading: 'none', "
+    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto' (CUDA: bfloat16; CPU: "
+              'bfloat16 where it has bf16 matmuls, AVX512-BF16/AMX, and the LM is >= 512 wide, '
+              "else float32), 'float32', 'bfloat16', 'float16'",
+              one_of('auto', 'float32', 'bfloat16', 'float16')),
+    ParamSpec('backend.quantization', 'none', "vlm (and caption_llm's captioner) weights "
+              "quantized while loading: 'none', "
               "'int8' (torchao weight-only), 'nf4' (bitsandbytes), 'int4' (torchao): a 7B "
               "model in about 4 GB with nf4/int4 (README 'Choosing a model for the robot's "
               "GPU'); needs the quant extra", one_of('none', 'int8', 'nf4', 'int4'),
@@ -170,7 +173,7 @@ PARAMS = [
               'than this fraction', in_range(0.0, 100.0)),
     ParamSpec('image_transport', 'raw', "'raw' (Image on image) or 'compressed' "
               '(CompressedImage on the resolved image topic + /compressed)',
-              one_of('raw', 'compressed')),
+              one_of(*IMAGE_TRANSPORTS)),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
@@ -180,7 +183,7 @@ PARAMS = [
               in_range(0.0, 60.0)),
     ParamSpec('max_pending', 100, 'bound of the detections queue (older ones are answered as '
               'dropped)', in_range(1, 10000)),
-    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+    ParamSpec('max_image_pixels', DEFAULT_MAX_PIXELS,
               'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
     ParamSpec('publish_debug_image', False, 'publish debug_image with boxes, top labels and '
               'scores (only computed while someone subscribes)'),

@@ -47,10 +47,17 @@ def detections_from_msg(msg: PersonDetectionArray) -> list[PersonDetection]:
 
 
 def stamp_seconds(header: Header) -> float:
+    """A header's stamp (sensor time) in seconds; the one conversion, used everywhere."""
     return header.stamp.sec + header.stamp.nanosec * 1e-9
 
 
+def stamp_ns(header: Header) -> int:
+    """A header's stamp in integer nanoseconds (exact: bag log times, stamp lookups)."""
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
 def stamp_key(header: Header) -> tuple[int, int]:
+    """A header's stamp as an exact, ordered key: (sec, nanosec)."""
     return header.stamp.sec, header.stamp.nanosec
 
 

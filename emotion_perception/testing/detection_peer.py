@@ -38,6 +38,7 @@ import rclpy
 import rclpy.executors
 from rclpy.node import Node
 
+from ..ros.messages import stamp_key
 from ..ros.qos import RESULTS_QOS, image_qos
 from ..ros.rep155 import HRI_QOS
 
@@ -156,7 +157,7 @@ class Publisher(Node):
             from emotion_perception.msg import PersonEmotionArray
             self._answers_sub = self.create_subscription(
                 PersonEmotionArray, 'emotions',
-                lambda m: self.answered.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                lambda m: self.answered.add(stamp_key(m.header)),
                 RESULTS_QOS)
         end = time.monotonic() + timeout_s
         while tuple(stamp) not in self.answered and time.monotonic() < end:
@@ -194,7 +195,7 @@ def _num(v: float) -> float | None:
 
 def summary(kind: str, msg: Any) -> dict:
     """JSON-able fields of a received message."""
-    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec]}
+    out: dict = {'stamp': list(stamp_key(msg.header))}
     if kind == 'emotions':
         out['persons'] = [{'track_id': p.track_id, 'status': int(p.status),
                            'reason': p.status_reason,

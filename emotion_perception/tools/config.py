@@ -48,6 +48,20 @@ def node_params(path: Path, node: str) -> dict[str, Any]:
     return out
 
 
+def refuse_foreign_options(backend: str, fields: set[str], overrides: dict[str, Any]) -> None:
+    """Raise ValueError for an option given explicitly (``overrides``, e.g. a command-line
+    flag) that backend ``backend`` does not take: it would otherwise be dropped silently (a
+    ``--quantization nf4`` that does not happen can run an 8 GB robot out of memory). The YAML
+    files' ``backend.*`` keys are for all backends and are not checked."""
+    foreign = sorted(k for k, v in overrides.items() if v is not None and k.startswith(
+        'backend.') and k != 'backend.name' and k.split('.', 1)[1] not in fields)
+    if foreign:
+        names = [k.split('.', 1)[1] for k in foreign]
+        flags = ', '.join('--' + n.replace('_', '-') for n in names)
+        raise ValueError(f'backend {backend!r} has no {", ".join(map(repr, names))} option '
+                         f'(drop {flags}); its options: {", ".join(sorted(fields))}')
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     detector: DetectorOptions
@@ -57,10 +71,13 @@ class PipelineConfig:
 
 
 def load_pipeline_config(path: str | Path | None = None,
-                         overrides: dict[str, Any] | None = None) -> PipelineConfig:
+                         overrides: dict[str, Any] | None = None,
+                         detector_overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Detector, backend and reuse settings from the default YAML files, then ``path`` (a file
     with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides`` (emotion node
-    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'})."""
+    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
+    ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch'}); None
+    values are ignored."""
     cdir = config_dir()
     det = node_params(cdir / 'person_detector.yaml', 'person_detector')
     emo = node_params(cdir / 'emotion_node.yaml', 'emotion_node')
@@ -68,11 +85,13 @@ def load_pipeline_config(path: str | Path | None = None,
         det.update(node_params(Path(path), 'person_detector'))
         emo.update(node_params(Path(path), 'emotion_node'))
     emo.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    det.update({k: v for k, v in (detector_overrides or {}).items() if v is not None})
     det_fields = {f.name for f in dataclasses.fields(DetectorOptions)}
     detector = DetectorOptions(**{k: (tuple(v) if isinstance(v, list) else v)
                                   for k, v in det.items() if k in det_fields})
     name = emo.get('backend.name', 'face_baseline')
     fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
+    refuse_foreign_options(name, fields, overrides or {})
     options = {}
     for key, value in emo.items():
         if key.startswith('backend.') and key != 'backend.name':

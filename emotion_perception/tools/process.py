@@ -11,9 +11,13 @@ track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels
 latency_ms, cache_age_s, text (a generated answer, when any).
 
 Damaged input does not end the run: an image file, a video frame or a bag message that cannot
-be read or decoded (or whose header declares more than 64 Mpx) is skipped and counted
+be read or decoded (or whose header declares more than 40 Mpx, the nodes' ``max_image_pixels``
+default: ``image_conversion.DEFAULT_MAX_PIXELS``) is skipped and counted
 (``bad_frames`` in summary.json, the first ones named with the reason in
-``bad_frame_examples``). The models are unloaded on every exit path.
+``bad_frame_examples``), corrupt frames at the end of a video included. A video whose reading
+stops after ``bags.MAX_CONSECUTIVE_BAD_READS`` bad frames in a row says so: ``stopped_early``
+(the reason; null when the input was read to its end) and ``unread_frames`` (the frames its
+container announces after them). The models are unloaded on every exit path.
 """
 from __future__ import annotations
 
@@ -136,15 +140,18 @@ def person_record(frame, stamp_s, det, res) -> dict:
 def run_process(input_path: Path, output: Path, config: str | None = None,
                 overrides: dict | None = None, save_images: bool = True,
                 max_frames: int | None = None, topic: str | None = None,
-                progress: bool = True) -> dict:
-    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings)."""
+                progress: bool = True, detector_overrides: dict | None = None) -> dict:
+    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings).
+
+    ``overrides``: emotion node parameters, ``detector_overrides``: person_detector parameters
+    (``tools.config.load_pipeline_config``)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
     from ..core.pipeline import EmotionPipeline
     from .config import load_pipeline_config
 
     kind = input_kind(input_path)
-    cfg = load_pipeline_config(config, overrides)
+    cfg = load_pipeline_config(config, overrides, detector_overrides)
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
@@ -159,9 +166,12 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
         if save_images:
             (output / 'annotated').mkdir(exist_ok=True)
         summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
-                   'bad_frames': 0, 'bad_frame_examples': [], 'model_calls': 0,
+                   'bad_frames': 0, 'bad_frame_examples': [], 'unread_frames': 0,
+                   'stopped_early': None, 'model_calls': 0,
                    'cache_hits': 0, 'backend': backend.name, 'model': backend.model_id,
-                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0}
+                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0,
+                   'detector_runtime': detector.runtime.runtime,
+                   'detector_runtime_reason': detector.runtime.reason}
         total = frame_count(input_path, kind)
         if max_frames is not None and total is not None:
             total = min(total, max_frames)
@@ -171,15 +181,11 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
             for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
                 if max_frames is not None and n >= max_frames:
                     break
+                if isinstance(rgb, Exception):
+                    _count_unusable(summary, frame, rgb, bar)
+                    continue
                 bar.update(1)
                 summary['frames'] += 1
-                if isinstance(rgb, Exception):
-                    summary['bad_frames'] += 1
-                    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
-                        summary['bad_frame_examples'].append({'frame': frame,
-                                                              'reason': str(rgb)[:300]})
-                    LOG.warning('frame %s skipped: %s', frame, rgb)
-                    continue
                 _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
                                output / 'annotated' if save_images else None)
     finally:
@@ -195,6 +201,23 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     summary['emotion_ms_per_frame'] = round(summary.pop('emotion_ms') / frames, 2)
     (output / 'summary.json').write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _count_unusable(summary: dict, frame, exc: Exception, bar) -> None:
+    """Count a frame that could not be read (``bad_frames``, the first ones named), or a
+    video's reading cut short (``stopped_early``, ``unread_frames``: not a frame)."""
+    from .bags import VideoCutShort
+    if isinstance(exc, VideoCutShort):
+        summary['unread_frames'] += exc.unread
+        summary['stopped_early'] = str(exc)
+        LOG.warning('%s', exc)
+        return
+    bar.update(1)
+    summary['frames'] += 1
+    summary['bad_frames'] += 1
+    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
+        summary['bad_frame_examples'].append({'frame': frame, 'reason': str(exc)[:300]})
+    LOG.warning('frame %s skipped: %s', frame, exc)
 
 
 def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
@@ -317,6 +340,9 @@ def register(subparsers) -> None:
     p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
+    p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
+                   help="person detector runtime (default: the config, 'auto': OpenVINO on "
+                        'x86-64 CPUs, torch on CUDA)')
     p.add_argument('--topic', help='bag input: the image topic (default: the first Image topic)')
     p.add_argument('--max-frames', type=int, help='stop after this many frames')
     p.add_argument('--no-images', action='store_true', help='do not write annotated images')
@@ -327,6 +353,7 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     summary = run_process(args.input, args.output, args.config, backend_overrides(args),
                           save_images=not args.no_images, max_frames=args.max_frames,
-                          topic=args.topic, progress=not args.no_progress)
+                          topic=args.topic, progress=not args.no_progress,
+                          detector_overrides={'runtime': args.detector_runtime})
     print(json.dumps(summary, indent=2))
     return 0

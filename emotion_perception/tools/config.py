@@ -11,6 +11,7 @@ import yaml
 from ..core.backends import backend_class
 from ..core.detector import DetectorOptions
 from ..core.pipeline import ReuseOptions
+from ..core.state import StateOptions
 
 
 def config_dir() -> Path:
@@ -68,14 +69,15 @@ class PipelineConfig:
     backend_name: str
     backend_options: dict[str, Any]
     reuse: ReuseOptions
+    state: StateOptions = dataclasses.field(default_factory=StateOptions)
 
 
 def load_pipeline_config(path: str | Path | None = None,
                          overrides: dict[str, Any] | None = None,
                          detector_overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Detector, backend and reuse settings from the default YAML files, then ``path`` (a file
-    with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides`` (emotion node
-    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
+    """Detector, backend, reuse and state settings from the default YAML files, then ``path``
+    (a file with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides``
+    (emotion node parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
     ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch'}); None
     values are ignored."""
     cdir = config_dir()
@@ -100,4 +102,7 @@ def load_pipeline_config(path: str | Path | None = None,
                 options[short] = value
     reuse = ReuseOptions(**{k.split('.', 1)[1]: v for k, v in emo.items()
                             if k.startswith('reuse.')})
-    return PipelineConfig(detector, name, options, reuse)
+    state = StateOptions(**{k.split('.', 1)[1]: v for k, v in emo.items()
+                            if k.startswith('state.')})
+    state.validate()
+    return PipelineConfig(detector, name, options, reuse, state)

@@ -6,10 +6,13 @@
    camera would see a still scene, so the tracker confirms its tracks.
 2. Starts ``person_detector`` and ``emotion_node`` as separate processes (as on a robot) and
    configures/activates them through their lifecycle services.
-3. Replays the bag, records /detections and /emotions into a bag, and waits until every
-   detections array has its emotions array.
+3. Replays the bag, records /detections, /emotions, /emotion_states and /emotion_events into a
+   bag, and waits until every detections array has its emotions array.
 4. Prints a table per person (image, track id, top-3 categories with scores, VAD, status) and
-   writes annotated images, the recorded bag and ``emotions.jsonl`` into the output folder.
+   writes annotated images, the recorded bag and ``emotions.jsonl`` into the output folder, and
+   how each person felt over time as the node published it (``emotion_states``,
+   ``emotion_events``): ``states.jsonl``, ``events.jsonl``, ``timelines/<track_id>.png``
+   (``tools.state_outputs``; ``frame`` is the index in the bag).
 
 DDS stays on loopback (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST, a random ROS_DOMAIN_ID) unless
 the environment sets them.
@@ -72,10 +75,13 @@ class Recording:
 
 def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
              backend_params: dict | None = None, timeout_s: float = 240.0,
-             detector_params: dict | None = None) -> int:
+             detector_params: dict | None = None, state_params: dict | None = None,
+             config: Path | None = None) -> int:
     """The demo (see the module docstring); returns the exit code: 0 when every detections
     array was answered and at least one person got emotions. ``backend_params`` /
-    ``detector_params``: emotion node / person_detector parameters set on top of the config."""
+    ``state_params`` / ``detector_params``: emotion node / person_detector parameters set on
+    top of the config (None values: the config's); ``config``: a parameter file applied after
+    the package's (both nodes)."""
     from ..ros.env import ensure_local_dds
     env = ensure_local_dds()
     t_start = time.monotonic()
@@ -83,7 +89,8 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
     camera = _write_camera_bag(output, repeat, rate_hz)  # 1.
     if camera is None:
         return 1
-    procs, logs = _start_nodes(output, env, backend_params, detector_params)  # 2.
+    procs, logs = _start_nodes(output, env, {**(backend_params or {}), **(state_params or {})},
+                               detector_params, config)  # 2.
     observer = _Observer(output)
     rc = 1
     try:
@@ -92,6 +99,7 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
         rec = _replay_and_wait(observer, camera, timeout_s)  # 3.
         _deactivate(observer.node, procs)
         latest = _report(output, rec, camera)  # 4.
+        print(f'demo: {_write_states(output, observer, rec, camera)}')
         rc = _summary(output, rec, camera, latest, time.monotonic() - t_start)
     except (RuntimeError, TimeoutError) as exc:
         print(f'demo failed: {exc}', file=sys.stderr)
@@ -106,7 +114,7 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0,
 def _prepare_output(output: Path) -> None:
     """``output`` with fresh camera_bag/, recorded_bag/, annotated/ and logs/ folders."""
     output.mkdir(parents=True, exist_ok=True)
-    for stale in ('camera_bag', 'recorded_bag', 'annotated', 'logs'):
+    for stale in ('camera_bag', 'recorded_bag', 'annotated', 'logs', 'timelines'):
         shutil.rmtree(output / stale, ignore_errors=True)
     (output / 'annotated').mkdir()
     (output / 'logs').mkdir()
@@ -138,16 +146,19 @@ def _write_camera_bag(output: Path, repeat: int, rate_hz: float) -> CameraBag | 
 
 
 def _start_nodes(output: Path, env: dict, backend_params: dict | None,
-                 detector_params: dict | None = None) -> tuple[dict, dict]:
+                 detector_params: dict | None = None, config: Path | None = None
+                 ) -> tuple[dict, dict]:
     """Step 2: person_detector and emotion_node as separate processes with the package's
-    config (``detector_params`` / ``backend_params`` on top), logging into ``output/logs``.
-    Returns (name -> Popen, name -> open log file)."""
+    config (then ``config``, then ``detector_params`` / ``backend_params``: emotion node
+    parameters), logging into ``output/logs``. Returns (name -> Popen, name -> open log
+    file)."""
     from .config import config_dir
     cfg = config_dir()
-    emo_extra = [item for k, v in (backend_params or {}).items() if v not in (None, '')
-                 for item in ('-p', f'{k}:={v}')]
-    det_extra = [item for k, v in (detector_params or {}).items() if v not in (None, '')
-                 for item in ('-p', f'{k}:={v}')]
+    user = ['--params-file', str(config)] if config is not None else []
+    emo_extra = user + [item for k, v in (backend_params or {}).items() if v not in (None, '')
+                        for item in ('-p', f'{k}:={v}')]
+    det_extra = user + [item for k, v in (detector_params or {}).items()
+                        if v not in (None, '') for item in ('-p', f'{k}:={v}')]
     procs, logs = {}, {}
     for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', det_extra),
                                   ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
@@ -158,15 +169,17 @@ def _start_nodes(output: Path, env: dict, backend_params: dict | None,
 
 
 class _Observer:
-    """This process's side: rclpy, a node keeping every /detections and /emotions array and a
-    recorder writing both into ``output/recorded_bag``, spun by a background executor."""
+    """This process's side: rclpy, a node keeping every /detections, /emotions,
+    /emotion_states and /emotion_events array and a recorder writing them into
+    ``output/recorded_bag``, spun by a background executor."""
 
     def __init__(self, output: Path) -> None:
         import rclpy
         from rclpy.executors import MultiThreadedExecutor
 
-        from ..msg import PersonDetectionArray, PersonEmotionArray
-        from ..ros.qos import RESULTS_QOS
+        from ..msg import (EmotionEventArray, PersonDetectionArray, PersonEmotionArray,
+                           PersonEmotionStateArray)
+        from ..ros.qos import EVENTS_QOS, RESULTS_QOS
         from .bags import BagRecorder
         rclpy.init()
         self.node = rclpy.create_node('emotion_demo')
@@ -179,10 +192,18 @@ class _Observer:
                                       self._keep(self.detections), RESULTS_QOS)
         self.node.create_subscription(PersonEmotionArray, '/emotions',
                                       self._keep(self.emotions), RESULTS_QOS)
+        self.states: list = []  # PersonEmotionStateArray
+        self.events: list = []  # EmotionEventArray
+        self.node.create_subscription(PersonEmotionStateArray, '/emotion_states',
+                                      self._keep(self.states), RESULTS_QOS)
+        self.node.create_subscription(EmotionEventArray, '/emotion_events',
+                                      self._keep(self.events), EVENTS_QOS)
+        recorded = {'/detections': 'PersonDetectionArray', '/emotions': 'PersonEmotionArray',
+                    '/emotion_states': 'PersonEmotionStateArray',
+                    '/emotion_events': 'EmotionEventArray'}
         self.recorder = BagRecorder(
-            output / 'recorded_bag', ['/detections', '/emotions'],
-            types={'/detections': 'emotion_perception/msg/PersonDetectionArray',
-                   '/emotions': 'emotion_perception/msg/PersonEmotionArray'})
+            output / 'recorded_bag', list(recorded),
+            types={k: f'emotion_perception/msg/{v}' for k, v in recorded.items()})
         self.executor.add_node(self.recorder)
         self._spin = threading.Thread(target=self.executor.spin, daemon=True)
         self._spin.start()
@@ -387,6 +408,54 @@ def _stop_nodes(procs: dict, logs: dict, output: Path) -> bool:
     return ok
 
 
+def _write_states(output: Path, observer: _Observer, rec: Recording, camera: CameraBag) -> str:
+    """states.jsonl, events.jsonl, timelines/ of what the node published (``frame``: the index
+    in the camera bag)."""
+    with observer.lock:
+        state_msgs, event_msgs = list(observer.states), list(observer.events)
+    stamp_to_frame = {stamp: i for i, stamp in enumerate(sorted(camera.stamp_to_image))}
+    return write_states(output, rec.emotions, state_msgs, event_msgs, stamp_to_frame)
+
+
+def write_states(output: Path, emo_msgs: list, state_msgs: list, event_msgs: list,
+                 stamp_to_frame: dict) -> str:
+    """states.jsonl, events.jsonl and timelines/ from the node's messages (in stamp order; the
+    raw scores of the timelines from the emotions arrays of the same stamps). Returns a line
+    saying what was written."""
+    from ..ros.messages import events_from_msg, state_from_msg, stamp_seconds
+    from .state_outputs import StateWriter
+
+    def key(msg) -> int:
+        return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    raw = {key(m): m for m in emo_msgs}
+    events: dict[int, list] = {}
+    for msg in event_msgs:
+        events.setdefault(key(msg), []).extend(events_from_msg(msg))
+    writer = StateWriter(output)
+    for msg in sorted(state_msgs, key=key):
+        stamp_s, emo = stamp_seconds(msg.header), raw.get(key(msg))
+        results = ([_result_of(p) for p in emo.persons] if emo is not None
+                   else [None] * len(msg.persons))
+        writer.write_frame(stamp_to_frame.get(key(msg)), results,
+                           [state_from_msg(p, stamp_s) for p in msg.persons],
+                           events.pop(key(msg), []))
+    for stamp in sorted(events):  # decided without a frame (the node's timer, a reset)
+        writer.write_events(stamp_to_frame.get(stamp), events[stamp])
+    pictures = writer.close()
+    return (f'{writer.rows} person states in {output / "states.jsonl"}, {writer.event_rows} '
+            f'events in {output / "events.jsonl"}, {len(pictures)} timelines in '
+            f'{output / "timelines"}')
+
+
+def _result_of(person):
+    """The EmotionResult a PersonEmotion message carries (scores, VAD, status)."""
+    from ..core.types import EmotionResult, Status
+    return EmotionResult(scores=np.array(person.scores, dtype=np.float32),
+                         labels=list(person.labels),
+                         vad=(person.valence, person.arousal, person.dominance),
+                         status=Status(person.status), reason=person.status_reason)
+
+
 def msg_to_detections(msg):
     """A PersonDetectionArray view of a PersonEmotionArray (same header, ids and boxes)."""
     from ..msg import PersonDetection, PersonDetectionArray
@@ -404,10 +473,16 @@ def register(subparsers) -> None:
     p.add_argument('--model', help='emotion model id or path')
     p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
                    help="person detector runtime (default: the config, 'auto')")
+    p.add_argument('--config', type=Path, help='ROS 2 parameter YAML with person_detector and/or '
+                   'emotion_node sections, applied after the package config/')
+    from .process import add_state_arguments
+    add_state_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    from .process import state_overrides
     return run_demo(args.output, repeat=args.repeat, rate_hz=args.rate,
                     backend_params={'backend.name': args.backend, 'backend.model': args.model},
-                    detector_params={'runtime': args.detector_runtime})
+                    detector_params={'runtime': args.detector_runtime},
+                    state_params=state_overrides(args), config=args.config)

@@ -5,6 +5,12 @@ Writes ``DIR/emotions.jsonl`` (one JSON object per person per frame) and annotat
 ``DIR/annotated/``. Still images are independent scenes: they are processed without tracking
 (``track_id`` is ''); videos and bags are tracked, and per-track reuse applies.
 
+How each person feels over time (``state.*``, ``--no-state`` to leave out): ``DIR/states.jsonl``
+(one object per person per frame), ``DIR/events.jsonl`` (onset / offset / left) and
+``DIR/timelines/<track_id>.png`` (``tools.state_outputs``). On a video or bag the states follow
+the tracks; in a folder of images each file is its own moment: no smoothing across unrelated
+photos (each person's state is that photo's observation alone), no events, no timelines.
+
 JSON object per person: frame (file name for images, index for video/bag), stamp (seconds),
 track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels, vad
 (valence, arousal, dominance on 1-10, null when not given), status, reason, backend, model,
@@ -140,11 +146,13 @@ def person_record(frame, stamp_s, det, res) -> dict:
 def run_process(input_path: Path, output: Path, config: str | None = None,
                 overrides: dict | None = None, save_images: bool = True,
                 max_frames: int | None = None, topic: str | None = None,
-                progress: bool = True, detector_overrides: dict | None = None) -> dict:
+                progress: bool = True, detector_overrides: dict | None = None,
+                timelines: bool = True) -> dict:
     """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings).
 
-    ``overrides``: emotion node parameters, ``detector_overrides``: person_detector parameters
-    (``tools.config.load_pipeline_config``)."""
+    ``overrides``: emotion node parameters (``backend.*``, ``reuse.*``, ``state.*``),
+    ``detector_overrides``: person_detector parameters (``tools.config.load_pipeline_config``).
+    ``timelines``: draw ``timelines/<track>.png`` (with ``state.enabled``)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
     from ..core.pipeline import EmotionPipeline
@@ -155,7 +163,7 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
-    bar = None
+    bar = recorder = None
     try:  # the models are unloaded on every exit path (a remote backend's threads, GPU memory)
         t_load = time.perf_counter()
         detector.load()
@@ -165,6 +173,7 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
         output.mkdir(parents=True, exist_ok=True)
         if save_images:
             (output / 'annotated').mkdir(exist_ok=True)
+        recorder = _state_recorder(cfg.state, backend, output, timelines)
         summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
                    'bad_frames': 0, 'bad_frame_examples': [], 'unread_frames': 0,
                    'stopped_early': None, 'model_calls': 0,
@@ -187,10 +196,15 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
                 bar.update(1)
                 summary['frames'] += 1
                 _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
-                               output / 'annotated' if save_images else None)
+                               output / 'annotated' if save_images else None, recorder)
+        if recorder is not None:
+            summary['states'] = recorder.states.counters()
+            summary['timelines'] = len(recorder.writer.close())
     finally:
         if bar is not None:
             bar.close()
+        if recorder is not None:
+            recorder.writer.close_files()
         for model in (backend, detector):
             try:
                 model.unload()
@@ -220,8 +234,18 @@ def _count_unusable(summary: dict, frame, exc: Exception, bar) -> None:
     LOG.warning('frame %s skipped: %s', frame, exc)
 
 
+def _state_recorder(options, backend, output: Path, timelines: bool):
+    """The per-person states of the run and their writer (None with ``state.enabled`` false)."""
+    if not options.enabled:
+        return None
+    from ..core.state import EmotionStates
+    from .state_outputs import StateRecorder, StateWriter
+    states = EmotionStates.for_backend(options, backend)
+    return StateRecorder(states, StateWriter(output, backend.thresholds, timelines))
+
+
 def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
-                   annotated_dir: Path | None) -> None:
+                   annotated_dir: Path | None, recorder=None) -> None:
     """Detect, evaluate and write one frame (see :func:`run_process`)."""
     from ..core.drawing import draw_persons
     from ..core.types import EmotionResult, Status
@@ -246,6 +270,8 @@ def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
         out.write(json.dumps(person_record(frame, stamp_s, det, res)) + '\n')
         summary['persons'] += 1
     out.flush()
+    if recorder is not None:
+        recorder.add(frame, stamp_s, detected.detections, results)
     if annotated_dir is not None:
         name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
         drawn = draw_persons(rgb, detected.detections, results)
@@ -326,6 +352,34 @@ BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_
                  'max_concurrency', 'processor', 'image_format')
 
 
+def add_state_arguments(p: argparse.ArgumentParser) -> None:
+    """The emotion node's ``state.*`` parameters as flags (not given = the config's value)."""
+    p.add_argument('--no-state', dest='state_enabled', action='store_false', default=None,
+                   help='no per-person state over time (states.jsonl, events.jsonl, timelines)')
+    p.add_argument('--state-half-life-s', type=float, metavar='S',
+                   help="half-life of the smoothing in seconds of stamp time (< 0: by the "
+                        "backend's cost: face_baseline 0.5, VLM backends 2)")
+    p.add_argument('--state-margin', type=float, metavar='M',
+                   help='label hysteresis: on at threshold + M, off below threshold - M')
+    p.add_argument('--state-min-hold-s', type=float, metavar='S',
+                   help='a label stays on (or off) at least this long after a switch')
+    p.add_argument('--state-forget-after-s', type=float, metavar='S',
+                   help="a person in no frame for this long is forgotten ('left' event)")
+    p.add_argument('--state-max-tracks', type=int, metavar='N', help='most states kept')
+
+
+#: CLI option (argparse dest) -> emotion node parameter
+STATE_FLAGS = {'state_enabled': 'state.enabled', 'state_half_life_s': 'state.half_life_s',
+               'state_margin': 'state.margin', 'state_min_hold_s': 'state.min_hold_s',
+               'state_forget_after_s': 'state.forget_after_s',
+               'state_max_tracks': 'state.max_tracks'}
+
+
+def state_overrides(args: argparse.Namespace) -> dict:
+    """CLI state options -> emotion node parameter names (None = not given)."""
+    return {param: getattr(args, dest, None) for dest, param in STATE_FLAGS.items()}
+
+
 def backend_overrides(args: argparse.Namespace) -> dict:
     """CLI options -> emotion node parameter names (None = not given)."""
     return {('backend.name' if dest == 'backend' else f'backend.{dest}'): getattr(args, dest)
@@ -340,6 +394,9 @@ def register(subparsers) -> None:
     p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
+    add_state_arguments(p)
+    p.add_argument('--no-timelines', action='store_true',
+                   help='do not draw timelines/<track_id>.png')
     p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
                    help="person detector runtime (default: the config, 'auto': OpenVINO on "
                         'x86-64 CPUs, torch on CUDA)')
@@ -351,9 +408,11 @@ def register(subparsers) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    summary = run_process(args.input, args.output, args.config, backend_overrides(args),
+    summary = run_process(args.input, args.output, args.config,
+                          {**backend_overrides(args), **state_overrides(args)},
                           save_images=not args.no_images, max_frames=args.max_frames,
                           topic=args.topic, progress=not args.no_progress,
-                          detector_overrides={'runtime': args.detector_runtime})
+                          detector_overrides={'runtime': args.detector_runtime},
+                          timelines=not args.no_timelines)
     print(json.dumps(summary, indent=2))
     return 0

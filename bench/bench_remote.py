@@ -1,17 +1,22 @@
 #!/usr/bin/env python3
-"""The remote backend against a real vLLM server: before (the baseline commit) vs now, one table.
+"""The remote backend against a real vLLM server: this tree (and, with ``--baseline COMMIT``,
+that commit for comparison), one table.
 
-Both versions run against the SAME server through a counting HTTP proxy on loopback
-(``testing.fault_proxy``, no faults), each in its own process (the baseline's package is taken
-from ``git archive BASELINE``), on real photographs (zidane.jpg: 2 persons at both edges of a
-1280x720 frame; bus.jpg: 4 persons, portrait), score mode:
+Each version runs against the SAME server through a counting HTTP proxy on loopback
+(``testing.fault_proxy``), in its own process (a baseline's package is taken from ``git archive
+COMMIT``: that needs the repository's history; without ``--baseline`` nothing does), on real
+photographs (zidane.jpg: 2 persons at both edges of a 1280x720 frame; bus.jpg: 4 persons,
+portrait), score mode:
 
 * per person: HTTP requests, image uploads, bytes uploaded (what the proxy saw);
 * persons/s at each ``max_concurrency``; the server's prefix-cache hit rate over those runs
   (vLLM's ``/metrics``);
 * configure: requests and seconds;
 * the max difference of the category scores and of VAD from the local ``vlm`` backend on the
-  same model folder, PNG and JPEG (now: with ``processor`` = the model folder).
+  same model folder, PNG and JPEG (now: with ``processor`` = the model folder);
+* a Wi-Fi drop (the proxy holds every request open without answering for ``--silent-s``, the
+  backend's default timeouts): how long the frame in flight takes, how long each frame during
+  the outage takes, and how soon answers resume once the link is back.
 
 Without ``--url`` it starts a server here (``.venv-vllm``, ``make vllm``) on a tiny random
 LLaVA-1.5 (CLIP processor with a centre crop, real Llama-2 tokenizer): CPU numbers show the
@@ -20,7 +25,7 @@ comparison) it measures any server::
 
     .venv/bin/python bench/bench_remote.py [--url http://gpu:8000/v1 --model-dir DIR]
         [--api-key-env NAME] [--baseline c39d99c] [--concurrency 1,4,16] [--rounds 1]
-        [--photos zidane,bus] [--json out]
+        [--photos zidane,bus] [--silent-s 15] [--json out]
 """
 from __future__ import annotations
 
@@ -28,6 +33,10 @@ import os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRANSFORMERS_OFFLINE', '1')
+# the loopback proxy and server are reached directly, whatever proxy this machine sets
+for _var in ('NO_PROXY', 'no_proxy'):
+    os.environ[_var] = ','.join(filter(None, [os.environ.get(_var, ''), '127.0.0.1',
+                                              'localhost']))
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -37,6 +46,7 @@ import re  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 import time  # noqa: E402
 import urllib.request  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -46,7 +56,8 @@ REPO = Path(__file__).resolve().parents[1]
 PEOPLE_N = {'zidane': (0, 1), 'bus': (0, 1, 2, 3)}
 PHOTOS = ('zidane', 'bus')
 USE = list(PHOTOS)
-BASELINE = 'c39d99c'
+#: the client before the remote backend's rework (README "GPU server"; ``--baseline``)
+BEFORE_REWORK = 'c39d99c'
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -140,8 +151,54 @@ def worker(args: argparse.Namespace) -> int:
                                             'of': args.rounds * n_persons}
             bc.unload()
         out['prefix_cache_hit_rate'] = hit_rate(scrape(args.url), before)
+        if args.silent_s > 0:
+            out['silent'] = silent_link(fp, create_backend, Status, args, extra, shots[0])
     Path(args.worker).write_text(json.dumps(out))
     return 0
+
+
+def silent_link(fp, create_backend, Status, args: argparse.Namespace, extra: dict,
+                shot: tuple) -> dict:
+    """A Wi-Fi drop: the link goes silent as a frame's first request leaves, for
+    ``args.silent_s``; the backend's default timeouts (as a user runs it)."""
+    _, img, boxes = shot
+    with fp.FaultProxy(args.url) as proxy:
+        b = create_backend('remote', {'url': proxy.url, 'model': args.model,
+                                      'api_key_env': args.api_key_env, **extra})
+        b.load()
+        b.predict(img, boxes)  # warm
+        got: dict = {}
+
+        def frame() -> None:
+            t0 = time.monotonic()
+            got['results'] = b.predict(img, boxes)
+            got['s'] = time.monotonic() - t0
+        proxy.silent_when = lambda path, body: path.startswith('/v1/chat')
+        worker = threading.Thread(target=frame, daemon=True)
+        worker.start()
+        worker.join(args.silent_s)
+        during = []
+        while not worker.is_alive() and time.monotonic() - proxy.silenced_at < args.silent_s:
+            t0 = time.monotonic()
+            b.predict(img, boxes)
+            during.append(time.monotonic() - t0)
+            time.sleep(max(0.0, 0.2 - during[-1]))  # a 5 Hz camera
+        while time.monotonic() - proxy.silenced_at < args.silent_s:
+            time.sleep(0.05)
+        proxy.silent = False
+        back = time.monotonic()
+        worker.join(600)
+        while True:
+            if all(r.status == Status.OK for r in b.predict(img, boxes)):
+                break
+            time.sleep(0.2)
+        out = {'in_flight_s': got.get('s', float('nan')),
+               'in_flight': sorted({r.reason.split(' (')[0][:60] or 'OK'
+                                    for r in got.get('results', [])}),
+               'during_s': max(during) if during else None, 'during_frames': len(during),
+               'resumed_s': time.monotonic() - back}
+        b.unload()
+    return out
 
 
 def _dump(results: dict, Status) -> dict:
@@ -156,7 +213,7 @@ def run_version(tree: Path, args: argparse.Namespace, url: str, model_dir: str) 
     env = dict(os.environ, PYTHONPATH=str(tree))
     cmd = [sys.executable, str(Path(__file__).resolve()), '--worker', str(out), '--url', url,
            '--model', args.model, '--concurrency', args.concurrency,
-           '--api-key-env', args.api_key_env,
+           '--api-key-env', args.api_key_env, '--silent-s', str(args.silent_s),
            '--rounds', str(args.rounds), '--model-dir', model_dir, '--photos', args.photos]
     proc = subprocess.run(cmd, env=env, cwd=str(tree), capture_output=True, text=True)
     if proc.returncode != 0:
@@ -200,7 +257,10 @@ def main() -> int:
     ap.add_argument('--api-key-env', default='', help='env variable holding the API key')
     ap.add_argument('--model-dir', default='', help='the served model folder (processor '
                     'config; local reference scores)')
-    ap.add_argument('--baseline', default=BASELINE, help='git commit of "before"')
+    ap.add_argument('--baseline', default='', help='a git commit to compare with (needs the '
+                    f'history; {BEFORE_REWORK}: the client before the rework); default: none')
+    ap.add_argument('--silent-s', type=float, default=15.0, help='Wi-Fi drop: how long the '
+                    'link stays silent (0 = skip)')
     ap.add_argument('--concurrency', default='1,4,16')
     ap.add_argument('--rounds', type=int, default=1, help='throughput: passes over the photos')
     ap.add_argument('--photos', default=','.join(PHOTOS), help='of zidane,bus')
@@ -228,57 +288,77 @@ def main() -> int:
         url, what = server.url, 'tiny random LLaVA-1.5 (CLIP centre crop, Llama-2 SPM), vLLM CPU'
     else:
         url, what = args.url, f'{args.model or "(first served)"} at {args.url}'
-    base = Path(tempfile.mkdtemp(prefix='bench_remote_baseline_'))
-    archive = subprocess.run(['git', '-C', str(REPO), 'archive', args.baseline,
-                              'emotion_perception'], capture_output=True, check=True).stdout
-    subprocess.run(['tar', '-x', '-C', str(base)], input=archive, check=True)
+    trees = {'now': REPO}
+    if args.baseline:
+        trees = {f'{args.baseline}': baseline_tree(args.baseline), **trees}
     report: dict[str, Any] = {'machine': platform.platform(), 'model': what,
-                              'baseline': args.baseline}
+                              'baseline': args.baseline or None}
     try:
         ref = local_scores(model_dir) if model_dir else None
-        got = {'before': run_version(base, args, url, model_dir),
-               'now': run_version(REPO, args, url, model_dir)}
+        got = {name: run_version(tree, args, url, model_dir) for name, tree in trees.items()}
     finally:
         if server is not None:
             server.stop()
-    levels = args.concurrency.split(',')
-    b, n = got['before'], got['now']
-    rows = [
-        ['HTTP requests per person', f"{b['per_person']['requests']:.1f}",
-         f"{n['per_person']['requests']:.1f}", '<= 3'],
-        ['image uploads per person', f"{b['per_person']['uploads']:.1f}",
-         f"{n['per_person']['uploads']:.1f}", '1'],
-        ['KiB uploaded per person (png)', f"{b['per_person']['bytes'] / 1024:.0f}",
-         f"{n['per_person']['bytes'] / 1024:.0f}", '<= 512'],
-        ['KiB uploaded per person (jpeg)', f"{b['per_person']['bytes_jpeg'] / 1024:.0f}",
-         f"{n['per_person']['bytes_jpeg'] / 1024:.0f}", ''],
-    ]
-    for c in levels:
-        rb, rn = b['persons_per_s'][c], n['persons_per_s'][c]
-        rows.append([f'persons/s, max_concurrency {c}',
-                     f"{rb['rate']:.2f} ({rb['ok']}/{rb['of']} OK)",
-                     f"{rn['rate']:.2f} ({rn['ok']}/{rn['of']} OK)",
-                     f">= 3x: now {rn['rate'] / rb['rate']:.1f}x"])
-    rows += [['server prefix-cache hit rate (throughput runs)', b['prefix_cache_hit_rate'],
-              n['prefix_cache_hit_rate'], ''],
-             ['configure: requests', b['configure_requests'], n['configure_requests'], ''],
-             ['configure: seconds', f"{b['configure_s']:.1f}", f"{n['configure_s']:.1f}", '']]
-    if ref is not None:
-        for fmt in ('png', 'jpeg'):
-            for name in USE:
-                for key, label in (('scores', 'scores'), ('vad', 'VAD (1-10)')):
-                    rows.append([f'max |remote - local| {label}, {name}.jpg, {fmt}',
-                                 diff(b['scores'][fmt], ref, name, key),
-                                 diff(n['scores'][fmt], ref, name, key),
-                                 '< 1e-3' if fmt == 'png' else 'measured'])
-    table(f'remote backend, score mode: before ({args.baseline}) vs now, same server '
-          f'({what}); {" + ".join(USE)} ({sum(len(PEOPLE_N[u]) for u in USE)} persons), '
-          f'x{args.rounds}; now with '
-          '--processor (the model folder)', ['', 'before', 'now', 'target'], rows)
+    cols = list(got)
+    vs = f'{args.baseline} vs this tree' if args.baseline else 'this tree'
+    table(f'remote backend, score mode: {vs}, same server ({what}); {" + ".join(USE)} '
+          f'({sum(len(PEOPLE_N[u]) for u in USE)} persons), x{args.rounds}; this tree with '
+          '--processor (the model folder)', ['', *cols, 'target'],
+          rows(got, ref, args.concurrency.split(',')))
     report.update(got)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def baseline_tree(commit: str) -> Path:
+    """The package at ``commit`` (``git archive``: needs the repository's history)."""
+    base = Path(tempfile.mkdtemp(prefix='bench_remote_baseline_'))
+    archive = subprocess.run(['git', '-C', str(REPO), 'archive', commit, 'emotion_perception'],
+                             capture_output=True, check=True).stdout
+    subprocess.run(['tar', '-x', '-C', str(base)], input=archive, check=True)
+    return base
+
+
+def rows(got: dict[str, dict], ref: dict | None, levels: list[str]) -> list[list[Any]]:
+    """The table's rows: one column per version (``got``), then the target."""
+    vs = list(got.values())
+
+    def row(label: str, cell: Any, target: str = '') -> list[Any]:
+        return [label, *[cell(v) for v in vs], target]
+    out = [row('HTTP requests per person', lambda v: f"{v['per_person']['requests']:.1f}",
+               '<= 3'),
+           row('image uploads per person', lambda v: f"{v['per_person']['uploads']:.1f}", '1'),
+           row('KiB uploaded per person (png)',
+               lambda v: f"{v['per_person']['bytes'] / 1024:.0f}", '<= 512'),
+           row('KiB uploaded per person (jpeg)',
+               lambda v: f"{v['per_person']['bytes_jpeg'] / 1024:.0f}")]
+    for c in levels:
+        out.append(row(f'persons/s, max_concurrency {c}', lambda v: (
+            f"{v['persons_per_s'][c]['rate']:.2f} ({v['persons_per_s'][c]['ok']}/"
+            f"{v['persons_per_s'][c]['of']} OK)")))
+    out += [row('server prefix-cache hit rate (throughput runs)',
+                lambda v: v['prefix_cache_hit_rate']),
+            row('configure: requests', lambda v: v['configure_requests']),
+            row('configure: seconds', lambda v: f"{v['configure_s']:.1f}")]
+    if all('silent' in v for v in vs):
+        out += [row('link silent: the frame in flight answered after (s)',
+                    lambda v: f"{v['silent']['in_flight_s']:.1f} "
+                              f"({'; '.join(v['silent']['in_flight'])[:70]})", '<= deadline_s'),
+                row('link silent: each frame during the outage (s, most)',
+                    lambda v: '-' if v['silent']['during_s'] is None else
+                    f"{v['silent']['during_s']:.2f} ({v['silent']['during_frames']} frames)",
+                    'at once'),
+                row('link back: answers again after (s)',
+                    lambda v: f"{v['silent']['resumed_s']:.1f}", 'a few')]
+    if ref is not None:
+        for fmt in ('png', 'jpeg'):
+            for name in USE:
+                for key, label in (('scores', 'scores'), ('vad', 'VAD (1-10)')):
+                    out.append(row(f'max |remote - local| {label}, {name}.jpg, {fmt}',
+                                   lambda v: diff(v['scores'][fmt], ref, name, key),
+                                   '< 1e-3' if fmt == 'png' else 'measured'))
+    return out
 
 
 if __name__ == '__main__':

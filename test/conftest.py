@@ -1,4 +1,5 @@
-"""Test-wide environment: DDS on loopback in a random domain, no model hub, few threads.
+"""Test-wide environment: DDS on loopback in a random domain, no model hub, few threads,
+loopback HTTP never through a proxy.
 
 Set before anything imports rclpy (pytest imports conftest.py first).
 """
@@ -12,6 +13,11 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['TRANSFORMERS_OFFLINE'] = '1'
 os.environ['YOLO_OFFLINE'] = '1'
 os.environ.setdefault('OMP_NUM_THREADS', '2')
+# the remote backend follows HTTP(S)_PROXY / NO_PROXY: a proxy set on this machine must not
+# carry the tests' loopback traffic (test_remote sets its own proxies where it tests them)
+for _var in ('NO_PROXY', 'no_proxy'):
+    os.environ[_var] = ','.join(filter(None, [os.environ.get(_var, ''), '127.0.0.1',
+                                              'localhost', '::1']))
 
 import pytest  # noqa: E402
 

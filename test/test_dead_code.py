@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CALLED_BY_FRAMEWORKS = {
     'on_configure': 'rclpy LifecycleNode transitions', 'on_cleanup': 'rclpy LifecycleNode',
     'on_shutdown': 'rclpy LifecycleNode', 'on_error': 'rclpy LifecycleNode',
-    'do_GET': 'http.server', 'do_POST': 'http.server', 'log_message': 'http.server',
+    'do_GET': 'http.server', 'do_POST': 'http.server', 'do_CONNECT': 'http.server',
+    'log_message': 'http.server',
     'protocol_version': 'http.server',
     'total_ms': 'public API of the Timings value object (the sum of its stages)',
     'prune': 'ros/rep155.py, being reworked under issue 25 item 4 (another change)',

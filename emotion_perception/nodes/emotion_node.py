@@ -49,8 +49,8 @@ turns ERROR when a frame has been in processing (or waiting) longer than ``stall
 
 Lifecycle (``nodes.base``): configure validates parameters and loads the backend (FAILURE,
 staying unconfigured with the reason logged, when the model cannot be loaded); activate
-subscribes and starts the worker; deactivate stops the worker and keeps the model (frees it
-with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
+subscribes and starts the worker; deactivate stops the worker (a remote call in flight is cut
+short: ``cancel_calls``) and keeps the model (frees it with ``free_on_deactivate``); cleanup/shutdown destroy the publishers and free the model.
 ``backend.name``, ``backend.model``, ``backend.llm``, ``backend.adapter``,
 ``backend.quantization``, ``backend.quantization_library``, ``backend.trust_remote_code``,
 ``backend.url``, ``backend.api_key_env``, ``backend.ca_bundle``, ``backend.verify_tls``,
@@ -154,7 +154,13 @@ BACKEND_PARAMS = [
               'failing one is taken out and probed back in', list_of=str, read_only=True),
     ParamSpec('backend.api_key_env', '', 'remote: name of the environment variable holding '
               "the API key ('' = none); the key itself is never logged", read_only=True),
-    ParamSpec('backend.timeout_s', 30.0, 'remote: per-request timeout (s)', in_range(0.01, 3600)),
+    ParamSpec('backend.timeout_s', 30.0, 'remote: the longest one request waits for its answer '
+              '(s; within backend.deadline_s at run time)', in_range(0.01, 3600)),
+    ParamSpec('backend.connect_timeout_s', 3.0, 'remote: the longest a connection may take to '
+              'open, and a health probe of a server to be answered (s)', in_range(0.01, 600)),
+    ParamSpec('backend.deadline_s', 10.0, "remote: the longest all of a frame's requests, "
+              'retries and backoff may take together (s); persons not answered by then are '
+              "ERROR 'deadline exceeded'. Raise it for slow servers", in_range(0.1, 3600)),
     ParamSpec('backend.max_concurrency', 16, 'remote: most requests in flight (all servers)',
               in_range(1, 1024)),
     ParamSpec('backend.retries', 3, 'remote: retries of a request after a transient failure '
@@ -528,6 +534,9 @@ class EmotionNode(PerceptionNode):
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
+        cancel = getattr(self.pipeline.backend, 'cancel_calls', None) if self.pipeline else None
+        if cancel is not None:  # a remote call in flight returns now, not at its deadline
+            cancel('the node is stopping (deactivate)')
 
     # -- worker thread ------------------------------------------------------------------------
     def _next_job(self, stop: threading.Event):

@@ -628,7 +628,8 @@ def compressed_to_rgb(msg: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> 
 
 def rgb_to_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90,
                       header: Any = None) -> Any:
-    """Encode an (H, W, 3) uint8 RGB image into a ``sensor_msgs.msg.CompressedImage``.
+    """Encode an (H, W, 3) uint8 RGB image into a ``sensor_msgs.msg.CompressedImage``
+    (``core.image_codec.encode_rgb``; JPEG with image_transport's 4:2:0 chroma).
 
     Args:
         rgb: (H, W, 3) uint8, RGB order.
@@ -640,25 +641,19 @@ def rgb_to_compressed(rgb: np.ndarray, fmt: str = 'jpeg', quality: int = 90,
     Raises:
         ImageConversionError: wrong shape/dtype, unknown format, or the encoder failed.
     """
-    import cv2
     from sensor_msgs.msg import CompressedImage
     from std_msgs.msg import Header
 
+    from ..core.image_codec import encode_rgb
     arr = np.asarray(rgb)
-    if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != _U8:
-        raise ImageConversionError(
-            f'expected an (H, W, 3) uint8 RGB array, got shape {arr.shape} dtype {arr.dtype}')
-    _check_size(int(arr.shape[1]), int(arr.shape[0]), None)
-    if fmt == 'jpeg':
-        ok, enc = cv2.imencode('.jpg', arr[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    elif fmt == 'png':
-        ok, enc = cv2.imencode('.png', arr[..., ::-1])
-    else:
-        raise ImageConversionError(f"unknown compressed format {fmt!r}; use 'jpeg' or 'png'")
-    if not ok:
-        raise ImageConversionError(f'OpenCV failed to encode a {arr.shape} image as {fmt}')
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        _check_size(int(arr.shape[1]), int(arr.shape[0]), None)
+    try:
+        encoded = encode_rgb(arr, fmt, quality, chroma='420')
+    except ValueError as exc:
+        raise ImageConversionError(str(exc)) from exc
     data = array.array('B')
-    data.frombytes(enc.tobytes())
+    data.frombytes(encoded)
     msg = CompressedImage()
     msg.header = header if header is not None else Header()
     msg.format = f'rgb8; {fmt} compressed bgr8'

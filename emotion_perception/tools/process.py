@@ -327,7 +327,13 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
                         'repeat for several servers')
     p.add_argument('--api-key-env', metavar='NAME',
                    help='remote: environment variable holding the API key')
-    p.add_argument('--timeout-s', type=float, help='remote: per-request timeout (s)')
+    p.add_argument('--timeout-s', type=float,
+                   help='remote: the longest one request waits for its answer (s)')
+    p.add_argument('--connect-timeout-s', type=float,
+                   help='remote: the longest a connection may take to open (s)')
+    p.add_argument('--deadline-s', type=float,
+                   help="remote: the longest all of a frame's requests may take together (s); "
+                        "persons not answered by then are ERROR 'deadline exceeded'")
     p.add_argument('--max-concurrency', type=int, help='remote: most requests in flight')
     p.add_argument('--processor', metavar='DIR_OR_ID',
                    help="remote: the served model's image processor config (a folder or hub id) "
@@ -342,8 +348,8 @@ BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_
                  'device', 'device_map', 'dtype', 'quantization', 'quantization_library',
                  'marking', 'definitions', 'num_labels',
                  'max_new_tokens', 'caption_max_new_tokens', 'thresholds', 'trust_remote_code',
-                 'url', 'api_key_env', 'timeout_s', 'max_concurrency', 'processor',
-                 'image_format')
+                 'url', 'api_key_env', 'timeout_s', 'connect_timeout_s', 'deadline_s',
+                 'max_concurrency', 'processor', 'image_format')
 
 
 def add_state_arguments(p: argparse.ArgumentParser) -> None:

@@ -477,11 +477,12 @@ class ScorePrompts:
         """
         from .scoring_plan import one_by_one, plan_answers
         prompts = [head + q + tail for q in queries]
-        ids = one_by_one(tokenize)([head, *prompts])
-        head_ids, full = ids[0], ids[1:]
+        # the prompts are tokenized once, by the plan (which needs them too)
+        plans, vad_reason, full = plan_answers(one_by_one(tokenize), prompts, n_categories,
+                                               unk_id)
+        head_ids = list(tokenize(head))
         common = min(common_prefix_len(head_ids, f) for f in full)
         suffixes = tuple(tuple(f[common:]) for f in full)
-        plans, vad_reason, _ = plan_answers(one_by_one(tokenize), prompts, n_categories, unk_id)
         return cls(head, len(head_ids) - common, suffixes, tuple(plans),
                    QuestionTree.build(suffixes, plans), n_categories, vad_reason)
 

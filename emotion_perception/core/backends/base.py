@@ -155,9 +155,10 @@ class EmotionBackend(abc.ABC):
     #: boxes (not answered in this call, e.g. answered from the track cache), for backends that
     #: must know who else is in the picture (the face baseline gives each face to one person).
     uses_context: ClassVar[bool] = False
-    #: True when ``unload`` makes a running ``predict`` call return and frees nothing that the
-    #: call still uses (a remote client: no weights here). A node then unloads at once; for
-    #: the others it waits until a straggling call has returned (nodes.base ``_free_model``).
+    #: True when ``unload`` makes a running ``predict`` call return at once (queued and in
+    #: flight alike) and frees nothing that the call still uses (a remote client: no weights
+    #: here). A node then unloads at once; for the others it waits until a straggling call has
+    #: returned (nodes.base ``_free_model``).
     unload_cancels_calls: ClassVar[bool] = False
     #: Defaults by the backend's cost (README "How each person feels over time"): seconds a
     #: steady track's result is reused (``reuse.max_age_s`` < 0) and the half-life of the
@@ -193,6 +194,11 @@ class EmotionBackend(abc.ABC):
     def unload(self) -> None:
         """Free the model (and GPU memory). Safe to call when not loaded."""
         self._loaded = False
+
+    def cancel_calls(self, reason: str = 'the call was cancelled') -> None:
+        """Make the ``predict`` calls in flight return soon, their unanswered persons ERROR
+        'cancelled: ``reason``' (any thread; the model stays loaded). Default: nothing (a
+        local model call runs to its end); the remote backend ends its waits at once."""
 
     def diagnostics(self) -> dict[str, Any]:
         """Backend state worth a key in /diagnostics (the node prefixes them 'backend.')."""

@@ -32,19 +32,31 @@ still uploaded once. Configure renders the chat template twice on the server and
 prompts and answers in one or two ``/tokenize`` requests (texts joined by a special token).
 ``generate``: one chat completion per person, parsed as in ``vlm``.
 
-Faults: a transient failure of a server (HTTP 5xx, 429 honouring ``Retry-After``, connection
-refused or reset, timeout, a truncated, oversized or non-JSON answer) is retried on the same
-server with exponential backoff, ``retries`` times; a server is taken out only after
-``fail_threshold`` consecutive failures and probed back in after ``down_s`` (doubling, at most
-16x); a person whose server is out moves to another one. A person whose requests still fail is
-ERROR with the reason; the other persons and frames go on. Configure retries the same way; a
-server that never answers -> ``ModelLoadError``. Responses are capped at 16 MiB.
+Several servers: the batch route and image uuids are probed on EACH server (requests pinned
+to it; a server that did not answer at configure is probed when it is first used), and all of
+a person's requests go to the one server that holds its image.
+
+Faults (``http_pool``): ``deadline_s`` bounds all of a frame's requests, retries and backoff
+together (connect has its own ``connect_timeout_s``); persons past it are ERROR
+``deadline exceeded: ...``. A transient failure (HTTP 5xx, 429 honouring ``Retry-After``,
+connection refused or reset, timeout, a truncated, oversized, non-JSON or wrongly shaped
+answer) is retried on the same server with exponential backoff, ``retries`` times, within the
+deadline. A server that stops answering leaves the pool (``fail_threshold`` requests without
+an answer, or a background health probe without one) and is probed back in every ``down_s``;
+a person's own failures (a 5xx for its image) never take a server that answers probes out.
+Persons still waiting on a server that left the pool are answered at once when no other
+server is up; persons whose requests fail on a server that is out move to another one. ``cancel_calls`` (deactivate) and ``unload`` end every
+wait at once (the persons are ERROR ``cancelled: ...``), so a call in flight returns within
+moments. Configure retries the same way (per-request ``timeout_s``, no frame deadline); a
+server that never answers, or answers in another shape, -> ``ModelLoadError`` naming what was
+wrong, with nothing left open. Responses are capped at 16 MiB.
 
 TLS: the system's trust store (``ssl.create_default_context``: a fleet CA added with
 ``update-ca-certificates`` is trusted) unless ``ca_bundle`` names a CA file; ``verify_tls``
 false turns verification off (warned). The API key is read from the environment variable
 named by ``api_key_env``, never logged; sending it over plain http to a host other than
-loopback is warned.
+loopback is warned; URLs with a user name or password are refused. ``HTTP(S)_PROXY`` /
+``NO_PROXY`` are followed (``http_pool.proxy_for``; logged).
 """
 from __future__ import annotations
 
@@ -53,21 +65,26 @@ import collections
 import concurrent.futures as cf
 import hashlib
 import logging
+import math
 import os
 import random
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..categories import NUM_CATEGORIES
+from ..image_codec import encode_rgb
 from ..readout import AnswerPlan, TokenIds
 from ..types import BBox, EmotionResult, Status
 from . import scoring_plan as sp
-from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError
-from .http_pool import (BAD_RESPONSE, MAX_RESPONSE_BYTES, RequestFailed, Server, ServerPool,
-                        Transport, is_loopback, parse_urls, tls_context)
-from .vlm import MODES, PARSERS, answer_result
+from .base import BackendError, EmotionBackend, ModelLoadError
+from .http_pool import (BAD_RESPONSE, CANCELLED, MAX_RESPONSE_BYTES, UNREACHABLE, Deadline,
+                        RequestFailed, Server, ServerPool, Transport, expect, is_loopback,
+                        parse_urls, redact_url, tls_context)
+from .vlm import PromptOptions, answer_result
 
 LOG = logging.getLogger(__name__)
 
@@ -75,53 +92,56 @@ IMAGE_FORMATS = ('png', 'jpeg')
 READOUTS = ('auto', 'token_ids', 'top_logprobs')
 #: texts per batched /tokenize request
 TOKENIZE_CHUNK = 256
+#: how long past its deadline a call waits for its requests to report their own failure (s)
+GRACE_S = 0.5
 
 
 @dataclass
-class RemoteOptions(BackendOptions):
-    """Options of the ``remote`` backend (plus ``BackendOptions``; ``device`` is unused).
+class RemoteOptions(PromptOptions):
+    """Options of the ``remote`` backend (plus ``PromptOptions``, whose ``mode``, ``marking``,
+    ``definitions``, ``num_labels``, ``max_new_tokens``, ``parser`` are as in ``vlm`` and
+    whose ``score_prompt`` must be 'question'; ``device`` is unused).
 
     Attributes:
         model: the served model name ('' = the first model the server lists).
         url: base URL ending in /v1, or several (list, or comma separated): several servers.
         api_key_env: name of the environment variable holding the API key ('' = no key).
-        timeout_s: per-request timeout (connect + read).
+        timeout_s: the longest one request may wait for its answer (s).
+        connect_timeout_s: the longest a connection may take to open, and a health probe to
+            be answered (s).
+        deadline_s: the longest all of one frame's requests, retries and backoff may take
+            together (s, from the first request); persons not answered by then are ERROR.
         max_concurrency: most requests in flight at once (all servers together).
         retries: retries of a request after a transient failure (same server, backoff).
-        fail_threshold: consecutive failures after which a server is taken out.
+        fail_threshold: requests without an answer in a row (or probes answered with an
+            error) after which a server is taken out.
         verify_tls: verify https certificates (keep on).
         ca_bundle: CA bundle file for https ('' = the system's trust store).
         processor: the served model's image processor config (a folder or hub id) for the
             exact pixels; '' = letterbox to a square.
-        mode, marking, definitions, num_labels, max_new_tokens, parser: as in ``vlm``.
-        readout: score mode: 'auto' (probe: 'token_ids' when the server returns the log-probs
-            of requested token ids, else 'top_logprobs'), or one of them.
+        readout: score mode: 'auto' (probe: 'token_ids' when every server returns the
+            log-probs of requested token ids, else 'top_logprobs'), or one of them.
         top_logprobs: how many top log-probs the 'top_logprobs' read-out asks for, 1-20.
-        batch: 'auto' (use ``/v1/chat/completions/batch`` when the server has it) or 'off'.
+        batch: 'auto' (use ``/v1/chat/completions/batch`` where a server has it) or 'off'.
         image_format: 'png' (lossless; default) or 'jpeg'.
         jpeg_quality: JPEG quality of the images sent.
         image_max_side: without ``processor``: the square's side is at most this (pixels).
         max_image_bytes: an encoded image larger than this is sent smaller.
-        down_s: a server taken out is left out this long (doubling while it keeps failing,
-            at most 16x) before a request probes it again.
+        down_s: a server taken out is probed again (in the background) after this long,
+            doubling while it keeps being taken out, at most 16x.
     """
 
     url: Any = ''
     api_key_env: str = ''
     timeout_s: float = 30.0
+    connect_timeout_s: float = 3.0
+    deadline_s: float = 10.0
     max_concurrency: int = 16
     retries: int = 3
     fail_threshold: int = 3
     verify_tls: bool = True
     ca_bundle: str = ''
     processor: str = ''
-    mode: str = 'score'
-    marking: str = 'red_box'
-    definitions: bool = False
-    num_labels: int = 0
-    max_new_tokens: int = 64
-    parser: str = 'robust'
-    score_prompt: str = 'question'
     readout: str = 'auto'
     top_logprobs: int = 20
     batch: str = 'auto'
@@ -132,13 +152,7 @@ class RemoteOptions(BackendOptions):
     down_s: float = 1.0
 
     def __post_init__(self) -> None:
-        from .. import prompts
-        if self.mode not in MODES:
-            raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
-        if self.marking not in prompts.MARKINGS:
-            raise ValueError(f'marking must be one of {prompts.MARKINGS}, got {self.marking!r}')
-        if self.parser not in PARSERS:
-            raise ValueError(f'parser must be one of {PARSERS}, got {self.parser!r}')
+        super().__post_init__()
         if self.score_prompt != 'question':
             raise ValueError("remote: score_prompt must be 'question' (a chat API cannot "
                              "continue the template's assistant start verbatim)")
@@ -151,8 +165,11 @@ class RemoteOptions(BackendOptions):
         if self.image_format not in IMAGE_FORMATS:
             raise ValueError(f'image_format must be one of {IMAGE_FORMATS}, '
                              f'got {self.image_format!r}')
-        if float(self.timeout_s) <= 0 or int(self.max_concurrency) < 1 or int(self.retries) < 0:
-            raise ValueError('timeout_s must be > 0, max_concurrency >= 1, retries >= 0')
+        if min(float(self.timeout_s), float(self.connect_timeout_s), float(self.deadline_s),
+               float(self.down_s)) <= 0:
+            raise ValueError('timeout_s, connect_timeout_s, deadline_s and down_s must be > 0')
+        if int(self.max_concurrency) < 1 or int(self.retries) < 0:
+            raise ValueError('max_concurrency must be >= 1, retries >= 0')
         if int(self.fail_threshold) < 1:
             raise ValueError('fail_threshold must be >= 1')
         if int(self.image_max_side) < 16 or int(self.max_image_bytes) < 10_000:
@@ -160,32 +177,16 @@ class RemoteOptions(BackendOptions):
         self.urls = parse_urls(self.url)
 
 
+@dataclass
+class ServerCaps:
+    """What one server offers (probed with requests pinned to it)."""
+
+    batch_route: bool = False
+    uuids: bool = False
+    exact: bool = True  # returns the log-probs of requested token ids
+
+
 # -- images -----------------------------------------------------------------------------------
-def encode_image(image: np.ndarray, fmt: str = 'png', quality: int = 90, max_side: int = 1344,
-                 max_bytes: int = 4_000_000) -> bytes:
-    """RGB uint8 image -> PNG/JPEG bytes, long side capped at ``max_side``; smaller (quality,
-    then size) until it is at most ``max_bytes``."""
-    import cv2
-    img = image
-    scale = max_side / max(img.shape[:2])
-    while True:
-        if scale < 1.0:
-            size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-            img = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        bgr = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2BGR)
-        for q in ((quality, 75, 50) if fmt == 'jpeg' else (0,)):
-            # 4:4:4: no chroma subsampling, so the red box keeps its colour at its edges
-            # (4:2:0 smears a thin red line into its surroundings: up to 106/255 here)
-            params = ([cv2.IMWRITE_JPEG_QUALITY, int(q), cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
-                       cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444] if fmt == 'jpeg' else [])
-            ok, buf = cv2.imencode('.jpg' if fmt == 'jpeg' else '.png', bgr, params)
-            if not ok:
-                raise BackendError(f'cannot encode the image as {fmt}')
-            if buf.nbytes <= max_bytes:
-                return buf.tobytes()
-        scale = min(scale, 1.0) * 0.7
-
-
 def data_url(data: bytes, fmt: str) -> str:
     return f'data:image/{fmt};base64,' + base64.b64encode(data).decode('ascii')
 
@@ -209,7 +210,7 @@ def assistant_message(text: str) -> dict[str, Any]:
 
 def _probe_image() -> str:
     """A small grey picture for the configure-time probes."""
-    return data_url(encode_image(np.full((64, 64, 3), 127, np.uint8), 'png'), 'png')
+    return data_url(encode_rgb(np.full((64, 64, 3), 127, np.uint8), 'png'), 'png')
 
 
 # -- the read-out plan ------------------------------------------------------------------------
@@ -236,6 +237,8 @@ class PersonRequests:
     logprobs: dict[int, Mapping[int, float]] = field(default_factory=dict)
     error: RequestFailed | None = None
     text: str = ''
+    #: the server its requests go to (the one holding its image), once chosen
+    server: Server | None = None
 
     @property
     def url(self) -> str:
@@ -274,12 +277,21 @@ def first_logprobs(choice: Any) -> dict[int, float]:
     return out
 
 
+def _check_tokens(body: Mapping[str, Any]) -> None:
+    expect('tokens', list, 'POST /tokenize')(body)
+    if not all(isinstance(t, int) for t in body['tokens']):
+        raise RequestFailed('bad_response', f'{BAD_RESPONSE}: POST /tokenize answered tokens '
+                            'that are not integers', retry=True)
+
+
 class RemoteBackend(EmotionBackend):
     """Emotions from a VLM behind vLLM's OpenAI-compatible API (see the module docstring)."""
 
     name = 'remote'
     Options = RemoteOptions
-    unload_cancels_calls = True  # unload cancels the requests in flight; no weights here
+    #: unload (and ``cancel_calls``) make a call in flight return at once: every wait of its
+    #: requests ends, its persons are ERROR 'cancelled: ...'; no weights are held here
+    unload_cancels_calls = True
 
     def __init__(self, options: RemoteOptions | dict | None = None) -> None:
         super().__init__(options)
@@ -292,9 +304,10 @@ class RemoteBackend(EmotionBackend):
         self.vad_reason = ''
         self.image_processor: Any = None
         self.pixels = ''
-        #: server offers /v1/chat/completions/batch; images can be named by uuid
-        self.batch_route = False
-        self.uuids = False
+        #: per server: batch route, image uuids, exact read-out (probed pinned to it)
+        self.caps: dict[Server, ServerCaps] = {}
+        self._caps_lock = threading.Lock()
+        self._probe_locks: dict[Server, threading.Lock] = {}
         self.configure_requests = 0
         self._texts: list[str] = []
         self._plans: list[AnswerPlan | None] = []
@@ -308,10 +321,25 @@ class RemoteBackend(EmotionBackend):
         self._min_new_tokens = 0
         self._masses: collections.deque = collections.deque(maxlen=1024)
         self._executor: cf.ThreadPoolExecutor | None = None
+        #: the deadlines of the calls in flight (``cancel_calls`` ends them)
+        self._calls: set[Deadline] = set()
+        self._calls_lock = threading.Lock()
+        #: the servers that answered at configure (probed then; the others when first used)
+        self._answered: list[Server] = []
 
     @property
     def model_id(self) -> str:
         return self.served_model or self.options.model
+
+    @property
+    def batch_route(self) -> bool:
+        """Every probed server has /v1/chat/completions/batch."""
+        return bool(self.caps) and all(c.batch_route for c in self.caps.values())
+
+    @property
+    def uuids(self) -> bool:
+        """Every probed server serves images named by uuid."""
+        return bool(self.caps) and all(c.uuids for c in self.caps.values())
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _api_key(self) -> str:
@@ -326,11 +354,13 @@ class RemoteBackend(EmotionBackend):
 
     def load(self) -> None:
         """Connect: list the served models, render and tokenize the prompts, probe the
-        read-out, the batch route and image uuids.
+        read-out, the batch route and image uuids (on each server).
 
         Raises:
-            ModelLoadError: no URL, no server answers, the model is not served, the processor
-                config cannot be read, or score mode cannot read yes/no from this server.
+            ModelLoadError: no URL, no server answers (or answers in another shape: named),
+                the model is not served, the processor config cannot be read, a proxy of the
+                environment cannot be used, or score mode cannot read yes/no from this
+                server. Whatever was opened (HTTP client, threads) is closed again.
         """
         if self._loaded:
             return
@@ -347,33 +377,53 @@ class RemoteBackend(EmotionBackend):
             if key and u.startswith('http://') and not is_loopback(u):
                 LOG.warning('remote: the API key goes to %s over plain http (readable on the '
                             'network); use https', u)
-        self.transport = Transport(o.urls, key, o.timeout_s, o.retries, o.max_concurrency,
-                                   verify, o.down_s, o.fail_threshold)
-        self._executor = cf.ThreadPoolExecutor(int(o.max_concurrency),
-                                               thread_name_prefix='remote')
+        loaded = False
         try:
-            self._connect()
-            try:
-                self._add_special = self._probe_special_tokens()
-            except RequestFailed as exc:
-                if exc.kind != 'http_4xx':
-                    raise
-                if o.mode == 'score':  # Ollama, llama.cpp's server, the OpenAI API
-                    raise ModelLoadError(
-                        f'{o.urls[0]} has no vLLM /tokenize ({exc.reason}): score mode needs '
-                        'it to find the answer tokens; use mode=generate with this server'
-                        ) from exc
-                self._add_special = False
-            if o.mode == 'score':
-                self._plan_score()
+            self._open(key, verify)
+            self._configure()
+            loaded = True
+        except ModelLoadError:
+            raise
         except RequestFailed as exc:
-            self.unload()
             raise ModelLoadError(f'remote backend {", ".join(o.urls)}: {exc.reason}') from exc
-        except (ModelLoadError, ValueError) as exc:
-            self.unload()
-            raise exc if isinstance(exc, ModelLoadError) else ModelLoadError(str(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - anything else: named, nothing left open
+            raise ModelLoadError(f'remote backend {", ".join(o.urls)}: configure failed: '
+                                 f'{type(exc).__name__}: {exc}') from exc
+        finally:
+            if not loaded:
+                self.unload()
         self.configure_requests = self.transport.stats.requests
         self._loaded = True
+
+    def _open(self, key: str, verify: Any) -> None:
+        """The HTTP client (with the environment's proxies) and the request threads."""
+        o = self.options
+        self.transport = Transport(o.urls, key, o.timeout_s, o.retries, o.max_concurrency,
+                                   verify, o.down_s, o.fail_threshold, o.connect_timeout_s)
+        self.transport.pool.listeners.append(self._notify_calls)
+        for url, proxy in self.transport.proxies.items():
+            if proxy:
+                LOG.info('remote: %s goes through the proxy %s (from the environment; '
+                         'NO_PROXY lists the hosts reached directly)', url, redact_url(proxy))
+        self._executor = cf.ThreadPoolExecutor(int(o.max_concurrency),
+                                               thread_name_prefix='remote')
+
+    def _configure(self) -> None:
+        o = self.options
+        self._connect()
+        try:
+            self._add_special = self._probe_special_tokens()
+        except RequestFailed as exc:
+            if exc.kind != 'http_4xx':
+                raise
+            if o.mode == 'score':  # Ollama, llama.cpp's server, the OpenAI API
+                raise ModelLoadError(
+                    f'{o.urls[0]} has no vLLM /tokenize ({exc.reason}): score mode needs '
+                    'it to find the answer tokens; use mode=generate with this server'
+                    ) from exc
+            self._add_special = False
+        if o.mode == 'score':
+            self._plan_score()
 
     def _load_pixels(self) -> None:
         o = self.options
@@ -395,20 +445,25 @@ class RemoteBackend(EmotionBackend):
                             o.image_max_side)
 
     def _connect(self) -> None:
-        """Every server must list the model; the model name defaults to the first listed."""
+        """Every server that answers (within ``deadline_s`` each: a silent one does not hold
+        configure longer) must list the model; the model name defaults to the first listed."""
         o = self.options
         servers = self.transport.pool.servers
         names: list[list[str] | None] = []
         for server in servers:
             try:
-                body = self.transport.request('GET', '/v1/models', server=server)
-                names.append([m['id'] for m in body.get('data', []) if isinstance(m, dict)])
+                body = self.transport.request('GET', '/v1/models', server=server,
+                                              check=expect('data', list, 'GET /v1/models'),
+                                              deadline=Deadline(o.deadline_s))
+                names.append([m['id'] for m in body['data']
+                              if isinstance(m, dict) and isinstance(m.get('id'), str)])
             except RequestFailed as exc:
                 if exc.kind == 'http_4xx':  # it answers, and refuses: a key, a proxy, a path
                     hint = (' (check backend.api_key_env)' if exc.reason[5:8] in ('401', '403')
                             else '')
                     raise ModelLoadError(f'{server.url}: {exc.reason}{hint}') from exc
                 LOG.warning('remote: %s does not answer at configure: %s', server.url, exc.reason)
+                server.last_error = exc.reason
                 names.append(None)
         listed = [n for n in names if n is not None]
         if not listed:
@@ -422,15 +477,35 @@ class RemoteBackend(EmotionBackend):
                 raise ModelLoadError(f'{server.url} does not serve model {model!r} (it serves '
                                      f'{n}); set backend.model to one of them')
         self.served_model = model
+        self._answered = [s for n, s in zip(names, servers) if n is not None]
         LOG.info('remote: model %r on %s', model, ', '.join(o.urls))
 
+    def cancel_calls(self, reason: str = 'the call was cancelled') -> None:
+        """End every wait of the calls in flight now (their persons ERROR 'cancelled: ...')."""
+        with self._calls_lock:
+            calls = list(self._calls)
+        for deadline in calls:
+            deadline.cancel(reason)
+
+    def _notify_calls(self) -> None:
+        """A server went out or came back: the waiting calls look again."""
+        with self._calls_lock:
+            calls = list(self._calls)
+        for deadline in calls:
+            deadline.notify()
+
     def unload(self) -> None:
+        self.cancel_calls('the backend was unloaded')
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
         if self.transport is not None:
             self.transport.close()
             self.transport = None
+        with self._caps_lock:
+            self.caps.clear()
+            self._probe_locks.clear()
+        self._answered = []
         super().unload()
 
     def diagnostics(self) -> dict[str, Any]:
@@ -438,14 +513,23 @@ class RemoteBackend(EmotionBackend):
         if self.transport is not None:
             out.update(self.transport.stats.snapshot())
             for url, state in self.transport.pool.state().items():
-                out[f'server {url}'] = state
+                proxy = self.transport.proxies.get(url)
+                out[f'server {url}'] = state + (f', via proxy {redact_url(proxy)}' if proxy
+                                                else '')
         out['pixels'] = self.pixels
         out['configure_requests'] = self.configure_requests
+        out['deadline_s'] = self.options.deadline_s
         if self.options.mode == 'score' and self.readout:
             out['readout'] = self.readout
             out['vad'] = self.vad_reason or 'ok'
             out['batch_route'] = self.batch_route
             out['image_uuids'] = self.uuids
+            with self._caps_lock:
+                caps = dict(self.caps)
+            if len({(c.batch_route, c.uuids) for c in caps.values()}) > 1:
+                out['server_capabilities'] = '; '.join(
+                    f'{s.url}: batch route {c.batch_route}, uuids {c.uuids}'
+                    for s, c in caps.items())
             if self.readout_dropped:
                 out['readout_dropped'] = '; '.join(self.readout_dropped)[:400]
             out['continuation_sequences'] = sum(1 for c in self._convs if c.prefix)
@@ -456,7 +540,8 @@ class RemoteBackend(EmotionBackend):
 
     @property
     def requests_per_person(self) -> int:
-        """HTTP requests per person in score mode (without faults)."""
+        """HTTP requests per person in score mode (without faults; where every server has
+        the batch route)."""
         if not self._convs:
             return 0
         if not self.batch_route:
@@ -469,19 +554,20 @@ class RemoteBackend(EmotionBackend):
         body = self.transport.request('POST', '/tokenize', {
             'model': self.served_model, 'messages': messages,
             'add_generation_prompt': not cont, 'continue_final_message': cont,
-            'add_special_tokens': self._add_special})
+            'add_special_tokens': self._add_special}, check=_check_tokens)
         return [int(t) for t in body['tokens']]
 
     def _tokenize_text(self, text: str, special: bool = False, strs: bool = False) -> Any:
         body = self.transport.request('POST', '/tokenize', {
             'model': self.served_model, 'prompt': text, 'add_special_tokens': special,
-            **({'return_token_strs': True} if strs else {})})
+            **({'return_token_strs': True} if strs else {})}, check=_check_tokens)
         ids = [int(t) for t in body['tokens']]
         return (ids, list(body.get('token_strs') or [])) if strs else ids
 
     def _detokenize(self, ids: Sequence[int]) -> str:
         return str(self.transport.request('POST', '/detokenize', {
-            'model': self.served_model, 'tokens': list(ids)})['prompt'])
+            'model': self.served_model, 'tokens': list(ids)},
+            check=expect('prompt', str, 'POST /detokenize'))['prompt'])
 
     def _probe_special_tokens(self) -> bool:
         """Whether chat requests must ask the server to add the tokenizer's special tokens.
@@ -656,51 +742,89 @@ class RemoteBackend(EmotionBackend):
         return new_plans, convs, dropped
 
     def _probe_routes(self) -> None:
-        """Read-out method (several ids, one unlikely), batch route and image uuids."""
+        """The read-out, batch route and image uuids of every server that answered at
+        configure, each probed with requests pinned to it (a uuid is only known to the server
+        that saw its image); the read-out is exact only when every one of them is."""
+        o = self.options
+        caps = {s: self._probe_server(s) for s in self._answered}
+        exact = all(c.exact for c in caps.values())
+        if o.readout == 'token_ids' and not exact:
+            bad = ', '.join(s.url for s, c in caps.items() if not c.exact)
+            raise ModelLoadError(f'readout token_ids: {bad} did not return the log-probs of '
+                                 "the requested token ids; use readout 'top_logprobs' or "
+                                 "'auto'")
+        self.readout = o.readout if o.readout != 'auto' else (
+            'token_ids' if exact else 'top_logprobs')
+        with self._caps_lock:
+            self.caps = caps
+
+    def _probe_server(self, server: Server, deadline: Deadline | None = None) -> ServerCaps:
+        """One server's read-out, batch route and image uuids, every request pinned to it:
+        the probe image uploaded under a fresh uuid, then named by that uuid alone."""
         o = self.options
         first = self._convs[0]
         unlikely = self._separator[0] if self._separator else 0
         ids = sorted({*first.ids, unlikely})
         uuid = f'probe-{random.getrandbits(64):016x}'
-        warm = self._payload([self._messages(first, image_part(_probe_image(), uuid))],
-                             'token_ids', ids)
-        body = self.transport.request('POST', '/v1/chat/completions', warm)
+
+        def ask(path: str, payload: dict[str, Any]) -> Any:
+            return self.transport.request('POST', path, payload, server=server,
+                                          deadline=deadline)
+        body = ask('/v1/chat/completions', self._payload(
+            [self._messages(first, image_part(_probe_image(), uuid))], 'token_ids', ids))
         got = first_logprobs((body.get('choices') or [{}])[0])
-        exact = all(i in got for i in ids)
-        if o.readout == 'auto':
-            self.readout = 'token_ids' if exact else 'top_logprobs'
-        elif o.readout == 'token_ids' and not exact:
-            raise ModelLoadError('readout token_ids: the server did not return the log-probs '
-                                 f'of the requested token ids {ids} (got {sorted(got)[:8]}); '
-                                 "use readout 'top_logprobs' or 'auto'")
-        else:
-            self.readout = o.readout
+        caps = ServerCaps(exact=all(i in got for i in ids))
+        method = 'token_ids' if caps.exact else 'top_logprobs'
         named = image_part(None, uuid)
-        self.batch_route = False
         if o.batch != 'off':
             try:
-                self.transport.request('POST', '/v1/chat/completions/batch', self._payload(
-                    [self._messages(first, named)] * 2, self.readout, first.ids, batch=True))
-                self.batch_route = self.uuids = True
-                return
+                ask('/v1/chat/completions/batch', self._payload(
+                    [self._messages(first, named)] * 2, method, first.ids, batch=True))
+                caps.batch_route = caps.uuids = True
+                return caps
             except RequestFailed as exc:
                 if exc.kind != 'http_4xx':
                     raise
                 if 'cache miss' in exc.reason.lower():
-                    self.batch_route = True  # the route exists; uuids do not work
+                    caps.batch_route = True  # the route exists; uuids do not work
                 else:
-                    LOG.warning('remote: the server has no /v1/chat/completions/batch (%s): '
-                                'one request per question', exc.reason)
+                    LOG.warning('remote: %s has no /v1/chat/completions/batch (%s): one '
+                                'request per question', server.url, exc.reason)
         try:
-            self.transport.request('POST', '/v1/chat/completions', self._payload(
-                [self._messages(first, named)], self.readout, first.ids))
-            self.uuids = True
+            ask('/v1/chat/completions', self._payload([self._messages(first, named)], method,
+                                                      first.ids))
+            caps.uuids = True
         except RequestFailed as exc:
             if exc.kind != 'http_4xx':
                 raise
-            self.uuids = False
-            LOG.warning('remote: the server does not serve images by uuid (%s): every request '
-                        'carries the image', exc.reason)
+            LOG.warning('remote: %s does not serve images by uuid (%s): every request '
+                        'carries the image', server.url, exc.reason)
+        return caps
+
+    def _caps_for(self, server: Server, deadline: Deadline) -> ServerCaps:
+        """``server``'s capabilities; probed (pinned to it) when it is first used, for a
+        server that did not answer at configure."""
+        with self._caps_lock:
+            caps = self.caps.get(server)
+            lock = self._probe_locks.setdefault(server, threading.Lock())
+        if caps is not None:
+            return caps
+        if not lock.acquire(timeout=max(0.0, deadline.remaining())):
+            raise deadline.error() or RequestFailed('deadline', deadline.exceeded(),
+                                                    retry=False)
+        try:
+            with self._caps_lock:
+                if server in self.caps:
+                    return self.caps[server]
+            caps = self._probe_server(server, deadline)
+            if self.readout == 'token_ids' and not caps.exact:
+                LOG.warning('remote: %s does not return the log-probs of requested token ids '
+                            '(readout token_ids): its persons are ERROR', server.url)
+            with self._caps_lock:
+                self.caps[server] = caps
+            return caps
+        finally:
+            lock.release()
 
     # -- request bodies ----------------------------------------------------------------------
     def _messages(self, conv: Conversation, image: dict[str, Any]) -> list[dict[str, Any]]:
@@ -726,12 +850,22 @@ class RemoteBackend(EmotionBackend):
 
     def _check_choices(self, convs: Sequence[Conversation], body: Mapping[str, Any]
                        ) -> list[dict[int, float]]:
-        """Per conversation, its log-probs; every requested id present (token_ids)."""
+        """Per conversation, its log-probs (choices in ``index`` order); every requested id
+        present (token_ids).
+
+        Raises:
+            RequestFailed: bad response: another number of choices, an index that is not an
+                integer, no log-probs, a requested id missing.
+        """
         choices = body.get('choices')
         if not isinstance(choices, list) or len(choices) != len(convs):
             raise RequestFailed('bad_response', f'{BAD_RESPONSE}: {len(choices or [])} answers '
                                 f'for {len(convs)} conversations', retry=True)
-        order = sorted(choices, key=lambda c: c.get('index', 0) if isinstance(c, dict) else 0)
+        index = [c.get('index', 0) if isinstance(c, dict) else None for c in choices]
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in index):
+            raise RequestFailed('bad_response', f'{BAD_RESPONSE}: answers whose index is not '
+                                f'an integer ({index[:4]})', retry=True)
+        order = [c for _, c in sorted(zip(index, choices), key=lambda ic: ic[0])]
         out = []
         for conv, choice in zip(convs, order):
             got = first_logprobs(choice)
@@ -758,48 +892,72 @@ class RemoteBackend(EmotionBackend):
         out = []
         for img in self.marked_images(image, boxes):
             side = max(img.shape[:2]) if self.image_processor is not None else o.image_max_side
-            data = encode_image(img, o.image_format, o.jpeg_quality, side, o.max_image_bytes)
+            data = encode_rgb(img, o.image_format, o.jpeg_quality, side, o.max_image_bytes)
             out.append(PersonRequests(data, o.image_format,
                                       hashlib.sha256(data).hexdigest()[:32]))
         return out
 
     def forward(self, batch: list[PersonRequests]) -> list[PersonRequests]:
-        """Each person's requests on one server, persons concurrently."""
-        if self._executor is None or self.transport is None:
+        """Each person's requests on one server, persons concurrently, all within ONE
+        deadline (``deadline_s``). Returns when every person is answered, the deadline has
+        passed, the call is cancelled (``cancel_calls``, ``unload``), or the persons still
+        waiting wait on servers that left the pool (and no other is up); those persons get
+        the reason."""
+        executor = self._executor
+        if executor is None or self.transport is None:
             raise BackendError('remote backend is not loaded')
         work = self._generate if self.options.mode == 'generate' else self._score_person
-        futures = {self._executor.submit(self._on_a_server, work, p): p for p in batch}
-        for fut in cf.as_completed(futures):
-            if fut.cancelled():  # unload() during the call (e.g. deactivate, free)
-                exc = RequestFailed('bad_response', 'cancelled: the backend was unloaded',
-                                    retry=False)
-            elif (exc := fut.exception()) is None:
-                continue
-            elif not isinstance(exc, RequestFailed):
-                exc = RequestFailed('bad_response', f'{type(exc).__name__}: {exc}', retry=False)
-            person = futures[fut]
-            if person.error is None:
-                person.error = exc
+        deadline = Deadline(self.options.deadline_s)
+        with self._calls_lock:
+            self._calls.add(deadline)
+        futures: dict[cf.Future, PersonRequests] = {}
+        try:
+            for p in batch:
+                futures[executor.submit(self._on_a_server, work, p, deadline)] = p
+            for fut in futures:
+                fut.add_done_callback(lambda _: deadline.notify())
+            transport = self.transport
+            deadline.wait(math.inf, until=lambda: _settled(futures, transport), past=GRACE_S)
+        except RuntimeError:  # the executor was shut down: unloaded meanwhile
+            deadline.cancel('the backend was unloaded')
+        finally:
+            with self._calls_lock:
+                self._calls.discard(deadline)
+        for p in batch:
+            fut = next((f for f, q in futures.items() if q is p), None)
+            if p.error is None:
+                p.error = _outcome(fut, p, deadline)
+        deadline.cancel('the call returned without it')  # requests left behind stop now
         return batch
 
-    def _on_a_server(self, work: Any, p: PersonRequests) -> None:
-        """``work(p, server)`` on the least busy server; again on another one when that
-        server was taken out meanwhile (its failures were not the person's)."""
-        pool = self.transport.pool
+    def _on_a_server(self, work: Callable[[PersonRequests, Server, Deadline], None],
+                     p: PersonRequests, deadline: Deadline) -> None:
+        """``work(p, server, deadline)`` on the least busy server; again on another one when
+        that server was taken out meanwhile (its failures were not the person's)."""
+        transport = self.transport
+        if transport is None:
+            raise RequestFailed('cancelled', f'{CANCELLED}: the backend was unloaded',
+                                retry=False)
+        pool = transport.pool
         tried: list[Server] = []
         while True:
+            stop = deadline.error()
+            if stop is not None:
+                raise stop
             server = pool.acquire(exclude=tried)
+            p.server = server
             try:
-                work(p, server)
+                work(p, server, deadline)
                 return
             except RequestFailed as exc:
                 tried.append(server)
                 if not (exc.retry and not server.up and pool.usable(tried)):
                     raise
             finally:
+                p.server = None
                 pool.release(server)
 
-    def _generate(self, p: PersonRequests, server: Server) -> None:
+    def _generate(self, p: PersonRequests, server: Server, deadline: Deadline) -> None:
         o = self.options
         from .. import prompts
         text = prompts.build_prompt(o.marking, o.definitions, o.num_labels or None)
@@ -815,14 +973,14 @@ class RemoteBackend(EmotionBackend):
             'add_special_tokens': self._add_special,
             'max_tokens': int(o.max_new_tokens), 'temperature': 0.0,
             **({'min_tokens': self._min_new_tokens} if self._min_new_tokens else {})},
-            server=server, check=check)
+            server=server, check=check, deadline=deadline)
         p.text = (body['choices'][0]['message']['content'] or '').strip()
 
     def _ask(self, convs: Sequence[Conversation], p: PersonRequests, server: Server,
-             upload: bool) -> None:
+             caps: ServerCaps, upload: bool, deadline: Deadline) -> None:
         """One request for ``convs`` (all of one kind: generation prompt or continuation)."""
-        image = image_part(p.url if upload or not self.uuids else None,
-                           p.uuid if self.uuids else '')
+        image = image_part(p.url if upload or not caps.uuids else None,
+                           p.uuid if caps.uuids else '')
         cont = bool(convs[0].prefix)
         ids = sorted({i for c in convs for i in c.ids})
         batch = len(convs) > 1
@@ -833,17 +991,20 @@ class RemoteBackend(EmotionBackend):
 
         def check(body: Mapping[str, Any]) -> None:
             got[:] = self._check_choices(convs, body)
-        self.transport.request('POST', path, payload, server=server, check=check)
+        self.transport.request('POST', path, payload, server=server, check=check,
+                               deadline=deadline)
         for conv, lps in zip(convs, got):
             p.logprobs[self._convs.index(conv)] = lps
             if self.readout == 'top_logprobs' and not conv.prefix:
                 self._masses.append(float(np.exp(np.asarray(list(lps.values()))).sum()))
 
-    def _score_person(self, p: PersonRequests, server: Server) -> None:
-        """The image once with the first question, then the others naming it by uuid."""
+    def _score_person(self, p: PersonRequests, server: Server, deadline: Deadline) -> None:
+        """The image once with the first question, then the others naming it by uuid, all on
+        ``server`` (the one holding the image)."""
+        caps = self._caps_for(server, deadline)
         convs = self._convs
-        self._ask(convs[:1], p, server, upload=True)
-        if self.batch_route:
+        self._ask(convs[:1], p, server, caps, True, deadline)
+        if caps.batch_route:
             groups = [[c for c in convs[1:] if not c.prefix], [c for c in convs if c.prefix]]
         else:
             groups = [[c] for c in convs[1:]]
@@ -851,12 +1012,12 @@ class RemoteBackend(EmotionBackend):
             if not group:
                 continue
             try:
-                self._ask(group, p, server, upload=False)
+                self._ask(group, p, server, caps, False, deadline)
             except RequestFailed as exc:  # the server forgot the image: send it again
                 if exc.kind != 'http_4xx' or 'cache miss' not in exc.reason.lower():
                     raise
-                self._ask(convs[:1], p, server, upload=True)
-                self._ask(group, p, server, upload=False)
+                self._ask(convs[:1], p, server, caps, True, deadline)
+                self._ask(group, p, server, caps, False, deadline)
 
     def postprocess(self, outputs: list[PersonRequests], batch: Any) -> list[EmotionResult]:
         results = []
@@ -893,5 +1054,36 @@ class RemoteBackend(EmotionBackend):
         return sp.read_scores(lps, NUM_CATEGORIES)
 
 
+def _settled(futures: Mapping[cf.Future, PersonRequests], transport: Transport) -> bool:
+    """Every person answered, or stuck: waiting on a server that left the pool while a request
+    to it is stalled, and no other server is up (with one up, a person whose request fails
+    moves there)."""
+    now = time.monotonic()
+    return all(f.done() or (p.server is not None and not p.server.up
+                            and transport.prober.stalled(p.server, now)
+                            and not transport.pool.usable([p.server]))
+               for f, p in futures.items())
+
+
+def _outcome(fut: cf.Future | None, p: PersonRequests, deadline: Deadline
+             ) -> RequestFailed | None:
+    """The failure of a person once its call returned (None: answered)."""
+    if fut is not None and fut.done() and not fut.cancelled():
+        exc = fut.exception()
+        if exc is None or isinstance(exc, RequestFailed):
+            return exc
+        return RequestFailed('bad_response', f'{type(exc).__name__}: {exc}', retry=False)
+    if fut is not None:
+        fut.cancel()  # not started yet: never will
+    if deadline.cancel_reason:
+        return RequestFailed('cancelled', f'{CANCELLED}: {deadline.cancel_reason}', retry=False)
+    server = p.server
+    if server is not None and not server.up:
+        return RequestFailed('unreachable', f'{UNREACHABLE}: {server.url} left the pool while '
+                             f'the request waited ({server.last_error})', retry=False)
+    return RequestFailed('deadline', deadline.exceeded(), retry=False)
+
+
 __all__ = ['MAX_RESPONSE_BYTES', 'RemoteBackend', 'RemoteOptions', 'RequestFailed',
-           'ServerPool', 'Transport', 'encode_image', 'is_loopback', 'parse_urls', 'tls_context']
+           'ServerCaps', 'ServerPool', 'Transport', 'is_loopback', 'parse_urls',
+           'tls_context']

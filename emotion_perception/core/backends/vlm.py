@@ -382,19 +382,16 @@ _NESTED_IMAGE_PROCESSORS = ('Idefics2Processor', 'Idefics3Processor', 'SmolVLMPr
 
 # -- options and batch ------------------------------------------------------------------------
 @dataclass
-class PromptModelOptions(BackendOptions):
-    """Options shared by the prompt-driven backends (``vlm``, ``caption_llm``).
+class PromptOptions(BackendOptions):
+    """Options of every prompt-driven backend (``vlm``, ``caption_llm``, ``remote``): what is
+    asked and how the answer is read.
 
     Attributes:
-        dtype: 'auto' (float32 on CPU, bfloat16 on CUDA) | 'float32' | 'bfloat16' | 'float16'.
-        device_map: ``from_pretrained`` device map (e.g. 'auto'); '' = load on ``device``.
-        trust_remote_code: allow model code shipped with the weights (off by default).
         mode: 'score' (yes/no probability per category, VAD) or 'generate' (paper protocol).
         marking: 'red_box' (paper) | 'crop' | 'crop_context' (see ``prompts.mark_image``).
         definitions: put a short definition of each category in the prompt.
         num_labels: generate mode: ask for exactly this many labels (paper "*": 6); 0 = any.
         max_new_tokens: generate mode: answer length bound.
-        batch_size: most persons per model call.
         score_prompt: score mode: 'question' (each of the 29 a user question, the natural form)
             or 'prefill' (one instruction; each question is the start of the assistant's
             answer line, e.g. 'Anger:', so the template's assistant start is shared: fewer
@@ -404,15 +401,11 @@ class PromptModelOptions(BackendOptions):
             category counts when its lower-case name occurs in the lower-cased answer).
     """
 
-    dtype: str = 'auto'
-    device_map: str = ''
-    trust_remote_code: bool = False
     mode: str = 'score'
     marking: str = 'red_box'
     definitions: bool = False
     num_labels: int = 0
     max_new_tokens: int = 64
-    batch_size: int = 4
     parser: str = 'robust'
     score_prompt: str = 'question'
 
@@ -421,15 +414,38 @@ class PromptModelOptions(BackendOptions):
             raise ValueError(f'mode must be one of {MODES}, got {self.mode!r}')
         if self.marking not in prompts.MARKINGS:
             raise ValueError(f'marking must be one of {prompts.MARKINGS}, got {self.marking!r}')
-        if self.dtype not in DTYPES:
-            raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
         if self.parser not in PARSERS:
             raise ValueError(f'parser must be one of {PARSERS}, got {self.parser!r}')
         if self.score_prompt not in prompts.SCORE_PROMPTS:
             raise ValueError(f'score_prompt must be one of {prompts.SCORE_PROMPTS}, '
                              f'got {self.score_prompt!r}')
-        if int(self.batch_size) < 1 or int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
-            raise ValueError('batch_size and max_new_tokens must be >= 1, num_labels >= 0')
+        if int(self.max_new_tokens) < 1 or int(self.num_labels) < 0:
+            raise ValueError('max_new_tokens must be >= 1, num_labels >= 0')
+
+
+@dataclass
+class PromptModelOptions(PromptOptions):
+    """Options shared by the prompt-driven backends that run the model here (``vlm``,
+    ``caption_llm``): ``PromptOptions`` plus the local model's.
+
+    Attributes:
+        dtype: 'auto' (float32 on CPU, bfloat16 on CUDA) | 'float32' | 'bfloat16' | 'float16'.
+        device_map: ``from_pretrained`` device map (e.g. 'auto'); '' = load on ``device``.
+        trust_remote_code: allow model code shipped with the weights (off by default).
+        batch_size: most persons per model call.
+    """
+
+    dtype: str = 'auto'
+    device_map: str = ''
+    trust_remote_code: bool = False
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dtype not in DTYPES:
+            raise ValueError(f'dtype must be one of {DTYPES}, got {self.dtype!r}')
+        if int(self.batch_size) < 1:
+            raise ValueError('batch_size must be >= 1')
 
 
 @dataclass
@@ -678,8 +694,8 @@ class VLMBackend(EmotionBackend):
 
 
 __all__ = ['BF16_MIN_HIDDEN', 'DEFAULT_VLM', 'LoadedModel', 'NO_LABEL_REASON', 'PARSERS',
-           'PromptModelOptions', 'VLMBackend', 'VLMBatch', 'VLMOptions', 'answer_result',
-           'apply_adapter', 'cpu_has_bf16', 'encode_batch', 'generate_texts',
+           'PromptModelOptions', 'PromptOptions', 'VLMBackend', 'VLMBatch', 'VLMOptions',
+           'answer_result', 'apply_adapter', 'cpu_has_bf16', 'encode_batch', 'generate_texts',
            'load_image_text_model', 'load_vlm', 'model_device', 'release',
            'return_freed_memory', 'split_chat_prompt',
            'tokenize_fn', 'torch_dtype']

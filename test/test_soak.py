@@ -19,9 +19,8 @@ pytestmark = pytest.mark.ros
 MISSING = ros_interfaces.ensure(('hri_msgs',))
 needs_hri = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
-#: the leak of issue 25 grew the node by ~5 MiB/min once its caches were full; a slope above
-#: this fails (measured with the fix, 10 min, four configurations at once on 2 cores: see the
-#: README's "Soak" table)
+#: the C heap of a node fed raw frames grew by 5-10 MiB/min once its caches were full (issue 25;
+#: core.heap trims it now); a slope above this fails (README "Running for hours (soak)")
 MAX_SLOPE_MIB_PER_MIN = 1.5
 
 

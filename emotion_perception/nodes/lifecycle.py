@@ -28,6 +28,7 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, TransitionCallbackReturn
 
+from ..core.heap import trim_periodically
 from ..ros.rclpy_compat import lifecycle_state_label
 from . import signals
 
@@ -224,6 +225,7 @@ def run_node_process(node_cls: type[LifecycleNode], args: list[str] | None = Non
     escalation. Nothing is left to finalize: no files are open for writing, stdout and stderr
     are flushed here.
     """
+    trim_periodically()  # a heap that does not creep up with frame-sized buffers (core.heap)
     code = spin_node(node_cls, args)
     logging.shutdown()
     signals.exit_now(code)

@@ -47,7 +47,8 @@ from sensor_msgs.msg import Image
 from emotion_perception.msg import PersonDetectionArray
 
 from ..core.backends.base import ImageError
-from ..core.detector import TRACKERS, DetectorOptions, PersonDetector
+from ..core.detector import (GMC_METHODS, TRACKERS, DetectorOptions, PersonDetector,
+                             TrackerOptions)
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
 from ..ros.diagnostics import ERROR, OK, WARN
@@ -59,6 +60,34 @@ from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
 from .lifecycle import run_node_process
+
+_TRACKING = TrackerOptions()  # the defaults, one source (config/person_detector.yaml repeats them)
+#: The tracker's settings (``core.detector.TrackerOptions``, ultralytics' names).
+TRACKING_PARAMS = [
+    ParamSpec('tracking.track_buffer', _TRACKING.track_buffer,
+              'frames a lost track is kept to be re-found (frames, not seconds: 30 = 1 s at '
+              '30 fps, 3 s at 10 fps); longer keeps ids through longer occlusions',
+              in_range(1, 100_000)),
+    ParamSpec('tracking.match_thresh', _TRACKING.match_thresh,
+              'association gate [0, 1] on the cost 1 - IoU x score (or the ReID distance): '
+              'pairs costing more are not matched', in_range(0.0, 1.0)),
+    ParamSpec('tracking.new_track_thresh', _TRACKING.new_track_thresh,
+              'an unmatched detection starts a track from this score [0, 1] (detections below '
+              '`confidence` never reach the tracker)', in_range(0.0, 1.0)),
+    ParamSpec('tracking.with_reid', _TRACKING.with_reid,
+              "botsort.yaml only: also match on appearance from the detector's own features "
+              "(ultralytics' model: auto; no extra weights; needs a PyTorch .pt detector)"),
+    ParamSpec('tracking.proximity_thresh', _TRACKING.proximity_thresh,
+              'botsort.yaml + ReID: appearance counts only for pairs with at least this IoU '
+              '[0, 1] (0: anywhere, so a person who moved while hidden is re-found)',
+              in_range(0.0, 1.0)),
+    ParamSpec('tracking.appearance_thresh', _TRACKING.appearance_thresh,
+              'botsort.yaml + ReID: minimum appearance similarity [0, 1] for a match',
+              in_range(0.0, 1.0)),
+    ParamSpec('tracking.gmc_method', _TRACKING.gmc_method,
+              f"botsort.yaml: camera-motion compensation, one of {list(GMC_METHODS)} ('none' "
+              'for a fixed camera)', one_of(*GMC_METHODS)),
+]
 
 PARAMS = [
     ParamSpec('model', OFFLINE_PERSON_DETECTOR,
@@ -73,9 +102,10 @@ PARAMS = [
     ParamSpec('half', False, 'FP16 inference (GPU only)'),
     ParamSpec('person_class_ids', [], "class ids counted as persons; empty = auto ('person' "
               'class, or all classes of a person-only model)', list_of=int),
-    ParamSpec('tracker', 'bytetrack.yaml', "ultralytics tracker: 'bytetrack.yaml', "
+    ParamSpec('tracker', 'botsort.yaml', "ultralytics tracker: 'bytetrack.yaml', "
               "'botsort.yaml', or '' for no tracking (empty track ids)", one_of(*TRACKERS)),
     ParamSpec('max_detections', 50, 'at most this many persons per image', in_range(1, 1000)),
+    *TRACKING_PARAMS,
     ParamSpec('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
               '(sensor_msgs/CompressedImage on the resolved image topic + /compressed, as '
               'image_transport names it)', one_of('raw', 'compressed')),
@@ -96,6 +126,14 @@ PARAMS = [
               "vision_detections (class_id 'person', score, id = track id, the image's header) "
               'for displays and other nodes (needs ros-jazzy-vision-msgs)'),
 ]
+
+
+def _describe_tracker(p: dict) -> str:
+    """'off', or the tracker, its buffer and (BoT-SORT) ReID, for the configure log line."""
+    if not p['tracker']:
+        return 'off'
+    reid = ', ReID' if p['tracker'] == 'botsort.yaml' and p['tracking.with_reid'] else ''
+    return f'{p["tracker"]} (track_buffer {p["tracking.track_buffer"]} frames{reid})'
 
 
 class PersonDetectorNode(PerceptionNode):
@@ -122,12 +160,13 @@ class PersonDetectorNode(PerceptionNode):
             model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
             image_size=p['image_size'], half=p['half'],
             person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
+            tracking=TrackerOptions.from_params(p),
             max_detections=p['max_detections'])
         self.detector = PersonDetector(options)
         self.detector.load()
         self._tracker_restarted()
         warm_s = self._warm_up()
-        return (f'model {p["model"]} on {self.detector.device}, tracker {p["tracker"] or "off"}, '
+        return (f'model {p["model"]} on {self.detector.device}, tracker {_describe_tracker(p)}, '
                 f'warm-up inference {warm_s:.1f} s')
 
     def _load_model(self) -> None:

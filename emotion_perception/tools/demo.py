@@ -29,6 +29,8 @@ from pathlib import Path
 
 import cv2
 
+from .config import add_tracker_arguments, ros_param_arg, tracker_overrides
+
 DEMO_IMAGES = ('bus', 'zidane', 'astronaut', 'grace_hopper')
 CAMERA_TOPIC = '/camera/image_raw'
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z, fixed so runs are comparable
@@ -47,7 +49,7 @@ def _fmt(v: float) -> str:
 
 
 def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params: dict | None = None,
-             timeout_s: float = 240.0) -> int:
+             timeout_s: float = 240.0, detector_params: dict | None = None) -> int:
     from ..ros.env import ensure_local_dds
     env = ensure_local_dds()
 
@@ -96,8 +98,10 @@ def run_demo(output: Path, repeat: int = 4, rate_hz: float = 1.0, backend_params
     cfg = config_dir()
     emo_extra = [item for k, v in (backend_params or {}).items() if v not in (None, '')
                  for item in ('-p', f'{k}:={v}')]
+    det_extra = [item for k, v in (detector_params or {}).items()
+                 for item in ('-p', ros_param_arg(k, v))]
     procs, logs = {}, {}
-    for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', []),
+    for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', det_extra),
                                   ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
         logs[module] = open(output / 'logs' / f'{module}.log', 'w')
         procs[module] = subprocess.Popen(_node_cmd(module, config, extra), env=env,
@@ -271,9 +275,11 @@ def register(subparsers) -> None:
     p.add_argument('--rate', type=float, default=1.0, help='camera rate of the bag in Hz')
     p.add_argument('--backend', help='emotion backend (default: the config, face_baseline)')
     p.add_argument('--model', help='emotion model id or path')
+    add_tracker_arguments(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     return run_demo(args.output, repeat=args.repeat, rate_hz=args.rate,
-                    backend_params={'backend.name': args.backend, 'backend.model': args.model})
+                    backend_params={'backend.name': args.backend, 'backend.model': args.model},
+                    detector_params=tracker_overrides(args))

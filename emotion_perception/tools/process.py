@@ -28,6 +28,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from .config import add_tracker_arguments, tracker_overrides
+
 LOG = logging.getLogger('emotion_perception.process')
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
@@ -136,15 +138,17 @@ def person_record(frame, stamp_s, det, res) -> dict:
 def run_process(input_path: Path, output: Path, config: str | None = None,
                 overrides: dict | None = None, save_images: bool = True,
                 max_frames: int | None = None, topic: str | None = None,
-                progress: bool = True) -> dict:
-    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings)."""
+                progress: bool = True, detector_overrides: dict | None = None) -> dict:
+    """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings).
+    ``overrides``: emotion node parameters; ``detector_overrides``: person_detector parameters
+    (the tracker flags, ``config.tracker_overrides``)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
     from ..core.pipeline import EmotionPipeline
     from .config import load_pipeline_config
 
     kind = input_kind(input_path)
-    cfg = load_pipeline_config(config, overrides)
+    cfg = load_pipeline_config(config, overrides, detector_overrides)
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
@@ -311,6 +315,7 @@ def register(subparsers) -> None:
     p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
+    add_tracker_arguments(p)
     p.add_argument('--topic', help='bag input: the image topic (default: the first Image topic)')
     p.add_argument('--max-frames', type=int, help='stop after this many frames')
     p.add_argument('--no-images', action='store_true', help='do not write annotated images')
@@ -321,6 +326,7 @@ def register(subparsers) -> None:
 def _main(args: argparse.Namespace) -> int:
     summary = run_process(args.input, args.output, args.config, backend_overrides(args),
                           save_images=not args.no_images, max_frames=args.max_frames,
-                          topic=args.topic, progress=not args.no_progress)
+                          topic=args.topic, progress=not args.no_progress,
+                          detector_overrides=tracker_overrides(args))
     print(json.dumps(summary, indent=2))
     return 0

@@ -17,6 +17,9 @@ its two nearest bins, so noise, JPEG and exposure changes move little mass), nor
 
 Decision per observation of a track id:
 
+* the reference is learnt from the id's first stable appearance (observations that agree with
+  one another in box shape and colours for ``confirm_s``), not from its first box: a track
+  often starts on a person half out from behind something;
 * an observation that agrees with the id's reference (box shape within ``max_size_change`` of
   the reference box, distance <= ``threshold``) is the same person: the reference follows it
   (the mean of the first observations, then an exponential average with ``learning_rate``)
@@ -164,9 +167,10 @@ class IdentityCheck:
 
     new_identity: the id now shows a different person (flagged once per change).
     distance: signature distance to the id's reference (nan when not computed).
-    reason: 'first' (a new id), 'same', 'pending' (an appearance being confirmed), 'adopted'
-    (the same colours with a new box shape), 'changed' (new_identity), 'small' (box too small),
-    'untracked' (no track id), 'restarted' (stamps went backwards or the id was forgotten).
+    reason: 'first' (a new id), 'learnt' (its first stable appearance is the reference),
+    'same', 'pending' (an appearance being confirmed), 'adopted' (the same colours with a new
+    box shape), 'changed' (new_identity), 'small' (box too small), 'untracked' (no track id),
+    'restarted' (stamps went backwards or the id was forgotten).
     """
 
     new_identity: bool
@@ -176,11 +180,11 @@ class IdentityCheck:
 
 @dataclass
 class _Track:
-    reference: np.ndarray
+    reference: np.ndarray | None  # None until a first stable appearance is learnt
     width: float
     height: float
     last_stamp_s: float
-    learnt: int = 1  # observations averaged into the reference
+    learnt: int = 0  # observations averaged into the reference
     pending: list = field(default_factory=list)  # [(stamp_s, signature, width, height)]
 
 
@@ -235,8 +239,9 @@ class IdentityGuard:
                                       <= self.options.forget_after_s):
             self._tracks.pop(track_id)
             track, reason = None, 'restarted'
-        if track is None:
-            self._remember(track_id, _Track(signature, bbox.width, bbox.height, stamp_s))
+        if track is None:  # learnt once it has looked the same for confirm_s
+            self._remember(track_id, _Track(None, bbox.width, bbox.height, stamp_s, 0, [
+                (stamp_s, signature, bbox.width, bbox.height)]))
             return IdentityCheck(False, math.nan, reason)
         self._tracks.move_to_end(track_id)
         track.last_stamp_s = stamp_s
@@ -255,36 +260,54 @@ class IdentityGuard:
 
     def _decide(self, track: _Track, signature: np.ndarray, bbox: BBox, stamp_s: float
                 ) -> IdentityCheck:
-        """Same person (learn), pending, or a confirmed new appearance (flag or adopt)."""
+        """Same person (learn), pending, or a confirmed stable appearance: the first one learnt,
+        a later one flagged (far colours) or adopted (a new box shape)."""
         o = self.options
-        distance = signature_distance(track.reference, signature)
-        if self._same_shape(track.width, track.height, bbox) and distance <= o.threshold:
-            track.pending.clear()
-            track.learnt += 1  # the mean of the first ones, then an exponential average
-            rate = max(o.learning_rate, 1.0 / track.learnt)  # (a mix of distributions is one)
-            track.reference = (1.0 - rate) * track.reference + rate * signature
-            track.width += rate * (bbox.width - track.width)
-            track.height += rate * (bbox.height - track.height)
-            return IdentityCheck(False, distance, 'same')
-        if track.pending:  # the pending run holds only while it agrees with its first one
+        distance = math.nan
+        if track.reference is not None:
+            distance = signature_distance(track.reference, signature)
+            if self._same_shape(track.width, track.height, bbox) and distance <= o.threshold:
+                self._learn(track, signature, bbox)
+                return IdentityCheck(False, distance, 'same')
+        if not self._pending_confirmed(track, signature, bbox, stamp_s):
+            return IdentityCheck(False, distance, 'pending')
+        before = track.reference
+        track.reference = np.mean([p[1] for p in track.pending], axis=0)
+        track.width = float(np.mean([p[2] for p in track.pending]))
+        track.height = float(np.mean([p[3] for p in track.pending]))
+        track.learnt = len(track.pending)
+        track.pending.clear()
+        if before is None:
+            return IdentityCheck(False, math.nan, 'learnt')
+        distance = signature_distance(before, track.reference)
+        if distance > o.threshold:
+            self.flagged += 1
+            return IdentityCheck(True, distance, 'changed')
+        return IdentityCheck(False, distance, 'adopted')
+
+    def _learn(self, track: _Track, signature: np.ndarray, bbox: BBox) -> None:
+        """An agreeing observation: the mean of the first ones, then an exponential average
+        (a convex mix of distributions stays one)."""
+        track.pending.clear()
+        track.learnt += 1
+        rate = max(self.options.learning_rate, 1.0 / track.learnt)
+        track.reference = (1.0 - rate) * track.reference + rate * signature
+        track.width += rate * (bbox.width - track.width)
+        track.height += rate * (bbox.height - track.height)
+
+    def _pending_confirmed(self, track: _Track, signature: np.ndarray, bbox: BBox,
+                           stamp_s: float) -> bool:
+        """Add to the pending run (restarted unless it agrees with the run's first observation
+        in shape and colours); True once it held ``confirm_s`` and ``min_observations``."""
+        o = self.options
+        if track.pending:
             _, first, width, height = track.pending[0]
             if not (self._same_shape(width, height, bbox)
                     and signature_distance(first, signature) <= o.threshold):
                 track.pending.clear()
         track.pending.append((stamp_s, signature, bbox.width, bbox.height))
-        if (len(track.pending) < o.min_observations
-                or stamp_s - track.pending[0][0] < o.confirm_s):
-            return IdentityCheck(False, distance, 'pending')
-        appearance = np.mean([p[1] for p in track.pending], axis=0)
-        distance = signature_distance(track.reference, appearance)
-        track.reference, track.learnt = appearance, len(track.pending)
-        track.width = float(np.mean([p[2] for p in track.pending]))
-        track.height = float(np.mean([p[3] for p in track.pending]))
-        track.pending.clear()
-        if distance > o.threshold:
-            self.flagged += 1
-            return IdentityCheck(True, distance, 'changed')
-        return IdentityCheck(False, distance, 'adopted')
+        return (len(track.pending) >= o.min_observations
+                and stamp_s - track.pending[0][0] >= o.confirm_s)
 
 
 __all__ = ['IdentityCheck', 'IdentityGuard', 'IdentityOptions', 'body_signature',

@@ -68,7 +68,7 @@ class TrackerOptions:
     new_track_thresh: float = 0.25
     with_reid: bool = True
     proximity_thresh: float = 0.0
-    appearance_thresh: float = 0.8
+    appearance_thresh: float = 0.9
     gmc_method: str = 'sparseOptFlow'
 
     def validate(self) -> None:
@@ -118,8 +118,8 @@ def reid_auto_supported(model: Any) -> bool:
     of this ``YOLO`` model: a PyTorch detection model whose last layer is a Detect head that is
     not end-to-end (YOLOv8 / YOLO11 ``.pt``). The same test as ultralytics 8.4's
     ``trackers.track.on_predict_start``: for anything else (an ONNX, OpenVINO, TorchScript or
-    TensorRT export, an NMS-free YOLO26) ultralytics silently switches to the classifier
-    ``yolo26n-cls.pt``, which it downloads (impossible offline)."""
+    TensorRT export, a YOLO26 on its end-to-end head) ultralytics silently switches to the
+    classifier ``yolo26n-cls.pt``, which it downloads (impossible offline)."""
     import torch
     from ultralytics.nn.modules.head import Detect
     net = getattr(model, 'model', None)

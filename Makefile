@@ -169,6 +169,7 @@ check-robot-pins: $(STAMP)
 
 bench: build
 	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_tracking.py
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'

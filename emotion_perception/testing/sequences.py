@@ -452,7 +452,7 @@ class Sequence:
             out += noise
         img = np.clip(np.round(out), 0, 255).astype(np.uint8)
         if cam.quality is not None:
-            ok, data = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
+            _, data = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
                                     [cv2.IMWRITE_JPEG_QUALITY, cam.quality])
             img = cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
         return img

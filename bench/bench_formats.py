@@ -92,6 +92,7 @@ def stream(fmt: str, n: int, seconds: float, hz: float) -> dict:
     from emotion_perception.msg import PersonEmotionArray
     from emotion_perception.nodes.emotion_node import EmotionNode
     from emotion_perception.ros.image_conversion import numpy_to_image_msg
+    from emotion_perception.ros.messages import stamp_key
     from emotion_perception.ros.qos import RESULTS_QOS, image_qos
     from emotion_perception.ros.rep155 import HRI_QOS
     from emotion_perception.testing.detection_peer import build
@@ -105,8 +106,7 @@ def stream(fmt: str, n: int, seconds: float, hz: float) -> dict:
             Parameter('reuse.enabled', value=False), Parameter('detections_format', value=fmt)]))
         out: list = []
         h.node.create_subscription(PersonEmotionArray, 'emotions',
-                                   lambda m: out.append((m.header.stamp.sec,
-                                                         m.header.stamp.nanosec,
+                                   lambda m: out.append((*stamp_key(m.header),
                                                          [p.status for p in m.persons])),
                                    RESULTS_QOS)
         assert node.trigger_configure().name == 'SUCCESS', node.failure_reason

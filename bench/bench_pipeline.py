@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Node overhead of the perception pipeline (issue 2): ROS nodes vs calling the core directly.
 
+0. First (issue 24, ``bench_runtimes.py``): the person detector per runtime (torch, OpenVINO,
+   ONNX Runtime) on the real photos and a generated 10 fps video, with the box agreement
+   against torch, and the default pipeline end to end (detector + tracker + face baseline),
+   today's (runtime torch) against the default (runtime auto). ``--no-runtimes`` skips it.
+
 Everything runs on the same real photographs (bus.jpg and zidane.jpg from ultralytics,
 astronaut.png from scikit-image; resized to 640x480, each held for a few frames with a slow pan so the tracker sees a video), in one
 process and one run, and every ratio is against a baseline measured in this process. Baseline
@@ -73,8 +78,12 @@ from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray  # n
 from emotion_perception.nodes.emotion_node import EmotionNode  # noqa: E402
 from emotion_perception.nodes.person_detector import PersonDetectorNode  # noqa: E402
 from emotion_perception.ros.image_conversion import numpy_to_image_msg  # noqa: E402
+from emotion_perception.ros.messages import stamp_key  # noqa: E402
 from emotion_perception.ros.qos import RESULTS_QOS, image_qos  # noqa: E402
 from emotion_perception.testing.ros_harness import RosHarness  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_runtimes  # noqa: E402 - section 0, a script of its own beside this one
 
 REPO = Path(__file__).resolve().parents[1]
 #: Frame size every path sees (width, height).
@@ -123,8 +132,7 @@ def next_header() -> Header:
     return hdr
 
 
-def key(hdr: Header) -> tuple[int, int]:
-    return hdr.stamp.sec, hdr.stamp.nanosec
+key = stamp_key  # (sec, nanosec) of a header
 
 
 def summary(ms: list[float]) -> dict[str, float]:
@@ -585,8 +593,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--no-processes', dest='processes', action='store_false',
                         help='skip the run with the nodes as separate processes')
     parser.add_argument('--json', type=Path, default=None, help='also write results here')
+    parser.add_argument('--no-runtimes', dest='runtimes_section', action='store_false',
+                        help='skip section 0 (detector runtimes, end to end)')
+    bench_runtimes.add_arguments(parser)
     args = parser.parse_args(argv)
+    args.runtimes = args.runtimes.split(',')
     if args.quick:
+        args.repeats, args.video_frames = 1, args.video_frames or 8
         args.frames = 2
         args.warmup = 1 if args.warmup is None else args.warmup
     if args.warmup is None:
@@ -614,6 +627,16 @@ def main(argv: list[str] | None = None) -> int:
     header, info = machine_header(args, core, pipeline)
     report['machine'] = info
     print(header, flush=True)
+    if args.runtimes_section:
+        args.report = report.setdefault('runtimes', {})
+        restore = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS',)}
+        if OMP_AT_START is None:  # the worker processes start as a node would
+            os.environ.pop('OMP_NUM_THREADS', None)
+        for line in bench_runtimes.run(args):
+            print(line, flush=True)
+        for k, v in restore.items():
+            if v is not None:
+                os.environ[k] = v
 
     for line in bench_detector(args, frames, core, report):
         print(line, flush=True)

@@ -12,6 +12,13 @@
    the 29 questions on its own copy of the prefix cache), computed from the shapes.
 5. Peak memory (process RSS high-water mark; CUDA: max allocated).
 
+``--dtypes float32,bfloat16`` (issue 24) prints instead score mode's ms per person per dtype on
+the same weights (rounded to bf16 first, as in a bf16 hub checkpoint), persons one by one and
+dtypes interleaved, and the max score / VAD difference against the first dtype (with the spread
+of its scores, so that a small difference means something); ``--init-std 0.02`` draws the
+weights at a trained checkpoint's scale (the builders' LM weights, std 0.2, are chaotic: a
+change in the 9th bit moves a score by 0.5).
+
 Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own tables instead:
 
 * at ``--config llava-7b`` / ``qwen2-vl-2b`` / ``smolvlm-256m``: a random bf16 checkpoint of
@@ -21,7 +28,10 @@ Quantization (``--quantization none,int8,nf4,int4``, issue 17) prints its own ta
   bytes counted from the tensors; resident memory after loading (RSS and its anonymous part;
   float tensors still mapped from the checkpoint file are first copied into memory, as a GPU
   load copies every weight); peak anonymous RSS (sampled every 20 ms) and the kernel's peak
-  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading). ``none`` at 7B
+  RSS (VmHWM, which also counts the checkpoint's pages mapped while reading), then the peak
+  anonymous RSS while scoring ``--persons-mem`` persons of one frame (what decides whether a
+  model fits: inference needs activations, and kernels may make compute copies of the
+  weights) and its time, in the compute dtype ``--load-dtype`` (default auto). ``none`` at 7B
   (14 GB) only runs with >= 18 GB available (else it is reported as skipped). The checkpoint
   is deleted afterwards.
 * at ``--config tiny``: each family in ``--families`` (hidden ``--hidden``, vision 64, the real
@@ -45,7 +55,8 @@ cost. Models (``--config``), all with the family's REAL tokenizer and chat templ
         [--family llava] [--hidden 576 --layers 30] [--frames 2] [--persons 1,2,4,8]
         [--new-tokens 64] [--skip-naive] [--json out.json]
         [--quantization none,int8,nf4,int4 [--quantization-library auto]
-         [--families llava,qwen2_vl]]
+         [--families llava,qwen2_vl] [--load-dtype auto|float32|bfloat16]]
+        [--dtypes float32,bfloat16 [--init-std 0.02]]
 """
 from __future__ import annotations
 
@@ -139,6 +150,9 @@ def build(args: argparse.Namespace, device: str) -> tuple[Any, Any, str]:
     dtype = torch.float32 if device == 'cpu' else torch.bfloat16
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
+    if getattr(args, 'init_std', None):
+        kwargs['init_std'] = args.init_std
+        desc += f', weights drawn with std {args.init_std}'
     try:
         with torch.device(device):
             model, processor, _ = tiny_models.make_vlm(family, seed=0, **kwargs)
@@ -173,9 +187,11 @@ def mem_available() -> int:
     return 0
 
 
-def measure_load(folder: str, quantization: str, library: str, dtype: str) -> dict[str, Any]:
+def measure_load(folder: str, quantization: str, library: str, dtype: str,
+                 persons: int = 2) -> dict[str, Any]:
     """Load ``folder`` through ``VLMBackend.load`` with ``quantization`` (run in a subprocess of
-    its own): bytes of the weights, resident memory, peaks, load time."""
+    its own), then score ``persons`` persons of one frame: bytes of the weights, resident
+    memory, the peaks of loading and of inference (anonymous RSS sampled every 20 ms), times."""
     import threading
     from emotion_perception.core.backends import quantization as qz
     peak = {'anon': _proc_status('RssAnon')}
@@ -192,11 +208,18 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
     thread.start()
     t0 = time.perf_counter()
     backend = VLMBackend(dict(model=folder, device='cpu', dtype=dtype, quantization=quantization,
-                              quantization_library=library))
+                              quantization_library=library, batch_size=persons))
     backend.load()
     load_s = time.perf_counter() - t0
-    done.set()  # the peak of loading (before the copy below)
+    load_peak, peak['anon'] = peak['anon'], _proc_status('RssAnon')  # inference peak from here
+    after_load = peak['anon']
+    frame = tiny_models.make_test_image(480, 640, seed=0)
+    t0 = time.perf_counter()
+    results = backend.predict(frame, BOXES[:persons])
+    infer_s = time.perf_counter() - t0
+    done.set()
     thread.join()
+    infer_peak = peak['anon']
     # plain tensors whose dtype matches the checkpoint's stay mapped from the file (page cache,
     # RssFile); copy them into memory as a GPU load copies every weight, so that the
     # resident figure counts them and the file mapping goes
@@ -207,14 +230,16 @@ def measure_load(folder: str, quantization: str, library: str, dtype: str) -> di
     gc.collect()
     _malloc_trim()
     n_q, n_lin = qz.quantized_linear_count(backend.model)
-    return {'quantization': quantization, 'library': qz.choose_library(quantization, library,
-                                                                       'cpu') or '-',
+    return {'quantization': quantization, 'dtype': str(backend.model.dtype).split('.')[-1],
+            'library': qz.choose_library(quantization, library, 'cpu') or '-',
             'quantized_linear': n_q, 'linear': n_lin,
             'weight_bytes': qz.weight_bytes(backend.model),
             'resident_bytes': _proc_status('VmRSS') - before_rss,
             'resident_anon_bytes': _proc_status('RssAnon') - before,
-            'peak_anon_bytes': peak['anon'],
-            'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s}
+            'peak_anon_bytes': load_peak, 'anon_after_load_bytes': after_load,
+            'peak_anon_inference_bytes': infer_peak,
+            'peak_rss_bytes': _proc_status('VmHWM'), 'load_s': load_s, 'infer_s': infer_s,
+            'scores': [r.scores.tolist() for r in results]}
 
 
 def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str, Any]]:
@@ -243,7 +268,8 @@ def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str,
                 continue
             out = tmp / f'{opt}.json'
             cmd = [sys.executable, __file__, '--measure-load', str(folder), '--quantization',
-                   opt, '--quantization-library', args.quantization_library, '--json', str(out)]
+                   opt, '--quantization-library', args.quantization_library, '--json', str(out),
+                   '--load-dtype', args.load_dtype, '--persons-mem', str(args.persons_mem)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode:
                 reason = (proc.stderr.strip().splitlines() or ['?'])[-1]
@@ -254,20 +280,26 @@ def memory_table(args: argparse.Namespace, options: list[str]) -> list[dict[str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     gb = 1e9
-    print('| option | library | linear layers quantized | weights GB (counted) | resident GB '
-          'after load: RSS / anonymous | peak anon RSS GB | peak RSS GB (VmHWM, incl. mapped '
-          'checkpoint) | load s |')
-    print('|---|---|---|---|---|---|---|---|')
+    ref = next((np.array(r['scores']) for r in rows if r.get('quantization') == 'none'
+                and 'scores' in r), None)
+    print(f'| option | compute dtype | library | linear layers quantized | weights GB (counted) '
+          f'| resident GB after load: RSS / anonymous | peak anon GB: loading / scoring '
+          f'{args.persons_mem} persons | peak RSS GB (VmHWM, incl. mapped checkpoint) | load s '
+          '| scoring s | max abs score diff vs none |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|')
     for r in rows:
         if 'weight_bytes' not in r:
-            print(f'| {r["quantization"]} | {"skipped" if r.get("skipped") else "failed"} '
-                  '| | | | | | |')
+            print(f'| {r["quantization"]} | | {"skipped" if r.get("skipped") else "failed"} '
+                  '| | | | | | | | |')
             continue
-        print(f'| {r["quantization"]} | {r["library"]} | {r["quantized_linear"]} / '
-              f'{r["linear"]} | {r["weight_bytes"] / gb:.2f} | {r["resident_bytes"] / gb:.2f} / '
-              f'{r["resident_anon_bytes"] / gb:.2f} '
-              f'| {r["peak_anon_bytes"] / gb:.2f} | {r["peak_rss_bytes"] / gb:.2f} '
-              f'| {r["load_s"]:.0f} |')
+        diff = (f'{np.abs(np.array(r["scores"]) - ref).max():.3f}' if ref is not None
+                else '-')
+        print(f'| {r["quantization"]} | {r["dtype"]} | {r["library"]} | '
+              f'{r["quantized_linear"]} / {r["linear"]} | {r["weight_bytes"] / gb:.2f} | '
+              f'{r["resident_bytes"] / gb:.2f} / {r["resident_anon_bytes"] / gb:.2f} '
+              f'| {r["peak_anon_bytes"] / gb:.2f} / {r["peak_anon_inference_bytes"] / gb:.2f} '
+              f'| {r["peak_rss_bytes"] / gb:.2f} | {r["load_s"]:.0f} | {r["infer_s"]:.1f} '
+              f'| {diff} |')
     return rows
 
 
@@ -327,6 +359,71 @@ def tiny_quantization_table(args: argparse.Namespace, options: list[str]) -> lis
     return rows
 
 
+def dtype_table(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Score mode ms per person per dtype on the same weights (rounded to bf16 first, as a
+    bf16 hub checkpoint, so only the compute differs), persons one by one, calls interleaved;
+    the max |score| and |VAD| difference against the first dtype."""
+    import copy
+    dtypes = args.dtypes.split(',')
+    model, processor, desc = build(args, device)
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            if t.is_floating_point():
+                t.data = t.data.to(torch.bfloat16).to(t.dtype)
+    # a model over 3 GB in float32 (Qwen2-VL-2B: 9 GB) is not copied: the one model is
+    # converted in place before each call (untimed; bf16-exact weights convert back exactly)
+    big = sum(p.numel() for p in model.parameters()) * 4 > 3e9
+    backends: dict[str, VLMBackend] = {}
+
+    def backend_for(name: str) -> VLMBackend:
+        if big or name not in backends:
+            m = model.to(getattr(torch, name)) if big else copy.deepcopy(model).to(
+                getattr(torch, name))
+            backends[name] = VLMBackend(dict(model=f'bench:{args.config}', device=device,
+                                             mode='score', batch_size=1, dtype=name))
+            backends[name].attach(m, processor)
+        return backends[name]
+    frames = [tiny_models.make_test_image(480, 640, seed=i) for i in range(args.frames)]
+    persons = BOXES[:max(int(p) for p in args.persons.split(','))]
+    for d in dtypes:
+        backend_for(d).predict(frames[0], persons[:1])  # warm-up
+    times = {d: [] for d in dtypes}
+    out = {d: [] for d in dtypes}
+    k = 0
+    for frame in frames:
+        for box in persons:
+            order = dtypes[k % len(dtypes):] + dtypes[:k % len(dtypes)]
+            k += 1
+            for d in order:
+                b = backend_for(d)
+                t0 = time.perf_counter()
+                out[d] += b.predict(frame, [box])
+                times[d].append((time.perf_counter() - t0) * 1e3)
+    ref = dtypes[0]
+    s_ref = np.array([r.scores for r in out[ref]])
+    v_ref = np.array([r.vad for r in out[ref]])
+    print(f'## bench_vlm --dtypes: {desc.rsplit(",", 1)[0]}; device {device}, torch '
+          f'{torch.__version__}, {torch.get_num_threads()} threads; score mode, {len(frames)} '
+          f'frames x {len(persons)} persons one by one, dtypes interleaved\n')
+    print(f'{ref} scores of these persons span {np.ptp(s_ref):.3f} (max - min): a difference '
+          'means something only against a spread\n')
+    print(f'| dtype | ms/person | {ref} / dtype | max abs score diff vs {ref} | '
+          f'max abs VAD diff vs {ref} | LM head read-out |')
+    print('|---|---|---|---|---|---|')
+    report: dict[str, Any] = {'config': args.config, 'model': desc, 'rows': [],
+                              'score_spread': float(np.ptp(s_ref))}
+    for d in dtypes:
+        ds = float(np.abs(np.array([r.scores for r in out[d]]) - s_ref).max())
+        dv = float(np.nanmax(np.abs(np.array([r.vad for r in out[d]]) - v_ref)))
+        head = type(backends[d].model.get_output_embeddings()).__name__
+        ms = statistics.mean(times[d])
+        print(f'| {d} | {mean_sd(times[d])} | {statistics.mean(times[ref]) / ms:.2f} | '
+              f'{ds:.2e} | {dv:.2e} | {head} |')
+        report['rows'].append({'dtype': d, 'ms_per_person': ms, 'score_diff': ds,
+                               'vad_diff': dv, 'times': times[d]})
+    return report
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--config', default='tiny', choices=['tiny', *CONFIGS])
@@ -347,10 +444,22 @@ def main() -> int:
                     choices=['auto', 'bitsandbytes', 'torchao'])
     ap.add_argument('--families', default=','.join(tiny_models.FAMILIES))
     ap.add_argument('--measure-load', default='', help=argparse.SUPPRESS)
+    ap.add_argument('--load-dtype', default='auto',
+                    help="--quantization at a real --config: the backend's dtype option "
+                         "('auto': bfloat16 on CPUs with bf16 matmuls, else float32)")
+    ap.add_argument('--persons-mem', type=int, default=2,
+                    help='--quantization at a real --config: persons scored after loading')
+    ap.add_argument('--init-std', type=float, default=0.0,
+                    help="draw every linear/embedding weight with this std (0.02: trained "
+                         "checkpoints' scale; default: the builders' weights, LM std 0.2)")
+    ap.add_argument('--dtypes', default='',
+                    help='comma-separated dtypes (float32,bfloat16): score mode ms per person '
+                         'per dtype and the score difference vs the first, instead of the '
+                         'mode tables')
     args = ap.parse_args()
     if args.measure_load:  # the subprocess of memory_table
         report = measure_load(args.measure_load, args.quantization, args.quantization_library,
-                              'bfloat16')
+                              args.load_dtype, args.persons_mem)
         Path(args.json).write_text(json.dumps(report))
         return 0
     if args.quantization:
@@ -362,6 +471,11 @@ def main() -> int:
         return 0
     device = ('cuda' if torch.cuda.is_available() else 'cpu') if args.device == 'auto' \
         else args.device
+    if args.dtypes:
+        report = dtype_table(args, device)
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+        return 0
     if args.config == 'llava-7b' and not device.startswith('cuda'):
         sys.exit('--config llava-7b needs a CUDA device')
     persons = [int(p) for p in args.persons.split(',')]

@@ -1,7 +1,9 @@
-"""Example behaviour node: whom the robot attends to, and whether it interacts calmly.
+"""Example behaviour node: whom the robot attends to, whether it interacts calmly, whom it
+greets and whom it approaches.
 
 A behaviour node is how this package is meant to be used: it subscribes ``emotions``
-(``emotion_perception/PersonEmotionArray``) and turns them into decisions. This one decides
+(``emotion_perception/PersonEmotionArray``, the raw per-frame stream) and the per-person state
+over time (``emotion_events``, ``emotion_states``) and turns them into decisions. This one decides
 
 * ``attention_target`` (``std_msgs/String``): the track id of the person to attend to, '' for
   nobody. The most distressed person when someone's distress reaches ``attend_distress``,
@@ -16,6 +18,21 @@ A behaviour node is how this package is meant to be used: it subscribes ``emotio
 Both are published when they change, reliable and transient-local (depth 1), so a controller
 that starts later still gets the current decision.
 
+And, from the state over time (``EventPolicy``):
+
+* ``greet`` (``std_msgs/String``: a track id) when ``greet_category`` (Happiness) switches on for
+  a person (an ONSET event on ``emotion_events``): once per onset, since the state's labels
+  have hysteresis and a minimum hold, a flickering smile does not give a burst of greetings.
+* ``approach`` (``std_msgs/String``: a track id) when ``approach_category`` (Sadness) has been
+  on for ``approach_after_s`` seconds (by the stamps of ``emotion_states``, whose
+  ``label_since`` says since when), once per episode: again after its OFFSET (or the person
+  left) and a new onset.
+
+Both actions are published reliably (volatile: an action is for now, not for a late joiner).
+Events older than ``max_delay_s`` by this node's clock are ignored (``emotion_events`` is
+transient local: a restarted behaviour node receives the recent history, and must not greet
+everyone again).
+
 What it ignores: persons whose result is SKIPPED (no face, dropped frame) or ERROR, CACHED
 results older than ``max_cache_age_s``, untracked persons (empty track id: nobody to follow),
 and whole arrays older than ``max_delay_s`` by this node's clock or older than the last one
@@ -29,6 +46,7 @@ Distress of a person: the highest score among EMOTIC's categories of distress
 """
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -40,8 +58,10 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from rcl_interfaces.msg import ParameterDescriptor
 from std_msgs.msg import String
 
-from emotion_perception.msg import PersonEmotion, PersonEmotionArray
-from emotion_perception.ros.qos import RESULTS_QOS
+from emotion_perception.msg import (EmotionEvent, EmotionEventArray, PersonEmotion,
+                                    PersonEmotionArray, PersonEmotionStateArray)
+from emotion_perception.ros.messages import seconds_from_time, stamp_seconds
+from emotion_perception.ros.qos import EVENTS_QOS, RESULTS_QOS
 
 #: EMOTIC categories that say a person is in distress (a reason to slow down and attend).
 DISTRESS_CATEGORIES = ('Anger', 'Annoyance', 'Aversion', 'Disquietment', 'Fear', 'Pain',
@@ -55,6 +75,11 @@ CALM, NORMAL = 'calm', 'normal'
 DECISION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                           reliability=ReliabilityPolicy.RELIABLE,
                           durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Actions (greet, approach): reliable, volatile (they are for now), a few kept while busy.
+ACTION_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+GREET, APPROACH = 'greet', 'approach'
 
 
 @dataclass
@@ -77,6 +102,9 @@ class Settings:
     target_timeout_s: float = 3.0
     calm_enter: float = 0.5
     calm_exit: float = 0.3
+    greet_category: str = 'Happiness'
+    approach_category: str = 'Sadness'
+    approach_after_s: float = 3.0
 
 
 def usable_persons(msg: PersonEmotionArray, max_cache_age_s: float) -> list[Seen]:
@@ -136,6 +164,48 @@ class BehaviourPolicy:
         self._target_seen_s = stamp_s
 
 
+class EventPolicy:
+    """Greet and approach from the state over time (no ROS): ``on_events`` and ``on_states``
+    return the actions to take now, as (GREET or APPROACH, track id)."""
+
+    #: most approach episodes remembered (a robot runs for hours; the oldest are dropped)
+    MAX_EPISODES = 1024
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self._approached: dict[tuple[str, float], None] = {}  # (track, since) acted on
+
+    def on_events(self, events: Sequence[EmotionEvent]) -> list[tuple[str, str]]:
+        """React to the events of one ``emotion_events`` array (already checked for age)."""
+        s, actions = self.settings, []
+        for e in events:
+            if e.kind == EmotionEvent.KIND_ONSET and e.category == s.greet_category:
+                actions.append((GREET, e.track_id))
+            ended = (e.kind == EmotionEvent.KIND_LEFT or e.kind == EmotionEvent.KIND_OFFSET
+                     and e.category == s.approach_category)
+            if ended:  # a later onset is a new episode
+                for episode in [a for a in self._approached if a[0] == e.track_id]:
+                    del self._approached[episode]
+        return actions
+
+    def on_states(self, msg: PersonEmotionStateArray) -> list[tuple[str, str]]:
+        """Approach whoever has shown ``approach_category`` for ``approach_after_s`` by the
+        array's stamp (sensor time), once per episode."""
+        s, actions = self.settings, []
+        now_s = stamp_seconds(msg.header)
+        for p in msg.persons:
+            if not p.track_id or s.approach_category not in p.labels:
+                continue
+            since_s = seconds_from_time(p.label_since[list(p.labels).index(s.approach_category)])
+            episode = (p.track_id, since_s)
+            if now_s - since_s >= s.approach_after_s and episode not in self._approached:
+                self._approached[episode] = None
+                while len(self._approached) > self.MAX_EPISODES:
+                    del self._approached[next(iter(self._approached))]
+                actions.append((APPROACH, p.track_id))
+        return actions
+
+
 class BehaviourNode(Node):
     """ROS adapter of ``BehaviourPolicy``: ``emotions`` in, ``attention_target`` and
     ``interaction_mode`` out (see the module docstring)."""
@@ -152,6 +222,9 @@ class BehaviourNode(Node):
             'target_timeout_s': 'forget the target after this long without a usable result (s)',
             'calm_enter': "switch to 'calm' when the highest distress reaches this",
             'calm_exit': "back to 'normal' when the highest distress falls to this",
+            'greet_category': 'greet a person when this EMOTIC category switches on (onset)',
+            'approach_category': 'approach a person who has shown this category for a while',
+            'approach_after_s': 'approach once approach_category has been on this long (s)',
         }
         values = {name: self.declare_parameter(name, getattr(defaults, name),
                                                ParameterDescriptor(description=text)).value
@@ -161,19 +234,33 @@ class BehaviourNode(Node):
             raise ValueError(f'calm_exit ({settings.calm_exit}) must be below calm_enter '
                              f'({settings.calm_enter})')
         self.policy = BehaviourPolicy(settings)
+        self.events_policy = EventPolicy(settings)
         self._last_stamp_s = -math.inf
         self.arrays_in = 0      # emotions arrays handled
         self.ignored_stale = 0  # of them, ignored as late or out of order
+        self.events_in = 0      # emotion_events arrays handled
+        self.states_in = 0      # emotion_states arrays handled
+        self.ignored_old_events = 0  # events arrays older than max_delay_s (history, replays)
+        #: the last (action, track id) published, in order
+        self.actions: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
+        self._action_pubs = {GREET: self.create_publisher(String, GREET, ACTION_QOS),
+                             APPROACH: self.create_publisher(String, APPROACH, ACTION_QOS)}
         self._target_pub = self.create_publisher(String, 'attention_target', DECISION_QOS)
         self._mode_pub = self.create_publisher(String, 'interaction_mode', DECISION_QOS)
         self._published: tuple[str, str] | None = None
         # RESULTS_QOS: the profile emotion_node publishes with (reliable, deep history), so no
         # array is lost while this node's executor is busy.
         self.create_subscription(PersonEmotionArray, 'emotions', self.on_emotions, RESULTS_QOS)
+        # the events are published transient local: asking for it too, a node that starts late
+        # still gets an onset of the last moments (older ones are ignored in on_events)
+        self.create_subscription(EmotionEventArray, 'emotion_events', self.on_events,
+                                 EVENTS_QOS)
+        self.create_subscription(PersonEmotionStateArray, 'emotion_states', self.on_states,
+                                 RESULTS_QOS)
 
     def on_emotions(self, msg: PersonEmotionArray) -> None:
         try:
-            stamp_s = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+            stamp_s = stamp_seconds(msg.header)
             now_s = self.get_clock().now().nanoseconds * 1e-9
             late = now_s - stamp_s > self.policy.settings.max_delay_s
             if late or stamp_s <= self._last_stamp_s:
@@ -185,6 +272,29 @@ class BehaviourNode(Node):
             self._publish(self.policy.target, self.policy.mode)
         finally:
             self.arrays_in += 1  # counted once handled (tests wait for it)
+
+    def on_events(self, msg: EmotionEventArray) -> None:
+        try:
+            stamp_s = stamp_seconds(msg.header)
+            now_s = self.get_clock().now().nanoseconds * 1e-9
+            if now_s - stamp_s > self.policy.settings.max_delay_s:
+                self.ignored_old_events += 1
+                return
+            self._act(self.events_policy.on_events(msg.events))
+        finally:
+            self.events_in += 1
+
+    def on_states(self, msg: PersonEmotionStateArray) -> None:
+        try:
+            self._act(self.events_policy.on_states(msg))
+        finally:
+            self.states_in += 1
+
+    def _act(self, actions: list[tuple[str, str]]) -> None:
+        for action, track_id in actions:
+            self._action_pubs[action].publish(String(data=track_id))
+            self.actions.append((action, track_id))
+            self.get_logger().info(f'{action} person {track_id}')
 
     @property
     def decision(self) -> tuple[str, str] | None:

@@ -27,6 +27,9 @@ node's ``rep155.publish`` (ROS4HRI outputs).
 Each node is sent ``configure`` at start and ``activate`` once it reaches ``inactive``. A
 configure that fails (bad parameter, model not found) leaves that node unconfigured and
 logs why; it is not retried.
+
+The values the arguments accept (backends, image transports, detections formats) are the
+installed package's own lists, imported from it, so the launch file and the nodes agree.
 """
 import os
 
@@ -40,16 +43,18 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
+from emotion_perception.core.backends import BACKENDS
+from emotion_perception.ros.detection_formats import FORMATS
+from emotion_perception.ros.node_utils import IMAGE_TRANSPORTS
+
 PACKAGE = 'emotion_perception'
-BACKENDS = ['face_baseline', 'vlm', 'caption_llm']
-TRANSPORTS = ['raw', 'compressed']
 ARGUMENTS = {  # name: (default, description)
     'camera_topic': ('/camera/image_raw', 'sensor_msgs/Image topic both nodes subscribe (with '
                      'image_transport compressed: <camera_topic>/compressed)'),
     'image_transport': ('', "'raw' or 'compressed' ('' = from the parameter files: raw)"),
     'namespace': ('', 'namespace of both nodes and their topics'),
-    'backend': ('', "emotion backend: face_baseline, vlm, caption_llm or 'package.module:Class' "
-                "('' = from the parameter files: face_baseline)"),
+    'backend': ('', "emotion backend: face_baseline, vlm, caption_llm, remote or "
+                "'package.module:Class' ('' = from the parameter files: face_baseline)"),
     'params_file': ('', 'a parameter YAML applied on top of the package config/ files'),
     'use_sim_time': ('false', "'true': the nodes take their clock from /clock (bag replay)"),
     'detections_format': ('', "emotion_node input: native, vision_msgs, yolo or rep155 ('' = "
@@ -63,7 +68,6 @@ ARGUMENTS = {  # name: (default, description)
     'rep155': ('', "'true': emotion_node publishes REP-155 (ROS4HRI) emotions and expressions; "
                "'' = from the parameter files"),
 }
-FORMATS = ['native', 'vision_msgs', 'yolo', 'rep155']
 BOOLS = ('', 'true', 'false')
 
 
@@ -88,16 +92,16 @@ def managed_lifecycle_node(executable: str, namespace: str, camera_topic: str,
 def launch_nodes(context) -> list:
     """Both nodes with the resolved launch arguments (OpaqueFunction: arguments may be '')."""
     arg = {name: LaunchConfiguration(name).perform(context) for name in ARGUMENTS}
-    if arg['image_transport'] not in ('', *TRANSPORTS):
-        raise RuntimeError(f"image_transport must be one of {TRANSPORTS}, got "
+    if arg['image_transport'] not in ('', *IMAGE_TRANSPORTS):
+        raise RuntimeError(f"image_transport must be one of {list(IMAGE_TRANSPORTS)}, got "
                            f"{arg['image_transport']!r}")
     if arg['backend'] and arg['backend'] not in BACKENDS and ':' not in arg['backend']:
-        raise RuntimeError(f"backend must be one of {BACKENDS} or 'package.module:Class', got "
-                           f"{arg['backend']!r}")
+        raise RuntimeError(f"backend must be one of {sorted(BACKENDS)} or "
+                           f"'package.module:Class', got {arg['backend']!r}")
     if arg['use_sim_time'].lower() not in ('true', 'false'):
         raise RuntimeError(f"use_sim_time must be 'true' or 'false', got {arg['use_sim_time']!r}")
     if arg['detections_format'] not in ('', *FORMATS):
-        raise RuntimeError(f'detections_format must be one of {FORMATS}, got '
+        raise RuntimeError(f'detections_format must be one of {list(FORMATS)}, got '
                            f"{arg['detections_format']!r}")
     for name in ('publish_vision_msgs', 'start_detector', 'rep155'):
         if arg[name].lower() not in BOOLS:

@@ -15,6 +15,8 @@ os.environ.setdefault('OMP_NUM_THREADS', '2')
 
 import pytest  # noqa: E402
 
+from emotion_perception.testing import shared  # noqa: E402
+
 
 def pytest_configure(config):
     config.addinivalue_line('markers', 'slow: takes more than ~20 s (excluded by make test-fast)')
@@ -52,6 +54,69 @@ def _check_expected_environment() -> None:
 
 def pytest_report_header(config):
     return f'rclpy {_rclpy_version()}'
+
+
+def _skip_reason(report) -> str:
+    """The reason of a skipped test's report ('Skipped: ' removed)."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason[len('Skipped: '):] if reason.startswith('Skipped: ') else reason
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """With EP_REQUIRE_SHARED=1 (.ci/run, when ../shared exists) a test that skips because it
+    needs ../shared (``testing.shared.skip_reason``) fails instead."""
+    outcome = yield
+    report = outcome.get_result()
+    if not (report.skipped and shared.required()):
+        return
+    reason = _skip_reason(report)
+    if shared.is_shared_skip(reason):
+        report.outcome = 'failed'
+        report.longrepr = (f'{shared.REQUIRE_ENV}=1 (../shared is there) but this test skipped: '
+                           f'{reason}')
+
+
+def skip_summary(reports) -> list[str]:
+    """Skipped test reports -> lines: per reason (most skips first), how many and in which test
+    files; the ../shared ones marked (.ci/run fails on them where ../shared exists)."""
+    by_reason: dict[str, dict[str, int]] = {}
+    for report in reports:
+        path = report.nodeid.split('::', 1)[0] or report.location[0]
+        files = by_reason.setdefault(_skip_reason(report).strip(), {})
+        files[path] = files.get(path, 0) + 1
+    lines = []
+    for reason, files in sorted(by_reason.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        mark = (f' [fails with {shared.REQUIRE_ENV}=1]' if shared.is_shared_skip(reason)
+                else '')
+        lines.append(f'{sum(files.values())} skipped{mark}: {reason}')
+        lines.append('    in ' + ', '.join(f'{p} ({n})' for p, n in sorted(files.items())))
+    return lines
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """The last lines of a run: which test files skipped tests, and why (:func:`skip_summary`);
+    also appended to the file ``$EP_SKIP_REPORT`` names (``make test`` prints it at its end,
+    for both of its pytest runs)."""
+    result = yield
+    reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+    if reporter is None:
+        return result
+    lines = skip_summary(reporter.stats.get('skipped', []))
+    if lines:
+        reporter.write_sep('=', 'skipped, by reason')
+        for line in lines:
+            reporter.write_line(line)
+    target = os.environ.get('EP_SKIP_REPORT')
+    if target:
+        head = f'pytest with rclpy {_rclpy_version()}: '
+        with open(target, 'a') as out:
+            out.write(head + (f'{len(reporter.stats.get("skipped", []))} skipped\n'
+                              if lines else 'nothing skipped\n'))
+            out.writelines(f'  {line}\n' for line in lines)
+    return result
 
 
 @pytest.fixture(scope='session')

@@ -81,8 +81,7 @@ def parse(command, argv):
 def test_process_flags_reach_the_backend_options():
     args = parse(process, ['process', 'in.jpg', '-o', 'out', '--backend', 'vlm',
                            '--num-labels', '6', '--definitions', '--device-map', 'auto',
-                           '--caption-max-new-tokens', '50', '--marking', 'crop',
-                           '--dtype', 'float16', '--max-new-tokens', '20',
+                           '--marking', 'crop', '--dtype', 'float16', '--max-new-tokens', '20',
                            '--trust-remote-code'])
     overrides = process.backend_overrides(args)
     assert overrides['backend.num_labels'] == 6 and overrides['backend.device_map'] == 'auto'
@@ -92,7 +91,11 @@ def test_process_flags_reach_the_backend_options():
                        ('marking', 'crop'), ('dtype', 'float16'), ('max_new_tokens', 20),
                        ('trust_remote_code', True)):
         assert cfg.backend_options[key] == value, key
-    assert 'caption_max_new_tokens' not in cfg.backend_options  # not a vlm option
+    assert 'caption_max_new_tokens' not in cfg.backend_options  # not a vlm option: refused
+    with pytest.raises(ValueError, match="'vlm' has no 'caption_max_new_tokens'"):
+        load_pipeline_config(None, process.backend_overrides(parse(process, [
+            'process', 'in.jpg', '-o', 'out', '--backend', 'vlm',
+            '--caption-max-new-tokens', '50'])))
     args = parse(process, ['process', 'in.jpg', '-o', 'out', '--backend', 'caption_llm',
                            '--caption-max-new-tokens', '50'])
     cfg = load_pipeline_config(None, process.backend_overrides(args))

@@ -1,5 +1,7 @@
 """The example behaviour node (examples/behaviour_node.py) in-process: PersonEmotionArray messages
-published over DDS on `emotions`, decisions read from `attention_target` / `interaction_mode`."""
+published over DDS on `emotions`, decisions read from `attention_target` / `interaction_mode`;
+EmotionEventArray / PersonEmotionStateArray on `emotion_events` / `emotion_states`, actions read
+from `greet` / `approach`."""
 from __future__ import annotations
 
 import math
@@ -8,10 +10,14 @@ import pytest
 from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header, String
 
-from emotion_perception.examples.behaviour_node import (CALM, DECISION_QOS, NORMAL,
+from builtin_interfaces.msg import Time
+
+from emotion_perception.examples.behaviour_node import (ACTION_QOS, CALM, DECISION_QOS, NORMAL,
                                                         BehaviourNode, BehaviourPolicy, Seen)
-from emotion_perception.msg import PersonEmotion, PersonEmotionArray
-from emotion_perception.ros.qos import RESULTS_QOS
+from emotion_perception.msg import (EmotionEvent, EmotionEventArray, PersonEmotion,
+                                    PersonEmotionArray, PersonEmotionState,
+                                    PersonEmotionStateArray)
+from emotion_perception.ros.qos import EVENTS_QOS, RESULTS_QOS
 from emotion_perception.testing.ros_harness import RosHarness
 
 pytestmark = pytest.mark.ros
@@ -114,3 +120,64 @@ def test_policy_keeps_its_target_and_forgets_it():
     assert policy.target == 'b'
     policy.update([], 3.5)
     assert policy.target == ''
+
+
+# -- reacting to the state over time (emotion_events, emotion_states) ---------------------------
+def event(track: str, category: str, kind: int) -> EmotionEvent:
+    return EmotionEvent(track_id=track, category=category, kind=kind,
+                        score=math.nan if kind == EmotionEvent.KIND_LEFT else 0.7)
+
+
+def stamped(node, age_s: float = 0.0, at_s: float | None = None) -> Header:
+    """A header stamped ``age_s`` ago by ``node``'s clock, or at ``at_s`` seconds."""
+    ns = (round(at_s * 1e9) if at_s is not None
+          else node.get_clock().now().nanoseconds - round(age_s * 1e9))
+    hdr = Header(frame_id='camera')
+    hdr.stamp.sec, hdr.stamp.nanosec = divmod(ns, 10**9)
+    return hdr
+
+
+def sad_since(track: str, since_s: float) -> PersonEmotionState:
+    since = Time(sec=int(since_s), nanosec=round((since_s % 1) * 1e9))
+    return PersonEmotionState(track_id=track, labels=['Sadness'], label_since=[since],
+                              scores=[0.1] * 26, confidence=0.9, observations=10)
+
+
+def test_greets_on_a_happiness_onset_and_approaches_once_sadness_has_held(rig):
+    h, node = rig.harness, rig.node
+    events_pub = h.publisher(EmotionEventArray, 'emotion_events', EVENTS_QOS)
+    states_pub = h.publisher(PersonEmotionStateArray, 'emotion_states', RESULTS_QOS)
+    greets = h.collect(String, 'greet', ACTION_QOS)
+    approaches = h.collect(String, 'approach', ACTION_QOS)
+    assert h.wait_matched(events_pub) and h.wait_matched(states_pub)
+
+    def send_events(*events: EmotionEvent, age_s: float = 0.0) -> None:
+        before = node.events_in
+        events_pub.publish(EmotionEventArray(header=stamped(node, age_s), events=list(events)))
+        assert h.wait_for(lambda: node.events_in > before, 10.0)
+
+    def send_states(at_s: float, *persons: PersonEmotionState) -> None:
+        before = node.states_in
+        states_pub.publish(PersonEmotionStateArray(header=stamped(node, at_s=at_s),
+                                                   persons=list(persons)))
+        assert h.wait_for(lambda: node.states_in > before, 10.0)
+
+    send_events(event('3', 'Happiness', EmotionEvent.KIND_ONSET),
+                event('5', 'Sadness', EmotionEvent.KIND_ONSET))
+    assert h.wait_for(lambda: [m.data for m in greets] == ['3'], 10.0)
+    # an onset from 5 s ago (the transient-local history, or a replay) is not acted on
+    send_events(event('8', 'Happiness', EmotionEvent.KIND_ONSET), age_s=5.0)
+    assert node.ignored_old_events == 1
+    # approach: Sadness on since t=100 s (sensor time of the states arrays): not at 101,
+    # once at 103.5 (held 3 s), not again at 104
+    for at in (101.0, 103.5, 104.0):
+        send_states(at, sad_since('4', 100.0))
+    assert h.wait_for(lambda: [m.data for m in approaches] == ['4'], 10.0)
+    # her sadness ends (offset) and starts again at 110: a new episode, approached at 113
+    send_events(event('4', 'Sadness', EmotionEvent.KIND_OFFSET))
+    send_states(111.0, sad_since('4', 110.0))
+    send_states(113.0, sad_since('4', 110.0))
+    assert h.wait_for(lambda: [m.data for m in approaches] == ['4', '4'], 10.0)
+    h.wait_for(lambda: False, 0.3)  # nothing more arrives
+    assert [m.data for m in greets] == ['3'] and len(approaches) == 2
+    assert list(node.actions) == [('greet', '3'), ('approach', '4'), ('approach', '4')]

@@ -13,7 +13,8 @@ import pytest
 pytestmark = [pytest.mark.slow, pytest.mark.ros]
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ('### 1. Detector throughput', '### 1b. PersonDetectorNode open loop',
+TABLES = ('### 0a. Person detector per runtime', '### 0b. Default pipeline end to end',
+          '### 1. Detector throughput', '### 1b. PersonDetectorNode open loop',
           '### 2. Image-to-emotions latency, in-process nodes',
           '### 2b. Image-to-emotions latency, nodes as separate processes',
           '### 3. Memory (RSS, MB)')
@@ -32,7 +33,13 @@ def test_bench_pipeline_quick_prints_all_tables(tmp_path):
         assert title in proc.stdout, f'{title!r} not printed:\n{proc.stdout[-3000:]}'
     assert '| path | frames |' in proc.stdout  # Markdown table headers
     report = json.loads(out_json.read_text())
-    assert {'machine', 'detector', 'latency_inprocess', 'latency_processes', 'rss'} <= set(report)
+    assert {'machine', 'detector', 'latency_inprocess', 'latency_processes', 'rss',
+            'runtimes'} <= set(report)
+    runtimes = report['runtimes']
+    assert 'torch' in runtimes['detectors'] and len(runtimes['end_to_end']) == 4
+    for name, row in runtimes['detectors'].items():  # boxes as torch's (float32 runtimes)
+        if 'half' not in name:
+            assert all(x >= 0.95 for v in row['min_iou'].values() for x in v), row['min_iou']
 
 
 @pytest.mark.parametrize('family', ['llava', 'idefics3'])

@@ -266,6 +266,39 @@ def test_foreign_detections_answered_over_dds(harness, tmp_path, fmt):
 
 
 @needs_interfaces
+@pytest.mark.parametrize('fmt', ['vision_msgs', 'yolo'])
+def test_unrepresentable_score_or_class_id_answered_error_over_dds(harness, tmp_path, fmt,
+                                                                    monkeypatch):
+    """A float64 score beyond float32 (1e39, inf) or a vision_msgs class id beyond int32
+    ('4294967296'): that person ERROR with the reason, the others of the array answered.
+    Our messages check their fields as with ROS_PYTHON_CHECK_FIELDS=1 (without it, rosidl
+    writes inf / a wrapped class id silently; with it, the callback raised)."""
+    from emotion_perception.msg import _person_detection
+    monkeypatch.setattr(_person_detection, 'ros_python_check_fields', '1')
+    node, out = start_node(harness, detections_format=fmt,
+                           person_classes=['person', '0', '4294967296'])
+    dets = [dict(PERSON_DETS[0]),
+            dict(PERSON_DETS[1], id='31', score=1e39),
+            dict(PERSON_DETS[2], id='32', score=math.inf)]
+    if fmt == 'vision_msgs':   # yolo_msgs' class_id is int32 already
+        dets.append(dict(PERSON_DETS[3], id='33', **{'class': '4294967296'}))
+    run_peer(tmp_path, [{'kind': 'image', 'photo': 'bus', 'stamp': [13, 0]},
+                        {'kind': fmt, 'stamp': [13, 0], 'detections': dets}])
+    msg = answer(harness, out, (13, 0))
+    assert [p.track_id for p in msg.persons] == [d['id'] for d in dets]
+    assert msg.persons[0].status == 0 and rois_of(msg)[0] == outward(*BUS[0])
+    for p in msg.persons[1:3]:
+        assert p.status == 3 and 'confidence' in p.status_reason \
+            and 'float32' in p.status_reason, p.status_reason
+    assert 'inf' in msg.persons[2].status_reason and '1e+39' in msg.persons[1].status_reason
+    if fmt == 'vision_msgs':
+        assert msg.persons[3].status == 3 and '4294967296' in msg.persons[3].status_reason \
+            and 'int32' in msg.persons[3].status_reason
+    assert node.stats.snapshot()['errors.bad_detection'] == len(dets) - 1
+    assert node.lifecycle_state == 'active'
+
+
+@needs_interfaces
 def test_missing_message_package_fails_configure_naming_apt(harness, monkeypatch):
     from emotion_perception.ros import detection_formats
     real = detection_formats.importlib.import_module

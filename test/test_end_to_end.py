@@ -33,3 +33,13 @@ def test_bag_through_both_node_processes(tmp_path):
            for m in recorded if m.topic == '/emotions']
     assert det and sorted(det) == sorted(emo)
     assert (out / 'annotated' / 'astronaut.jpg').is_file()
+    # how each person felt over time, as the node published it: one state per person of every
+    # emotions array, the astronaut's smile as an onset, a timeline per tracked person
+    states = [json.loads(line) for line in (out / 'states.jsonl').read_text().splitlines()]
+    events = [json.loads(line) for line in (out / 'events.jsonl').read_text().splitlines()]
+    assert len(states) == sum(n for _, _, n in emo)
+    smiling = {r['track_id'] for r in astronaut if r['track_id']}
+    assert [e for e in events if (e['track_id'], e['category'], e['kind']) in
+            {(t, 'Happiness', 'onset') for t in smiling}]
+    tracked = {s['track_id'] for s in states if s['track_id']}
+    assert tracked and {p.stem for p in (out / 'timelines').glob('*.png')} == tracked

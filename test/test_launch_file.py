@@ -59,3 +59,70 @@ def test_yaml_node_names_match_the_launch_names():
     config = LAUNCH.parents[1] / 'config'
     for node in ('person_detector', 'emotion_node'):
         assert f'/**/{node}:' in (config / f'{node}.yaml').read_text()
+
+
+def _load_with_stub_launch(monkeypatch, share: Path):
+    """The launch file as a module, launch / launch_ros / ament_index replaced by stubs that
+    record what is built (the real ones run it in test/colcon/test_launch.py); the package's
+    own imports are real."""
+    import sys
+    import types
+
+    class Recorded:
+        def __init__(self, *args, **kwargs):
+            self.args, self.kwargs = args, kwargs
+
+    class LaunchConfiguration(Recorded):
+        def perform(self, context):
+            return context[self.args[0]]
+
+    names = {'launch': ['LaunchDescription'],
+             'launch.actions': ['DeclareLaunchArgument', 'EmitEvent', 'OpaqueFunction',
+                                'RegisterEventHandler'],
+             'launch.events': ['matches_action'], 'launch.substitutions': [],
+             'launch_ros': [], 'launch_ros.actions': ['LifecycleNode'],
+             'launch_ros.event_handlers': ['OnStateTransition'], 'launch_ros.events': [],
+             'launch_ros.events.lifecycle': ['ChangeState'], 'ament_index_python': [],
+             'ament_index_python.packages': []}
+    for module, classes in names.items():
+        stub = types.ModuleType(module)
+        for name in classes:
+            setattr(stub, name, type(name, (Recorded,), {}))
+        monkeypatch.setitem(sys.modules, module, stub)
+    sys.modules['launch.substitutions'].LaunchConfiguration = LaunchConfiguration
+    sys.modules['ament_index_python.packages'].get_package_share_directory = \
+        lambda package: str(share)
+    module = types.ModuleType('emotion_perception_launch')
+    exec(compile(LAUNCH.read_text(), str(LAUNCH), 'exec'), module.__dict__)
+    return module
+
+
+def test_accepts_exactly_the_packages_backends_formats_and_transports(monkeypatch, tmp_path):
+    """The launch file validates its arguments with the installed package's own lists: every
+    registered backend (remote too), every detections format, every image transport; others
+    refused naming them."""
+    from emotion_perception.core.backends import BACKENDS
+    from emotion_perception.ros.detection_formats import FORMATS
+    from emotion_perception.ros.node_utils import IMAGE_TRANSPORTS
+    launch = _load_with_stub_launch(monkeypatch, tmp_path)
+    args = {name: default for name, (default, _) in launch.ARGUMENTS.items()}
+
+    def emotion_params(**given):
+        actions = launch.launch_nodes({**args, **given})
+        nodes = [a for a in actions if type(a).__name__ == 'LifecycleNode']
+        node = next(n for n in nodes if n.kwargs['executable'] == 'emotion_node')
+        return node.kwargs['parameters'][-1]
+    for backend in BACKENDS:
+        assert emotion_params(backend=backend)['backend.name'] == backend
+    for fmt in FORMATS:
+        assert emotion_params(detections_format=fmt)['detections_format'] == fmt
+    for transport in IMAGE_TRANSPORTS:
+        assert emotion_params(image_transport=transport)['image_transport'] == transport
+    assert emotion_params(backend='my_pkg.mod:MyBackend')['backend.name'] == \
+        'my_pkg.mod:MyBackend'
+    for given, listed in [({'backend': 'bogus'}, sorted(BACKENDS)),
+                          ({'detections_format': 'bogus'}, list(FORMATS)),
+                          ({'image_transport': 'theora'}, list(IMAGE_TRANSPORTS))]:
+        with pytest.raises(RuntimeError, match='must be one of') as err:
+            launch.launch_nodes({**args, **given})
+        assert str(listed) in str(err.value)

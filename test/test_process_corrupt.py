@@ -41,19 +41,26 @@ def unloads(monkeypatch):
     return fb.FakeBackend.unloads, detector_unloads
 
 
-def test_a_corrupt_frame_in_a_video_is_counted_and_skipped(tmp_path, astronaut_bgr, unloads):
-    path = tmp_path / 'clip.avi'
+def corrupt_video(path, bgr, n: int, bad) -> None:
+    """An MJPG .avi of ``n`` frames of ``bgr`` whose frames at the indices ``bad`` have a
+    garbage JPEG header (OpenCV's read fails on each of them and goes on)."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), 10.0,
-                             (astronaut_bgr.shape[1], astronaut_bgr.shape[0]))
-    for _ in range(6):
-        writer.write(astronaut_bgr)
+                             (bgr.shape[1], bgr.shape[0]))
+    for _ in range(n):
+        writer.write(bgr)
     writer.release()
     data = bytearray(path.read_bytes())
     sois = [i for i in range(len(data) - 2) if data[i:i + 3] == b'\xff\xd8\xff']
-    assert len(sois) == 6
-    noise = np.random.default_rng(0).integers(0, 256, 2000, np.uint8).tobytes()
-    data[sois[2]:sois[2] + 2000] = noise
-    path.write_bytes(bytes(data))  # the third frame's JPEG header is garbage
+    assert len(sois) == n
+    rng = np.random.default_rng(0)
+    for i in bad:
+        data[sois[i]:sois[i] + 2000] = rng.integers(0, 256, 2000, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupt_frame_in_a_video_is_counted_and_skipped(tmp_path, astronaut_bgr, unloads):
+    path = tmp_path / 'clip.avi'
+    corrupt_video(path, astronaut_bgr, 6, [2])  # the third frame's JPEG header is garbage
     summary = run_process(path, tmp_path / 'out', overrides=FAKE, save_images=False,
                           progress=False)
     assert summary['frames'] == 6 and summary['bad_frames'] == 1, summary
@@ -61,6 +68,42 @@ def test_a_corrupt_frame_in_a_video_is_counted_and_skipped(tmp_path, astronaut_b
     rows = read_jsonl(tmp_path / 'out' / 'emotions.jsonl')
     assert {r['frame'] for r in rows} == {0, 1, 3, 4, 5}
     assert len(unloads[0]) == 1 and unloads[1] == [True]
+    assert summary['unread_frames'] == 0 and summary['stopped_early'] is None
+
+
+def test_corrupt_frames_at_the_end_of_a_video_are_counted(tmp_path, astronaut_bgr):
+    """Failed reads at the end: within the container's frame count they are bad frames (the
+    rest of the reads is the end of the file)."""
+    path = tmp_path / 'tail.avi'
+    corrupt_video(path, astronaut_bgr, 8, [6, 7])
+    summary = run_process(path, tmp_path / 'out', overrides=FAKE, save_images=False,
+                          progress=False)
+    assert summary['frames'] == 8 and summary['bad_frames'] == 2, summary
+    assert [e['frame'] for e in summary['bad_frame_examples']] == [6, 7]
+    assert all('at the end' in e['reason'] for e in summary['bad_frame_examples'])
+    assert summary['unread_frames'] == 0 and summary['stopped_early'] is None
+    rows = read_jsonl(tmp_path / 'out' / 'emotions.jsonl')
+    assert {r['frame'] for r in rows} == set(range(6))
+
+
+def test_a_video_abandoned_after_a_run_of_bad_frames_says_so(tmp_path, astronaut_bgr):
+    """More bad frames in a row than bags.MAX_CONSECUTIVE_BAD_READS: reading stops; those
+    frames are counted bad and the frames announced after them reported unread."""
+    run = bags.MAX_CONSECUTIVE_BAD_READS + 4
+    path = tmp_path / 'run.avi'
+    corrupt_video(path, astronaut_bgr, 30, range(3, 3 + run))
+    summary = run_process(path, tmp_path / 'out', overrides=FAKE, save_images=False,
+                          progress=False)
+    limit = bags.MAX_CONSECUTIVE_BAD_READS
+    assert summary['bad_frames'] == limit, summary
+    assert summary['frames'] == 3 + limit
+    assert summary['unread_frames'] == 30 - 3 - limit
+    assert f'{limit} failed reads in a row' in summary['stopped_early']
+    assert 'run.avi' in summary['stopped_early'] and '30 frames' in summary['stopped_early']
+    saved = json.loads((tmp_path / 'out' / 'summary.json').read_text())
+    assert saved['unread_frames'] == summary['unread_frames']
+    rows = read_jsonl(tmp_path / 'out' / 'emotions.jsonl')
+    assert {r['frame'] for r in rows} == {0, 1, 2}
 
 
 def _write_compressed_bag(path, payloads):
@@ -152,3 +195,33 @@ def test_models_are_unloaded_on_every_exit_path(tmp_path, astronaut_bgr, unloads
     else:
         assert backend_unloads == [{'backend': backend_unloads[0]['backend'], 'in_call': 0}]
         assert fb.FakeBackend.loaded_now == set()
+
+
+def test_one_pixel_cap_for_process_bags_and_the_nodes(tmp_path, astronaut_bgr):
+    """An image a little over the nodes' max_image_pixels default (8001 x 5000 = 40.005 Mpx)
+    is refused on its header alike by process (image files, bag messages) and the nodes'
+    decoder: one cap, not 40 M in the nodes and 64 M offline."""
+    from emotion_perception.nodes.emotion_node import EmotionNode
+    from emotion_perception.nodes.person_detector import PersonDetectorNode
+    from emotion_perception.ros import image_conversion
+    from emotion_perception.ros.image_conversion import ImageConversionError
+    from emotion_perception.ros.node_utils import decode_image
+    from emotion_perception.tools.process import read_rgb
+    cap = image_conversion.DEFAULT_MAX_PIXELS
+    defaults = {node.__name__: {p.name: p.default for p in node.PARAMS}['max_image_pixels']
+                for node in (EmotionNode, PersonDetectorNode)}
+    assert set(defaults.values()) == {cap}, defaults
+    bomb = image_bombs.png(8001, 5000)
+    assert 8001 * 5000 > cap
+    (tmp_path / 'big.png').write_bytes(bomb)
+    with pytest.raises(ValueError, match=f'exceeds max_pixels={cap}'):
+        read_rgb(tmp_path / 'big.png')
+    from sensor_msgs.msg import CompressedImage
+    with pytest.raises(ImageConversionError, match=f'exceeds max_pixels={cap}'):
+        decode_image(CompressedImage(format='png', data=bomb))
+    good = cv2.imencode('.jpg', astronaut_bgr)[1].tobytes()
+    _write_compressed_bag(tmp_path / 'bag', [good, bomb])
+    summary = run_process(tmp_path / 'bag', tmp_path / 'out', overrides=FAKE, save_images=False,
+                          progress=False)
+    assert summary['bad_frames'] == 1, summary
+    assert f'exceeds max_pixels={cap}' in summary['bad_frame_examples'][0]['reason']

@@ -52,6 +52,16 @@ def load(path, quantization='none', library='auto', **options) -> VLMBackend:
     return backend
 
 
+def kept_in_model_dtype(model) -> list[str]:
+    """Names of the linear layers that must stay float: the LM head and the projectors
+    (written out here, independently of ``SKIP_MODULES``)."""
+    import re
+    keep = re.compile(r'(^lm_head$|multi_modal_projector|visual\.merger|connector)')
+    return [n for n, m in model.named_modules() if getattr(m, 'weight', None) is not None and (
+        isinstance(m, torch.nn.Linear) or type(m).__module__.startswith('bitsandbytes'))
+        and keep.search(n)]
+
+
 def matrix():
     for family in FAMILIES:
         for quant, library in OPTIONS:
@@ -67,7 +77,11 @@ def test_quantized_score_and_generate(tiny_vlm_dir, family, quant, library):
     path = tiny_vlm_dir(family, **SHAPE)
     backend = load(path, quant, library)
     n_quantized, n_linear = q.quantized_linear_count(backend.model)
-    assert n_quantized >= n_linear - 3 and n_quantized > 0, (n_quantized, n_linear)
+    kept = kept_in_model_dtype(backend.model)
+    assert n_quantized == n_linear - len(kept) > 0, (n_quantized, n_linear, kept)
+    head = backend.model.get_output_embeddings()  # the LM head: its logits are the scores
+    assert type(head.weight) is torch.nn.Parameter and head.weight.is_floating_point()
+    assert not q.is_quantized_weight(head.weight) and 'lm_head' in kept
     assert backend.diagnostics()['quantization'].startswith(f'{quant} ({library})')
     together = backend.predict(IMAGE, BOXES)
     assert all(r.status == Status.OK for r in together), [r.reason for r in together]
@@ -164,9 +178,31 @@ def test_an_unquantized_model_is_refused_for_a_quantized_option(tiny_vlm_dir):
     path = tiny_vlm_dir('llava', **SHAPE)
     model = AutoModelForImageTextToText.from_pretrained(path)
     backend = VLMBackend(dict(model=str(path), device='cpu', quantization='nf4'))
-    with pytest.raises(q.QuantizationError, match='quantized no linear layer'):
+    with pytest.raises(q.QuantizationError, match='that should be quantized are not'):
         backend.attach(model, AutoProcessor.from_pretrained(path))
     assert not backend.loaded and backend.model is None
+
+
+@pytest.mark.parametrize('which', ['one layer', 'the LM head too'])
+def test_a_partly_quantized_model_is_refused(tiny_vlm_dir, which):
+    """One linear layer quantized (torchao int8) is no int8 model; nor is one whose LM head
+    was quantized with the rest (its logits are the scores): both refused, naming the layers."""
+    needs('torchao')
+    from torchao.quantization import Int8WeightOnlyConfig, quantize_
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    path = tiny_vlm_dir('llava', **SHAPE)
+    model = AutoModelForImageTextToText.from_pretrained(path)
+    one = 'model.language_model.layers.0.self_attn.q_proj'
+    quantize_(model, Int8WeightOnlyConfig(),
+              filter_fn=(lambda m, fqn: fqn == one) if which == 'one layer' else
+              (lambda m, fqn: isinstance(m, torch.nn.Linear)))
+    assert q.quantized_linear_count(model)[0] >= 1
+    backend = VLMBackend(dict(model=str(path), device='cpu', quantization='int8'))
+    expected = 'that should be quantized are not' if which == 'one layer' else (
+        r'must stay in the model dtype are quantized \(.*lm_head')
+    with pytest.raises(q.QuantizationError, match=expected):
+        backend.attach(model, AutoProcessor.from_pretrained(path))
+    assert not backend.loaded
 
 
 @pytest.mark.slow
@@ -248,3 +284,37 @@ def test_node_passes_quantization_and_refuses_changing_it_at_run_time():
         VLMOptions(**opts)
         result = node.set_parameters([Parameter('backend.quantization', value='int4')])[0]
         assert not result.successful
+
+
+def test_caption_llm_quantizes_its_captioner(tmp_path):
+    """--quantization with caption_llm quantizes the captioner (the large VLM) as the vlm
+    backend does; the small text LLM stays in the model dtype; the backend answers."""
+    needs('torchao')
+    from emotion_perception.testing.tiny_models import build_tiny_captioner, build_tiny_text_llm
+    from emotion_perception.testing.tiny_models import missing_reason
+    if missing_reason('llava'):
+        pytest.skip(missing_reason('llava'))
+    backend = create_backend('caption_llm', dict(
+        model=str(build_tiny_captioner(tmp_path / 'captioner')),
+        llm=str(build_tiny_text_llm(tmp_path / 'llm')), device='cpu', quantization='int8',
+        caption_max_new_tokens=6))
+    backend.load()
+    n_quantized, n_linear = q.quantized_linear_count(backend.captioner)
+    assert n_quantized == n_linear - len(kept_in_model_dtype(backend.captioner)) > 0
+    assert q.quantized_linear_count(backend.llm)[0] == 0
+    res = backend.predict(IMAGE, BOXES[:1])[0]
+    assert res.status == Status.OK and np.isfinite(res.scores).all()
+
+
+def test_an_option_the_backend_does_not_take_is_refused():
+    """A flag such as --quantization given for a backend without that option is refused with
+    the backend's options, never dropped; the same flag for caption_llm now reaches it."""
+    from emotion_perception.tools.config import load_pipeline_config
+    with pytest.raises(ValueError, match=r"'face_baseline' has no 'quantization' option "
+                                         r"\(drop --quantization"):
+        load_pipeline_config(overrides={'backend.name': 'face_baseline',
+                                        'backend.quantization': 'nf4'})
+    cfg = load_pipeline_config(overrides={'backend.name': 'caption_llm',
+                                          'backend.quantization': 'nf4',
+                                          'backend.mode': None})
+    assert cfg.backend_options['quantization'] == 'nf4'

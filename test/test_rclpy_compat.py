@@ -326,3 +326,52 @@ def test_no_rclpy_internals_outside_the_compat_module():
             if pattern.search(code) or re.search(r'rclpy\.impl|\b_rclpy\b', code):
                 found.append(f'{path.relative_to(root)}:{lineno}: {line.strip()}')
     assert not found, 'rclpy internals outside rclpy_compat.py:\n' + '\n'.join(found)
+
+
+def _raise_here():
+    raise RuntimeError('callback failed')
+
+
+def test_safe_logger_records_carry_the_callers_location_on_rosout(harness):
+    """``log_with_caller``: a /rosout record (what rqt_console shows) of a message logged
+    through SafeLogger, KindLogger or CallbackGuard carries the file, function and line of the
+    code that logged it (for the guard: where the callback raised), not the wrapper's; one
+    call site may still log at several severities (rclpy's own ``log`` raises then)."""
+    import inspect
+    import os
+
+    from rcl_interfaces.msg import Log
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+
+    from emotion_perception.ros.node_utils import CallbackGuard, KindLogger, SafeLogger
+    qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    got = harness.collect(Log, '/rosout', qos)
+    node = harness.add(Node('caller_probe', context=harness.context))
+    safe, kinds = SafeLogger(node.get_logger()), KindLogger(node.get_logger(), period_s=0.0)
+    guard = CallbackGuard(logger=node.get_logger(), period_s=0.0)
+    line = inspect.currentframe().f_lineno
+    for error in (False, True, False):
+        (safe.error if error else safe.warning)(f'safe {error}')      # line + 2
+        kinds.warn('k', f'kind {error}', error=error)                 # line + 3
+    for _ in range(2):  # the first with its traceback, then through KindLogger
+        try:
+            _raise_here()
+        except RuntimeError as exc:
+            guard.failed('subscription', 'probe', exc)
+    mine = lambda: [r for r in got if r.name == 'caller_probe']  # noqa: E731
+    assert harness.wait_for(lambda: len(mine()) >= 8, 10), [r.msg for r in mine()]
+    here = os.path.realpath(__file__)
+    raised = inspect.getsourcelines(_raise_here)[1] + 1
+    expected = [(30, 'safe False', line + 2), (30, '[k] kind False', line + 3),
+                (40, 'safe True', line + 2), (40, '[k] kind True', line + 3),
+                (30, 'safe False', line + 2), (30, '[k] kind False', line + 3)]
+    records = mine()
+    assert [(r.level, r.msg, r.line) for r in records[:6]] == expected
+    assert all(os.path.realpath(r.file) == here for r in records)
+    assert all(r.function == 'test_safe_logger_records_carry_the_callers_location_on_rosout'
+               for r in records[:6])
+    assert [(r.level, r.function, r.line) for r in records[6:8]] == [(40, '_raise_here',
+                                                                     raised)] * 2
+    assert 'Traceback' in records[6].msg and '[callback.subscription]' in records[7].msg
+    assert safe.failures == 0

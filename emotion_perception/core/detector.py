@@ -3,7 +3,9 @@
 ``PersonDetector`` wraps an ultralytics model restricted to person classes and, optionally,
 ultralytics' own multi-object trackers (ByteTrack / BoT-SORT) for track ids that stay stable
 while a person is tracked. Note ultralytics' trackers report a new person once the track is
-confirmed (from its second frame, except on the very first frame of a stream).
+confirmed (from its second frame, except on the very first frame of a stream). The model runs
+in PyTorch or, exported from the same weights, in OpenVINO / ONNX Runtime (``runtime``; see
+``detector_runtime``).
 
 The tracker is configured by ``TrackerOptions`` (how long a lost track is kept, the association
 thresholds, BoT-SORT's re-identification on the detector's own features): ``PersonDetector``
@@ -23,7 +25,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .backends.base import ModelLoadError, resolve_device, validate_image
-from .model_files import OFFLINE_PERSON_DETECTOR, ModelFileError, resolve_model_path
+from .detector_runtime import (RUNTIMES, RuntimeChoice, choose_runtime, pin_openvino_float32,
+                               runtime_of)
+from .model_files import OFFLINE_PERSON_DETECTOR, PKG_SCHEME, ModelFileError, resolve_model_path
 from .threads import keep_torch_threads
 from .types import BBox, DetectionResult, PersonDetection, Timings
 
@@ -142,13 +146,19 @@ class DetectorOptions:
         confidence: minimum detection confidence in [0, 1].
         iou: IoU threshold of non-maximum suppression in [0, 1].
         image_size: inference size in pixels (long side, multiple of 32).
-        half: FP16 inference (GPU only).
+        half: reduced precision: FP16 inference on a GPU (torch); with runtime openvino, bf16
+            on CPUs that have it (AVX512-BF16, AMX: about 1.9x float32 here, boxes no longer
+            exactly torch's). Otherwise OpenVINO is held to float32.
         person_class_ids: class ids that are persons; empty = auto (the class named 'person',
             or every class when the model has none, as for the offline detector whose classes
             are 'Normal' and 'Fall').
         tracker: 'bytetrack.yaml', 'botsort.yaml' or '' (no tracking).
         max_detections: at most this many persons per image.
         tracking: the tracker's settings (``TrackerOptions``).
+        runtime: 'auto' | 'torch' | 'openvino' | 'onnxruntime' (``detector_runtime``: auto
+            picks OpenVINO on x86-64 CPUs, torch on CUDA).
+        runtime_cache_dir: where exported models are cached; '' = beside the weights when
+            writable, else the user cache (``detector_runtime.cache_root``).
     """
 
     model: str = OFFLINE_PERSON_DETECTOR
@@ -161,6 +171,8 @@ class DetectorOptions:
     tracker: str = 'botsort.yaml'
     max_detections: int = 50
     tracking: TrackerOptions = dataclasses.field(default_factory=TrackerOptions)
+    runtime: str = 'auto'
+    runtime_cache_dir: str = ''
 
     def validate(self) -> None:
         """Raise ValueError with the offending option."""
@@ -175,6 +187,8 @@ class DetectorOptions:
         if self.max_detections < 1:
             raise ValueError(f'max_detections must be >= 1, got {self.max_detections}')
         self.tracking.validate()
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f'runtime must be one of {RUNTIMES}, got {self.runtime!r}')
 
 
 class PersonDetector:
@@ -193,13 +207,20 @@ class PersonDetector:
         self.class_ids: list[int] = []
         self.device = ''
         self.tracker_file = ''  # the tracker YAML written at load() ('' without tracking)
+        #: what runs the model and why (set by ``load``)
+        self.runtime: RuntimeChoice | None = None
 
     @property
     def loaded(self) -> bool:
         return self.model is not None
 
     def load(self) -> None:
-        """Load the weights. Raises ``ModelLoadError`` with the reason (path, hub, format)."""
+        """Load the weights in the configured runtime (exporting them first when needed).
+
+        Raises:
+            ModelLoadError: with the reason (path, hub, format, a runtime this configuration
+                cannot use).
+        """
         if self.model is not None:
             return
         opts = self.options
@@ -207,37 +228,111 @@ class PersonDetector:
             path = resolve_model_path(opts.model)
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
+        dev = resolve_device(opts.device)
+        self.tracker_file = self._write_tracker_file()
+        try:
+            model, choice = self._load_runtime(path, dev)
+            self._check_reid(model, choice)
+            self.class_ids = self._person_classes(dict(model.names))
+        except ModelLoadError:
+            self._remove_tracker_file()
+            raise
+        self.runtime = choice
+        self.device = 'cpu' if choice.runtime != 'torch' else ('0' if dev == 'cuda' else dev)
+        self.model = model
+        LOG.info('person detector %s loaded: classes %s as persons, device %s, runtime %s (%s)',
+                 path, {i: model.names[i] for i in self.class_ids}, self.device,
+                 choice.runtime, choice.reason)
+
+    def _load_runtime(self, path: str, device: str) -> tuple[Any, RuntimeChoice]:
+        """The ultralytics model in the chosen runtime (an export that does not run: torch)."""
+        choice = self._choose_runtime(path, device)
+        model = self._load_yolo(choice.model_path)
+        if choice.runtime == 'openvino' and not self.options.half:
+            xml = Path(choice.model_path)  # an exported folder, or a user's .xml
+            pin_openvino_float32(model, xml if xml.suffix == '.xml' else next(xml.glob('*.xml')))
+        if choice.runtime != 'torch':
+            model, choice = self._check_exported(model, choice, path)
+        return model, choice
+
+    def _check_reid(self, model: Any, choice: RuntimeChoice) -> None:
+        """BoT-SORT's ReID on the detector's own features needs a PyTorch Detect model (else
+        ultralytics would download a classifier): refused with the reason."""
+        opts = self.options
+        if (opts.tracker == 'botsort.yaml' and opts.tracking.with_reid
+                and (choice.runtime != 'torch' or not reid_auto_supported(model))):
+            raise ModelLoadError(
+                f'tracking.with_reid needs a PyTorch .pt detector with a Detect head (its own '
+                f'features are the appearance); {opts.model!r} in {choice.runtime} is not one, '
+                'and ultralytics would download yolo26n-cls.pt instead. Set tracking.with_reid '
+                'false.')
+
+    def _choose_runtime(self, path: str, device: str) -> RuntimeChoice:
+        """``detector_runtime.choose_runtime`` for these options; a model that is no .pt file
+        (an exported one, a TensorRT engine) runs as given."""
+        opts = self.options
+        weights = Path(path)
+        if weights.suffix != '.pt':
+            return RuntimeChoice(runtime_of(weights), opts.runtime, path, 'model loaded as given')
+        if not weights.is_file() and opts.runtime != 'torch':
+            weights = Path(self._load_yolo(path).ckpt_path)  # a hub name: downloaded now
+        try:
+            import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
+            with keep_torch_threads():  # the tracker's YAML and the exporter import ultralytics
+                return choose_runtime(opts.runtime, device, weights, opts.image_size,
+                                      self.tracker_file, opts.runtime_cache_dir,
+                                      opts.model.startswith(PKG_SCHEME))
+        except ValueError as exc:
+            raise ModelLoadError(f'person detector: {exc}') from exc
+
+    def _check_exported(self, model: Any, choice: RuntimeChoice, weights: str
+                        ) -> tuple[Any, RuntimeChoice]:
+        """An exported model that does not run falls back to torch (the reason logged)."""
+        try:
+            self._warm_up(model, 'cpu')
+            return model, choice
+        except Exception as exc:  # noqa: BLE001 - any failure of the runtime or the file
+            why = (f'{choice.runtime} model {choice.model_path} does not run '
+                   f'({type(exc).__name__}: {exc}); running torch instead')
+            LOG.warning('person detector: %s', why)
+            return self._load_yolo(weights), dataclasses.replace(choice, runtime='torch',
+                                                                 model_path=weights, reason=why)
+
+    def warm_up(self) -> None:
+        """One prediction on a blank frame, so the first camera frame does not pay the lazy
+        set-up (imports, the runtime's compilation). The tracker sees nothing."""
+        if self.model is None:
+            raise ModelLoadError('person detector is not loaded; call load() first')
+        self._warm_up(self.model, self.device)
+
+    def _warm_up(self, model: Any, device: str) -> None:
+        size = self.options.image_size
+        # the tracker argument as ``detect`` passes it, so its first call reuses this predictor
+        with keep_torch_threads():
+            model.predict(np.zeros((size, size, 3), np.uint8), imgsz=size, device=device,
+                          tracker=self.tracker_file or 'bytetrack.yaml', verbose=False)
+
+    def _load_yolo(self, path: str) -> Any:
         try:
             import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
             with keep_torch_threads():
                 from ultralytics import YOLO
-                model = YOLO(path, task='detect')
+                return YOLO(path, task='detect')
         except Exception as exc:  # ultralytics raises many types (FileNotFound, Connection...)
             raise ModelLoadError(
-                f'cannot load person detector {opts.model!r}: {type(exc).__name__}: {exc}. '
+                f'cannot load person detector {path!r}: {type(exc).__name__}: {exc}. '
                 'Give a local .pt path, a pkg:// file, or a hub name on a machine with internet.'
             ) from exc
-        names: dict[int, str] = dict(model.names)
-        if opts.person_class_ids:
-            unknown = sorted(set(opts.person_class_ids) - set(names))
+
+    def _person_classes(self, names: dict[int, str]) -> list[int]:
+        """Class ids counted as persons (configured, or the 'person' class, or all)."""
+        if self.options.person_class_ids:
+            unknown = sorted(set(self.options.person_class_ids) - set(names))
             if unknown:
                 raise ModelLoadError(f'person_class_ids {unknown} not in the model classes {names}')
-            self.class_ids = sorted(int(c) for c in opts.person_class_ids)
-        else:
-            persons = [i for i, n in names.items() if n.lower() == 'person']
-            self.class_ids = persons or sorted(names)
-        dev = resolve_device(opts.device)
-        self.device = '0' if dev == 'cuda' else dev
-        if (opts.tracker == 'botsort.yaml' and opts.tracking.with_reid
-                and not reid_auto_supported(model)):
-            raise ModelLoadError(
-                f'tracking.with_reid needs a PyTorch .pt detector with a Detect head (its own '
-                f'features are the appearance); {opts.model!r} is not one, and ultralytics would '
-                'download yolo26n-cls.pt instead. Set tracking.with_reid false.')
-        self.tracker_file = self._write_tracker_file()
-        self.model = model
-        LOG.info('person detector %s loaded: classes %s as persons, device %s',
-                 path, {i: names[i] for i in self.class_ids}, self.device)
+            return sorted(int(c) for c in self.options.person_class_ids)
+        persons = [i for i, n in names.items() if n.lower() == 'person']
+        return persons or sorted(names)
 
     def _write_tracker_file(self) -> str:
         """Write the tracker YAML (ultralytics reads a file) into a private temporary folder
@@ -245,8 +340,10 @@ class PersonDetector:
         self._remove_tracker_file()
         if not self.options.tracker:
             return ''
+        import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
         import yaml
-        config = self.options.tracking.ultralytics_config(self.options.tracker)
+        with keep_torch_threads():  # ultralytics_config imports ultralytics
+            config = self.options.tracking.ultralytics_config(self.options.tracker)
         path = Path(tempfile.mkdtemp(prefix='emotion_perception_tracker_')) / self.options.tracker
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return str(path)
@@ -289,7 +386,8 @@ class PersonDetector:
         kwargs = dict(conf=opts.confidence, iou=opts.iou, imgsz=opts.image_size,
                       classes=self.class_ids, device=self.device, max_det=opts.max_detections,
                       verbose=False)
-        if opts.half:  # passed only when set: ultralytics warns about the argument itself
+        # passed only when set (ultralytics warns about the argument itself); torch only
+        if opts.half and self.runtime is not None and self.runtime.runtime == 'torch':
             kwargs['half'] = True
         with keep_torch_threads():  # ultralytics re-sets torch's threads at its first call
             if opts.tracker:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -35,20 +36,22 @@ class ReuseOptions:
 
     Attributes:
         enabled: False = run the model for every person of every frame.
-        max_age_s: re-run when the cached result is older than this (seconds of stamp time).
+        max_age_s: re-run when the cached result is older than this (seconds of stamp time);
+            < 0 = the backend's default (``EmotionBackend.reuse_max_age_s``: by its cost).
         min_iou: re-run when the IoU of the current and the cached box is below this.
         max_size_change: re-run when width or height changed by more than this fraction.
         max_tracks: bound on remembered tracks (least recently seen are evicted first).
     """
 
     enabled: bool = True
-    max_age_s: float = 2.0
+    max_age_s: float = -1.0
     min_iou: float = 0.6
     max_size_change: float = 0.25
     max_tracks: int = 256
 
     def validate(self) -> None:
-        if self.max_age_s < 0 or not 0 <= self.min_iou <= 1 or self.max_size_change < 0:
+        if (not math.isfinite(self.max_age_s) or not 0 <= self.min_iou <= 1
+                or self.max_size_change < 0):
             raise ValueError(f'invalid reuse options {self}')
         if self.max_tracks < 1:
             raise ValueError(f'max_tracks must be >= 1, got {self.max_tracks}')
@@ -145,8 +148,12 @@ class EmotionPipeline:
 
     def __init__(self, backend: EmotionBackend, reuse: ReuseOptions | None = None) -> None:
         self.backend = backend
-        self.reuse = reuse or ReuseOptions()
-        self.reuse.validate()
+        reuse = reuse or ReuseOptions()
+        reuse.validate()
+        if reuse.max_age_s < 0:  # by the backend's cost
+            reuse = dataclasses.replace(
+                reuse, max_age_s=float(getattr(backend, 'reuse_max_age_s', 2.0)))
+        self.reuse = reuse
         self.cache = TrackCache(self.reuse)
 
     def process(self, image: np.ndarray, detections: Sequence[PersonDetection],

@@ -130,18 +130,6 @@ class AnswerPlan:
                    tuple(positions), tuple(tuple(sorted(needed[p])) for p in positions),
                    tuple(dropped), index)
 
-    @classmethod
-    def for_prompt(cls, tokenize: Callable[[str], Sequence[int]], prompt: str,
-                   outcomes: Sequence[str], spellings: Sequence[Sequence[str]],
-                   unk_id: int | None = None) -> 'AnswerPlan':
-        """``answer_sequences`` for every outcome's spellings after ``prompt``, as a trie."""
-        seqs, dropped = [], []
-        for name, sp in zip(outcomes, spellings):
-            s, d = answer_sequences(tokenize, prompt, sp, unk_id)
-            seqs.append(s)
-            dropped += [f'{name}: {x}' for x in d]
-        return cls.from_sequences(outcomes, seqs, dropped)
-
     @property
     def expressible(self) -> tuple[bool, ...]:
         """Per outcome: does at least one spelling have a token sequence?"""
@@ -151,9 +139,6 @@ class AnswerPlan:
     def max_depth(self) -> int:
         """Length of the longest prefix position (extra tokens fed after the question)."""
         return max(len(p) for p in self.positions)
-
-    def position_index(self, prefix: TokenIds) -> int:
-        return self._index[tuple(prefix)]
 
     def outcome_logprobs(self, position_logprobs: Sequence[Mapping[int, float]]) -> np.ndarray:
         """log P(outcome) from the log-probs read at each position.

@@ -22,6 +22,13 @@ Guarantee: exactly one ``emotions`` array for every ``detections`` array receive
 active, in arrival order of processing, also when it is empty, late or failed; then each person
 carries status CACHED / SKIPPED / ERROR and a reason.
 
+How each person feels over time (``state.*``, ``core.state``): every answered array also updates
+the per-person states (fresh results are evidence, the others let the state age) and publishes
+``emotion_states`` (PersonEmotionStateArray: same header, one state per person, same order) and,
+when labels switched or persons were forgotten, ``emotion_events`` (EmotionEventArray: onset /
+offset / left; reliable, transient local). Stamps decide, never wall time, except for a timer
+that forgets persons once the input has stopped (``_on_state_timer``).
+
 Concurrency: subscription callbacks only store messages (images in a bounded cache,
 detections in a bounded queue) and wake the worker thread. The worker takes the NEWEST pending
 detections array; older pending arrays are answered at once from the track cache or as
@@ -62,21 +69,26 @@ import time
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import Image
 
-from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
+from std_msgs.msg import Header
+
+from emotion_perception.msg import (EmotionEventArray, PersonDetectionArray, PersonEmotionArray,
+                                    PersonEmotionStateArray)
 
 from ..core.backends import BACKENDS, BackendError, ImageError, backend_class
 from ..core.drawing import draw_persons
 from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
+from ..core.state import EmotionStates, EventKind, FrameStates, StateEvent, StateOptions
 from ..core.types import EmotionResult, Status
 from ..ros import detection_formats as formats
 from ..ros.diagnostics import ERROR, OK, WARN
-from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
-from ..ros.messages import (detections_from_msg, emotions_to_msg, stamp_key, stamp_seconds)
-from ..ros.node_utils import (DEFAULT_MAX_IMAGE_PIXELS, decode_image, reason_kind,
-                              subscribe_image, with_message_info)
+from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
+from ..ros.messages import (detections_from_msg, emotions_to_msg, events_to_msg, stamp_key,
+                            stamp_seconds, states_to_msg, time_from_seconds)
+from ..ros.node_utils import (IMAGE_TRANSPORTS, decode_image, reason_kind, subscribe_image,
+                              with_message_info)
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.publisher_restarts import RestartDetector, gid_from_message_info
-from ..ros.qos import RELIABILITY, RESULTS_QOS
+from ..ros.qos import EVENTS_QOS, RELIABILITY, RESULTS_QOS
 from .base import PerceptionNode
 from .lifecycle import run_node_process
 
@@ -91,9 +103,12 @@ BACKEND_PARAMS = [
     ParamSpec('backend.device_map', '', "from_pretrained device map spreading a large model "
               "over devices, e.g. 'auto' (a 13B model over two GPUs); '' = all on "
               'backend.device'),
-    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto', 'float32', 'bfloat16', "
-              "'float16'", one_of('auto', 'float32', 'bfloat16', 'float16')),
-    ParamSpec('backend.quantization', 'none', "vlm weights quantized while loading: 'none', "
+    ParamSpec('backend.dtype', 'auto', "VLM weights dtype: 'auto' (CUDA: bfloat16; CPU: "
+              'bfloat16 where it has bf16 matmuls, AVX512-BF16/AMX, and the LM is >= 512 wide, '
+              "else float32), 'float32', 'bfloat16', 'float16'",
+              one_of('auto', 'float32', 'bfloat16', 'float16')),
+    ParamSpec('backend.quantization', 'none', "vlm (and caption_llm's captioner) weights "
+              "quantized while loading: 'none', "
               "'int8' (torchao weight-only), 'nf4' (bitsandbytes), 'int4' (torchao): a 7B "
               "model in about 4 GB with nf4/int4 (README 'Choosing a model for the robot's "
               "GPU'); needs the quant extra", one_of('none', 'int8', 'nf4', 'int4'),
@@ -151,20 +166,41 @@ BACKEND_PARAMS = [
               "backend) or 'jpeg' (smaller)", one_of('png', 'jpeg')),
 ]
 
+#: The per-person state over time (``core.state``; README "How each person feels over time").
+STATE_PARAMS = [
+    ParamSpec('state.enabled', True, 'keep a state per person over time (smoothed scores, '
+              'labels with hysteresis) and publish emotion_states and emotion_events'),
+    ParamSpec('state.half_life_s', -1.0, 'half-life of the exponential forgetting of scores '
+              "and VAD, in seconds of sensor time; < 0 = by the backend's cost (face_baseline "
+              '0.5 s; vlm, caption_llm, remote 2 s)',
+              lambda v: None if v < 0 or 0.001 <= v <= 3600 else
+              f'must be < 0 (the backend default) or in [0.001, 3600], got {v}'),
+    ParamSpec('state.margin', 0.05, 'hysteresis: a label switches on at its threshold + margin, '
+              'off below threshold - margin', in_range(0.0, 0.5)),
+    ParamSpec('state.min_hold_s', 1.0, 'a label stays on (or off) at least this long after '
+              'it switched (s)', in_range(0.0, 3600.0)),
+    ParamSpec('state.forget_after_s', 3.0, 'a person in no frame for this long (s of sensor '
+              "time) is forgotten: offsets of their labels and a 'left' event",
+              in_range(0.01, 3600.0)),
+    ParamSpec('state.max_tracks', 256, 'most person states kept; beyond, the least recently '
+              'seen is evicted (counted state.evicted)', in_range(1, 100000)),
+]
+
 PARAMS = [
     ParamSpec('backend.name', 'face_baseline', f'emotion backend: one of {sorted(BACKENDS)} or '
               "'package.module:ClassName'", read_only=True),
     *BACKEND_PARAMS,
     ParamSpec('reuse.enabled', True, 'reuse a track\'s last result while its box is steady'),
-    ParamSpec('reuse.max_age_s', 2.0, 're-run the model for a track after this many seconds',
-              in_range(0.0, 3600.0)),
+    ParamSpec('reuse.max_age_s', -1.0, 're-run the model for a steady track after this many '
+              "seconds; < 0 = by the backend's cost (face_baseline 0.08 s: about 10 times a "
+              'second; vlm, caption_llm, remote 2 s)', in_range(-1.0, 3600.0)),
     ParamSpec('reuse.min_iou', 0.6, 're-run when the box IoU with the cached box is below this',
               in_range(0.0, 1.0)),
     ParamSpec('reuse.max_size_change', 0.25, 're-run when box width/height changed by more '
               'than this fraction', in_range(0.0, 100.0)),
     ParamSpec('image_transport', 'raw', "'raw' (Image on image) or 'compressed' "
               '(CompressedImage on the resolved image topic + /compressed)',
-              one_of('raw', 'compressed')),
+              one_of(*IMAGE_TRANSPORTS)),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
@@ -174,7 +210,7 @@ PARAMS = [
               in_range(0.0, 60.0)),
     ParamSpec('max_pending', 100, 'bound of the detections queue (older ones are answered as '
               'dropped)', in_range(1, 10000)),
-    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+    ParamSpec('max_image_pixels', DEFAULT_MAX_PIXELS,
               'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
     ParamSpec('publish_debug_image', False, 'publish debug_image with boxes, top labels and '
               'scores (only computed while someone subscribes)'),
@@ -196,6 +232,7 @@ PARAMS = [
               'counted as persons (other classes are left out of the answer)', list_of=str),
     ParamSpec('min_confidence', 0.0, 'vision_msgs / yolo: persons with a lower score are left '
               'out of the answer', in_range(0.0, 1.0)),
+    *STATE_PARAMS,
     ParamSpec('rep155.publish', False, 'also publish REP-155: /humans/bodies/<id>/emotion per '
               'person and /humans/faces/<id>/expression for the faces in /humans/faces/tracked; '
               'with a non-rep155 input also /humans/bodies/tracked and each body roi'),
@@ -204,6 +241,10 @@ PARAMS = [
     ParamSpec('rep155.max_ids', 64, 'most body (and face) ids followed or published at once; '
               'ids beyond are ignored and counted (rep155.ids_over_cap)', in_range(1, 10000)),
 ]
+
+
+#: period of the timer that forgets persons when no frame arrives (``_on_state_timer``)
+STATE_TIMER_PERIOD_S = 0.5
 
 
 @dataclasses.dataclass
@@ -238,7 +279,11 @@ class EmotionNode(PerceptionNode):
         self._bodies = None  # rep155.BodyInput with detections_format rep155
         self._waiting: collections.deque[_Pending] = collections.deque()  # body frames
         self._rep155_out = None  # rep155.Rep155Output with rep155.publish
+        self.states: EmotionStates | None = None  # with state.enabled (configured)
+        self._states_pub = self._events_pub = None
+        self._state_last: tuple[float, float, str] | None = None  # stamp, monotonic, frame_id
         super().__init__(node_name, **kwargs)
+        self._state_timer = self.create_timer(STATE_TIMER_PERIOD_S, self._on_state_timer)
 
     def _backend_options(self, name: str) -> dict:
         fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
@@ -268,6 +313,7 @@ class EmotionNode(PerceptionNode):
                              max_size_change=p['reuse.max_size_change'])
         backend.load()
         self.pipeline = EmotionPipeline(backend, reuse)
+        self._configure_state(p, backend)
         return f'backend {backend.name} model {backend.model_id}'
 
     def _load_model(self) -> None:
@@ -285,10 +331,16 @@ class EmotionNode(PerceptionNode):
         if self.pipeline is not None:
             self.pipeline.backend.unload()
             self.pipeline = None
+        self.states = self._state_last = None
 
     def _create_outputs(self) -> None:
         self._pub = self._lifecycle_publisher(PersonEmotionArray, 'emotions', RESULTS_QOS)
         self._debug_pub = self._lifecycle_publisher(Image, 'debug_image', 1)
+        if self.states is not None:
+            self._states_pub = self._lifecycle_publisher(PersonEmotionStateArray,
+                                                         'emotion_states', RESULTS_QOS)
+            self._events_pub = self._lifecycle_publisher(EmotionEventArray, 'emotion_events',
+                                                         EVENTS_QOS)
 
     def _subscribe(self) -> list:
         p = self.params
@@ -537,11 +589,13 @@ class EmotionNode(PerceptionNode):
             reset, self._reset_tracks = self._reset_tracks, False
         if reset:
             self.pipeline.cache.clear()
+            self._reset_states()
         if self._last_stamp is not None and stamp_s < self._last_stamp:
             self.stats.count('stamps_backwards')
             self.kind_log.warn('stamps_backwards', 'detection stamps went backwards (bag loop '
                                'or detector restart): track cache cleared')
             self.pipeline.cache.clear()
+            self._reset_states()
         self._last_stamp = stamp_s
 
     def _process(self, job: _Pending, image_msg) -> None:
@@ -650,6 +704,7 @@ class EmotionNode(PerceptionNode):
         if self._pub is not None:
             self._pub.publish(out)
         self.stats.count('emotions_out')
+        self._publish_states(job, results)
         self.stats.latency(latency_ms)
         if self._rep155_out is not None:
             if rgb is not None:
@@ -667,6 +722,102 @@ class EmotionNode(PerceptionNode):
                 is not None and self.count_subscribers('debug_image') > 0):
             drawn = draw_persons(rgb, detections_from_msg(job.msg), results)
             self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=job.msg.header))
+
+    # -- per-person state over time (core.state) -----------------------------------------------
+    def _configure_state(self, p: dict, backend) -> None:
+        """``self.states`` from the ``state.*`` parameters (None when disabled); the labels use
+        the backend's thresholds, a half-life < 0 the backend's default."""
+        opts = StateOptions(enabled=p['state.enabled'], half_life_s=p['state.half_life_s'],
+                            margin=p['state.margin'], min_hold_s=p['state.min_hold_s'],
+                            forget_after_s=p['state.forget_after_s'],
+                            max_tracks=p['state.max_tracks'])
+        self.states = EmotionStates.for_backend(opts, backend) if opts.enabled else None
+        self._state_last = None
+        if self.states is not None:
+            o = self.states.options
+            self.get_logger().info(
+                f'per-person state: half-life {o.half_life_s:g} s, margin {o.margin:g}, hold '
+                f'{o.min_hold_s:g} s, forget after {o.forget_after_s:g} s; results reused for '
+                f'{self.pipeline.reuse.max_age_s:g} s')
+
+    def _publish_states(self, job: _Pending, results: list[EmotionResult]
+                        ) -> FrameStates | None:
+        """Update the states with one answered frame; publish them and the events. Returns
+        the frame's states (in the persons' order: what the REP-155 outputs can use), or None.
+        Never raises (the emotions array is out already): a failure is counted and logged."""
+        states = self.states
+        if states is None:
+            return None
+        try:
+            header = job.msg.header
+            stamp_s = stamp_seconds(header)
+            frame = states.update_frame([d.track_id for d in job.msg.detections], results,
+                                        stamp_s)
+            last = self._state_last
+            if last is None or stamp_s >= last[0]:
+                self._state_last = (stamp_s, time.monotonic(), header.frame_id)
+            if self._states_pub is not None:
+                self._states_pub.publish(states_to_msg(job.msg, frame.states))
+            self._publish_events(header, frame.events)
+            return frame
+        except Exception as exc:  # noqa: BLE001 - a destroyed publisher during shutdown, ...
+            self.stats.count('errors.state')
+            self.kind_log.warn('state', f'per-person state failed: {type(exc).__name__}: {exc}',
+                               error=True)
+            return None
+
+    def _publish_events(self, header: Header, events: list[StateEvent]) -> None:
+        if not events:
+            return
+        self.stats.count('events_out', len(events))
+        if self._events_pub is not None:
+            self._events_pub.publish(events_to_msg(header, events))
+
+    def _reset_states(self) -> None:
+        """End every state (stamps went backwards, the detector restarted): their tracks
+        may name other people now."""
+        states, last = self.states, self._state_last
+        if states is None:
+            return
+        events = states.reset()
+        if events:
+            self._publish_events(Header(stamp=time_from_seconds(events[0].stamp_s),
+                                        frame_id=last[2] if last else ''), events)
+        self._state_last = None
+
+    def _on_state_timer(self) -> None:
+        """Forget persons also when no frame arrives: once the input has stopped (nothing
+        answered for state.forget_after_s of wall time and nothing waiting), tick the states at
+        the newest stamp plus the time elapsed since it was answered. The only place wall time
+        enters the state, and only while no frame comes: a replay without such pauses gives
+        exactly the events of the live run (README "How each person feels over time")."""
+        states, last = self.states, self._state_last
+        if (states is None or last is None or not self._subs or not len(states)
+                or self._busy_since is not None):
+            return
+        with self._cond:
+            if self._pending or self._waiting:
+                return
+        idle_s = time.monotonic() - last[1]
+        if idle_s <= states.options.forget_after_s:
+            return
+        events = states.tick(last[0] + idle_s)
+        if events:
+            self.stats.count('state.forgotten_by_timer',
+                             sum(e.kind == EventKind.LEFT for e in events))
+            self._publish_events(Header(stamp=time_from_seconds(events[0].stamp_s),
+                                        frame_id=last[2]), events)
+
+    def _state_diagnostics(self) -> dict:
+        """``state.*`` keys of /diagnostics (states held, totals, the half-life in use) and the
+        reuse age in use (``reuse.max_age_s``: by the backend when the parameter is < 0)."""
+        states = self.states
+        reuse = {'reuse.max_age_s': self.pipeline.reuse.max_age_s} if self.pipeline else {}
+        if states is None:
+            return {**reuse, 'state.enabled': False}
+        counts = states.counters()
+        return {**reuse, 'state.enabled': True, 'state.half_life_s': states.options.half_life_s,
+                **{f'state.{k}': v for k, v in sorted(counts.items())}}
 
     # -- diagnostics --------------------------------------------------------------------------
     def diagnostics(self) -> tuple[int, str, dict]:
@@ -722,6 +873,7 @@ class EmotionNode(PerceptionNode):
                 values.update({f'backend.{k}': v for k, v in backend.diagnostics().items()})
             except Exception as exc:  # noqa: BLE001 - diagnostics must never fail
                 values['backend.diagnostics_error'] = f'{type(exc).__name__}: {exc}'
+        values.update(self._state_diagnostics())
         values.update({k: v for k, v in sorted(counts.items())})
         return level, message, values
 

@@ -41,7 +41,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 from sensor_msgs.msg import Image
 
 from emotion_perception.msg import PersonDetectionArray
@@ -49,13 +48,14 @@ from emotion_perception.msg import PersonDetectionArray
 from ..core.backends.base import ImageError
 from ..core.detector import (GMC_METHODS, TRACKERS, DetectorOptions, PersonDetector,
                              TrackerOptions)
+from ..core.detector_runtime import RUNTIMES
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
 from ..ros.diagnostics import ERROR, OK, WARN
-from ..ros.image_conversion import ImageConversionError, numpy_to_image_msg
+from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros import detection_formats
-from ..ros.messages import detections_to_msg
-from ..ros.node_utils import DEFAULT_MAX_IMAGE_PIXELS, decode_image, subscribe_image
+from ..ros.messages import detections_to_msg, stamp_key
+from ..ros.node_utils import IMAGE_TRANSPORTS, decode_image, subscribe_image
 from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
@@ -99,21 +99,29 @@ PARAMS = [
     ParamSpec('iou', 0.7, 'non-maximum suppression IoU threshold [0, 1]', in_range(0.0, 1.0)),
     ParamSpec('image_size', 640, 'inference size in pixels (multiple of 32)',
               lambda v: None if v >= 32 and v % 32 == 0 else f'must be a multiple of 32, got {v}'),
-    ParamSpec('half', False, 'FP16 inference (GPU only)'),
+    ParamSpec('half', False, 'reduced precision: FP16 on a GPU (torch); with runtime openvino '
+              'bf16 on CPUs with AVX512-BF16/AMX (faster, boxes no longer exactly torch\'s)'),
     ParamSpec('person_class_ids', [], "class ids counted as persons; empty = auto ('person' "
               'class, or all classes of a person-only model)', list_of=int),
     ParamSpec('tracker', 'botsort.yaml', "ultralytics tracker: 'bytetrack.yaml', "
               "'botsort.yaml', or '' for no tracking (empty track ids)", one_of(*TRACKERS)),
     ParamSpec('max_detections', 50, 'at most this many persons per image', in_range(1, 1000)),
     *TRACKING_PARAMS,
+    ParamSpec('runtime', 'auto', "inference runtime: 'torch', 'openvino' or 'onnxruntime' (the "
+              'weights exported once and cached; CPU), or \'auto\' (OpenVINO on x86-64 CPUs, '
+              'torch on CUDA or when a ReID tracker reads the detector features); a failing '
+              'export falls back to torch (diagnostics runtime_reason); read at configure',
+              one_of(*RUNTIMES)),
+    ParamSpec('runtime_cache_dir', '', "where exported models are cached; '' = beside the "
+              'weights when writable, else ~/.cache/emotion_perception/detector_exports'),
     ParamSpec('image_transport', 'raw', "'raw' (sensor_msgs/Image on image) or 'compressed' "
               '(sensor_msgs/CompressedImage on the resolved image topic + /compressed, as '
-              'image_transport names it)', one_of('raw', 'compressed')),
+              'image_transport names it)', one_of(*IMAGE_TRANSPORTS)),
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability: 'best_effort'"
               " (sensor data, default) or 'reliable'; must be compatible with the camera",
               one_of('best_effort', 'reliable')),
     ParamSpec('image_queue_depth', 2, 'image subscription history depth', in_range(1, 100)),
-    ParamSpec('max_image_pixels', DEFAULT_MAX_IMAGE_PIXELS,
+    ParamSpec('max_image_pixels', DEFAULT_MAX_PIXELS,
               'images with more pixels are refused before decoding', in_range(1, 2**31 - 1)),
     ParamSpec('publish_debug_image', False, 'publish debug_image with boxes and track ids '
               '(only computed while someone subscribes)'),
@@ -161,13 +169,15 @@ class PersonDetectorNode(PerceptionNode):
             image_size=p['image_size'], half=p['half'],
             person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
             tracking=TrackerOptions.from_params(p),
-            max_detections=p['max_detections'])
+            max_detections=p['max_detections'], runtime=p['runtime'],
+            runtime_cache_dir=p['runtime_cache_dir'])
         self.detector = PersonDetector(options)
         self.detector.load()
         self._tracker_restarted()
         warm_s = self._warm_up()
-        return (f'model {p["model"]} on {self.detector.device}, tracker {_describe_tracker(p)}, '
-                f'warm-up inference {warm_s:.1f} s')
+        rt = self.detector.runtime
+        return (f'model {p["model"]} on {self.detector.device}, runtime {rt.runtime} '
+                f'({rt.reason}), tracker {_describe_tracker(p)}, warm-up inference {warm_s:.1f} s')
 
     def _load_model(self) -> None:
         if not self.detector.loaded:
@@ -183,9 +193,7 @@ class PersonDetectorNode(PerceptionNode):
         will report it)."""
         t0 = time.perf_counter()
         try:
-            size = int(self.params.get('image_size', 640))
-            self.detector.model.predict(np.zeros((size, size, 3), np.uint8), verbose=False,
-                                        imgsz=size, device=self.detector.device)
+            self.detector.warm_up()
         except Exception as exc:  # noqa: BLE001 - reported by the first real frame
             self.get_logger().warning(f'warm-up inference failed: {type(exc).__name__}: {exc}')
         return time.perf_counter() - t0
@@ -276,15 +284,15 @@ class PersonDetectorNode(PerceptionNode):
             self.stats.count(f'errors.bad_image.{kind}')
             self.kind_log.warn(f'bad_image.{kind}', f'image dropped: {exc}')
             return
-        stamp = msg.header.stamp
+        stamp = stamp_key(msg.header)
         last = getattr(self, '_last_stamp', None)
-        if last is not None and (stamp.sec, stamp.nanosec) < last:
+        if last is not None and stamp < last:
             self.stats.count('stamps_backwards')
             self.kind_log.warn('stamps_backwards', 'image stamps went backwards (bag loop or '
                                'camera restart): resetting the tracker')
             self.detector.reset_tracker()
             self._tracker_restarted()
-        self._last_stamp = (stamp.sec, stamp.nanosec)
+        self._last_stamp = stamp
         result = self.detector.detect(rgb)
         result.detections = self._unique_ids(result.detections)
         out = detections_to_msg(result, msg.header)
@@ -301,6 +309,11 @@ class PersonDetectorNode(PerceptionNode):
             self._debug_pub.publish(numpy_to_image_msg(drawn, 'rgb8', header=msg.header))
 
     # -- diagnostics --------------------------------------------------------------------------
+    def _runtime_values(self) -> dict:
+        """What runs the detector and why (diagnostics keys runtime, runtime_reason)."""
+        rt = self.detector.runtime if self.detector is not None else None
+        return {'runtime': rt.runtime, 'runtime_reason': rt.reason} if rt is not None else {}
+
     def diagnostics(self) -> tuple[int, str, dict]:
         """(level, message, key values) of the node now; what ``/diagnostics`` carries."""
         counts = self.stats.snapshot()
@@ -325,6 +338,7 @@ class PersonDetectorNode(PerceptionNode):
                   'latency_ms_p99': f'{pct[99]:.1f}', 'queue_depth': int(self._slot is not None),
                   'model': self.params.get('model', ''),
                   'device': self.detector.device if self.detector else '',
+                  **self._runtime_values(),
                   'model_loaded': bool(self.detector is not None
                                        and getattr(self.detector, 'model', None) is not None),
                   'busy_s': f'{busy_s:.2f}'}

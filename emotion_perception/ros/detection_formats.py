@@ -19,7 +19,8 @@ Formats (the emotion node's ``detections_format`` parameter):
 
 Each conversion returns a :class:`Converted`: our ``PersonDetectionArray`` holding the persons
 to answer (input order), the indices of those answered ERROR without being evaluated (a box
-that is NaN or has no area: the person is known, its box is not usable) with their reasons,
+that is NaN or has no area, or a confidence / class id our message cannot hold: the person is
+known, its detection is not usable) with their reasons,
 and the detections left out of the answer (not persons, below ``min_confidence``, no
 hypothesis) with a counter kind and a reason.
 
@@ -59,6 +60,10 @@ INSTALL_HINT = {
 #: boxes with a coordinate beyond this (pixels) are refused (RegionOfInterest is uint32, and no
 #: camera is this large)
 MAX_COORD = 1e6
+#: the largest finite float32 (``PersonDetection.confidence``)
+FLOAT32_MAX = 3.4028234663852886e38
+#: the range of int32 (``PersonDetection.class_id``)
+INT32_MIN, INT32_MAX = -2 ** 31, 2 ** 31 - 1
 #: a normalised roi coordinate may lie this far outside [0, 1] before it counts as outside
 UNIT_TOLERANCE = 1e-3
 
@@ -139,15 +144,32 @@ def box_from_center(cx: float, cy: float, w: float, h: float) -> tuple[BBox | No
     return box, ''
 
 
+def unrepresentable(score: float, class_id: int) -> str:
+    """Why a detection's score or class id cannot go into our ``PersonDetection`` (float32
+    confidence, int32 class id; a foreign stack's float64 score or string class id can hold
+    more), or '' when both fit."""
+    if not -FLOAT32_MAX <= score <= FLOAT32_MAX:  # inf; NaN scores never get here
+        return (f'bad detection: confidence {score!r} cannot be represented '
+                f'(PersonDetection.confidence is float32)')
+    if not INT32_MIN <= class_id <= INT32_MAX:
+        return (f'bad detection: class id {class_id} cannot be represented '
+                f'(PersonDetection.class_id is int32)')
+    return ''
+
+
 def _person(track_id: str, confidence: float, box: BBox | None, class_id: int = 0
             ) -> PersonDetectionMsg:
-    conf = float(confidence) if math.isfinite(float(confidence)) else 0.0
+    """Our message; a confidence or class id that does not fit is written as 0."""
+    conf = float(confidence)
+    conf = conf if -FLOAT32_MAX <= conf <= FLOAT32_MAX else 0.0
+    class_id = class_id if INT32_MIN <= class_id <= INT32_MAX else 0
     roi = bbox_to_roi(box) if box is not None else bbox_to_roi(BBox(0, 0, 0, 0))
     return PersonDetectionMsg(track_id=str(track_id), confidence=conf, bbox=roi,
                               class_id=int(class_id))
 
 
 def _to_int(text: str) -> int:
+    """A string class id as a number ('0' -> 0); names ('person') -> 0."""
     try:
         return int(text)
     except ValueError:
@@ -156,6 +178,11 @@ def _to_int(text: str) -> int:
 
 def _add(out: Converted, track_id: str, score: float, box: BBox | None, reason: str,
          class_id: int) -> None:
+    """Append one person; answered ERROR (``reason``) when its box is None or its score /
+    class id cannot be represented."""
+    if box is not None:
+        reason = unrepresentable(score, class_id)
+        box = None if reason else box
     if box is None:
         out.errors[len(out.msg.detections)] = reason
     out.msg.detections.append(_person(track_id, score, box, class_id))

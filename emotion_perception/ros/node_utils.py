@@ -3,33 +3,64 @@ callbacks that cannot take the executor down."""
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 import threading
 import time
 import traceback
 from typing import Any, Callable
 
+from rclpy.logging import LoggingSeverity
 from sensor_msgs.msg import CompressedImage, Image
 
-from .image_conversion import compressed_to_rgb, image_msg_to_rgb
+from .image_conversion import DEFAULT_MAX_PIXELS, compressed_to_rgb, image_msg_to_rgb
 from .qos import image_qos, warn_on_incompatible_qos
-from .rclpy_compat import subscription_passes_message_info
+from .rclpy_compat import Caller, log_with_caller, subscription_passes_message_info
 
-#: Refuse images larger than this before allocating (8K UHD is 33 Mpx).
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+def _this_file() -> str:
+    return sys._getframe().f_code.co_filename
+
+
+#: the file of this module's code objects: its logging wrappers are not a message's origin
+_THIS_FILE = _this_file()
+
+
+def caller_outside_wrappers() -> Caller:
+    """(function, file, line) of the innermost frame outside this module: the code that
+    called :class:`SafeLogger`, :class:`KindLogger` or :class:`CallbackGuard`."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == _THIS_FILE:
+        frame = frame.f_back
+    if frame is None:  # logged from this module's own top level (never, in practice)
+        return '<module>', os.path.abspath(_THIS_FILE), 0
+    return frame.f_code.co_name, os.path.abspath(frame.f_code.co_filename), frame.f_lineno
+
+
+def exception_origin(exc: BaseException) -> Caller | None:
+    """(function, file, line) where ``exc`` was raised (its innermost traceback frame)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    if not tb:
+        return None
+    return tb[-1].name, os.path.abspath(tb[-1].filename), tb[-1].lineno or 0
 
 
 class SafeLogger:
-    """A logger that cannot raise into the thread that logs.
+    """A logger that cannot raise into the thread that logs, and logs with its caller's
+    location.
 
-    rclpy's ``RcutilsLogger.log`` keeps one context per call site (function, file, line,
-    bytecode index) and raises ``ValueError('Logger severity cannot be changed between
-    calls.')`` when one site logs at another severity than before; it also raises during
-    shutdown (an invalid context) and for filter changes. Each method here calls the wrapped
-    logger from its own line with one fixed severity (so the rclpy call site of every message
-    that goes through this class has one severity, whoever calls), and swallows any
-    exception: a failed log line is counted in ``failures`` and written to stderr, never
-    raised. Other attributes (``name``, ``get_child``, ...) are the wrapped logger's.
+    rclpy's ``RcutilsLogger.log`` takes a message's location (file, function, line: what
+    /rosout carries and rqt_console shows) from the stack, so a wrapper's messages would all
+    carry the wrapper's line; and it keeps one context per call site, raising
+    ``ValueError('Logger severity cannot be changed between calls.')`` when one site logs at
+    another severity than before; it also raises during shutdown (an invalid context) and for
+    filter changes. Here every message goes out with the location of the code that called
+    this class (or :class:`KindLogger` / :class:`CallbackGuard`, the wrappers of this module;
+    ``caller=`` names another one), through ``rclpy_compat.log_with_caller``, which keeps no
+    per-site context, so no severity change can raise. A logger that is not rclpy's (or an
+    rclpy without that binding) is called from each method's own line with one fixed severity
+    (so that call site has one severity, whoever calls). Any exception is swallowed: a failed
+    log line is counted in ``failures`` and written to stderr, never raised. Other attributes
+    (``name``, ``get_child``, ...) are the wrapped logger's.
     """
 
     def __init__(self, logger: Any) -> None:
@@ -45,36 +76,47 @@ class SafeLogger:
         except Exception:  # noqa: BLE001 - a closed stderr
             pass
 
-    # One call site per severity: do not merge these methods.
-    def debug(self, message: str) -> None:
+    def _at_caller(self, severity: LoggingSeverity, message: str, caller: Caller | None
+                   ) -> bool:
+        """Logged with the caller's location (True), or not an rclpy logger (False)."""
+        return log_with_caller(self._logger, severity, message,
+                               caller or caller_outside_wrappers())
+
+    # The fallback: one call site per severity; do not merge these methods.
+    def debug(self, message: str, caller: Caller | None = None) -> None:
         try:
-            self._logger.debug(message)
+            if not self._at_caller(LoggingSeverity.DEBUG, message, caller):
+                self._logger.debug(message)
         except Exception as exc:  # noqa: BLE001 - see the class docstring
             self._failed('DEBUG', message, exc)
 
-    def info(self, message: str) -> None:
+    def info(self, message: str, caller: Caller | None = None) -> None:
         try:
-            self._logger.info(message)
+            if not self._at_caller(LoggingSeverity.INFO, message, caller):
+                self._logger.info(message)
         except Exception as exc:  # noqa: BLE001
             self._failed('INFO', message, exc)
 
-    def warning(self, message: str) -> None:
+    def warning(self, message: str, caller: Caller | None = None) -> None:
         try:
-            self._logger.warning(message)
+            if not self._at_caller(LoggingSeverity.WARN, message, caller):
+                self._logger.warning(message)
         except Exception as exc:  # noqa: BLE001
             self._failed('WARN', message, exc)
 
     warn = warning
 
-    def error(self, message: str) -> None:
+    def error(self, message: str, caller: Caller | None = None) -> None:
         try:
-            self._logger.error(message)
+            if not self._at_caller(LoggingSeverity.ERROR, message, caller):
+                self._logger.error(message)
         except Exception as exc:  # noqa: BLE001
             self._failed('ERROR', message, exc)
 
-    def fatal(self, message: str) -> None:
+    def fatal(self, message: str, caller: Caller | None = None) -> None:
         try:
-            self._logger.fatal(message)
+            if not self._at_caller(LoggingSeverity.FATAL, message, caller):
+                self._logger.fatal(message)
         except Exception as exc:  # noqa: BLE001
             self._failed('FATAL', message, exc)
 
@@ -108,7 +150,11 @@ class KindLogger:
         self._suppressed: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def warn(self, kind: str, message: str, error: bool = False) -> None:
+    def warn(self, kind: str, message: str, error: bool = False,
+             caller: Caller | None = None) -> None:
+        """Log ``[kind] message`` (a warning; ``error``: an error) unless ``kind`` was logged
+        within ``period_s``; ``caller`` (function, file, line): the location to log with
+        (default: the code that called this)."""
         now = time.monotonic()
         with self._lock:
             if kind not in self._last and len(self._last) >= self.MAX_KINDS:
@@ -122,13 +168,17 @@ class KindLogger:
             skipped = self._suppressed.pop(kind, 0)
         suffix = f' ({skipped} more since last report)' if skipped else ''
         if error:
-            self._logger.error(f'[{kind}] {message}{suffix}')
+            self._logger.error(f'[{kind}] {message}{suffix}', caller)
         else:
-            self._logger.warning(f'[{kind}] {message}{suffix}')
+            self._logger.warning(f'[{kind}] {message}{suffix}', caller)
 
-    def error(self, kind: str, message: str) -> None:
+    def error(self, kind: str, message: str, caller: Caller | None = None) -> None:
         """:meth:`warn` at error severity."""
-        self.warn(kind, message, error=True)
+        self.warn(kind, message, error=True, caller=caller)
+
+
+#: the image transports the nodes subscribe with (their ``image_transport`` parameter)
+IMAGE_TRANSPORTS = ('raw', 'compressed')
 
 
 def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
@@ -141,7 +191,7 @@ def image_topic_and_type(topic: str, transport: str) -> tuple[str, type]:
         return topic, Image
     if transport == 'compressed':
         return f'{topic.rstrip("/")}/compressed', CompressedImage
-    raise ValueError(f"image_transport must be 'raw' or 'compressed', got {transport!r}")
+    raise ValueError(f'image_transport must be one of {IMAGE_TRANSPORTS}, got {transport!r}')
 
 
 def image_subscription_topic(node, topic: str, transport: str) -> tuple[str, type]:
@@ -178,7 +228,7 @@ def with_message_info(callback: Callable[[object, dict | None], None]) -> Callab
     return lambda msg: callback(msg, None)
 
 
-def decode_image(msg, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS):
+def decode_image(msg, max_pixels: int = DEFAULT_MAX_PIXELS):
     """Image or CompressedImage -> (H, W, 3) uint8 RGB. Raises ImageConversionError (its
     ``kind`` names the problem); oversized images are refused before anything is allocated."""
     if isinstance(msg, CompressedImage):
@@ -397,8 +447,6 @@ class CallbackGuard:
     services inside ``Node.__init__``, before the node's own attributes exist).
     """
 
-    KINDS = ('subscription', 'timer', 'service')
-
     def __init__(self, logger: Any = None, count: Callable[[str], None] | None = None,
                  period_s: float = 5.0) -> None:
         self.logger = logger
@@ -433,15 +481,16 @@ class CallbackGuard:
             if self._kind_log is None:
                 self._kind_log = KindLogger(logger, self._period_s)
         text = f'{type(exc).__name__}: {exc}'
+        origin = exception_origin(exc)  # the location logged: where the callback raised
         try:
             if first:
                 tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 logger.error(f'[callback.{kind}] exception in {kind} callback {where} '
-                                  f'(the node keeps running; counted as errors.callback.{kind}):'
-                                  f'\n{tb}')
+                             f'(the node keeps running; counted as errors.callback.{kind}):'
+                             f'\n{tb}', origin)
             else:
                 self._kind_log.error(f'callback.{kind}', f'exception in {kind} callback {where}:'
-                                     f' {text}')
+                                     f' {text}', origin)
         except Exception:  # noqa: BLE001 - logging during shutdown
             pass
 

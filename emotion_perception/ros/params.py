@@ -3,8 +3,7 @@
 Every parameter is declared with a ``ParameterDescriptor(description=...)``; defaults live in
 ``config/*.yaml`` as well (the table's defaults apply when a key is missing). Values are
 validated when set (``add_on_set_parameters_callback``): an invalid value is refused with the
-reason and the old value stays. Changes take effect at the next ``configure`` transition unless
-a parameter is marked ``dynamic``.
+reason and the old value stays. Changes take effect at the next ``configure`` transition.
 
 ``read_only`` parameters (those that choose code or weights to load: a backend class, a model
 path, an adapter, ``trust_remote_code``, a remote URL or key variable) take their value from the
@@ -48,7 +47,6 @@ class ParamSpec:
     default: Any
     description: str
     check: Callable[[Any], str | None] | None = None
-    dynamic: bool = False          # applied immediately while active
     list_of: type | None = None    # element type when default is an empty list
     read_only: bool = False        # only settable at start-up (file, launch, command line)
 

@@ -35,6 +35,16 @@ RESULTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.VOLATILE)
 
+#: Emotion events (onsets, offsets, left: ``emotion_events``) are rare and each one matters: a
+#: lost onset is a greeting the robot never makes. Reliable with the same deep history as
+#: RESULTS_QOS (an array per frame at most: 200 arrays are ~6.7 s at 30 Hz), and transient local:
+#: the publisher keeps them, so a subscriber that matches a moment after the first events (or
+#: restarts) and asks for transient local gets them; volatile subscribers are compatible and get
+#: the new ones only. Late-joining subscribers should ignore events older than they care for.
+EVENTS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=200,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
 SENSOR_DATA = qos_profile_sensor_data
 
 

@@ -174,3 +174,38 @@ def subscription_passes_message_info() -> bool:
         return False
     return hasattr(Subscription, 'CallbackType')
 
+
+
+#: (function name, absolute file path, line number) of a log message's origin
+Caller = tuple[str, str, int]
+
+
+def log_with_caller(logger: Any, severity: int, message: str, caller: Caller) -> bool:
+    """Log ``message`` at ``severity`` (a ``LoggingSeverity``) on ``logger`` with ``caller`` as
+    its location (what /rosout's ``rcl_interfaces/Log`` carries as ``function``, ``file``,
+    ``line``, and rqt_console shows). Returns False, having logged nothing, when ``logger`` is
+    not an rclpy ``RcutilsLogger`` or the binding below is missing (log it the public way).
+
+    Reason: ``RcutilsLogger.log`` has no parameter for the location: it takes the first stack
+    frame outside rclpy's own logging files (``CallerId()``), which for a wrapper such as
+    ``SafeLogger`` is the wrapper's line, and it keys a per-call-site context (severity,
+    filters) by that frame, raising when one site changes severity. Here, as ``log`` does
+    after its filters, the logger's public ``is_enabled_for`` decides, then the C binding
+    ``rclpy_logging_rcutils_log(severity, name, message, function, file, line)`` that ``log``
+    ends in is called with the caller's location. No per-site context is made (so no
+    severity-change error can arise), and rclpy's filters (``throttle_duration_sec``, ``once``,
+    ``skip_first``) are not available on this path.
+
+    Checked: rclpy 7.1.6, 9.1.2 (the same binding signature and call in ``log``).
+    """
+    from rclpy.impl.implementation_singleton import rclpy_implementation
+    from rclpy.impl.rcutils_logger import RcutilsLogger
+    from rclpy.logging import LoggingSeverity
+    log = getattr(rclpy_implementation, 'rclpy_logging_rcutils_log', None)
+    if not isinstance(logger, RcutilsLogger) or not callable(log):
+        return False
+    severity = LoggingSeverity(severity)
+    if logger.is_enabled_for(severity):
+        function, file_path, line = caller
+        log(severity, logger.name, message, function, file_path, int(line))
+    return True

@@ -9,6 +9,7 @@ REP-155).
 until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and then publishes:
 
   {"kind": "image", "photo": "bus", "stamp": [sec, nsec]}          sensor_msgs/Image on image
+  (every step with a stamp may also give "frame_id"; default 'camera')
   {"kind": "native" | "vision_msgs" | "yolo", "stamp": [...], "topic": "detections",
    "detections": [{"id": "7", "class": "person", "class_id": 0, "score": 0.9,
                    "cxcywh": [cx, cy, w, h]}, ...]}      (vision_msgs: "hypotheses": false
@@ -20,8 +21,9 @@ until the topic has a subscriber (at most ``match_timeout_s``, default 10 s) and
                                                         (lockstep with the emotion node)
   {"kind": "repeat", "n": 30, "hz": 30, "steps": [...]}  (stamps get +i/hz seconds)
 
-``listen`` records every message of the given topics (types: emotions, expression, ids, roi,
-vision) as JSON lines of simplified fields to OUT, flushing each, until SIGTERM/SIGINT.
+``listen`` records every message of the given topics (types: emotions, states, events,
+expression, ids, roi, vision) as JSON lines of simplified fields to OUT, flushing each, until
+SIGTERM/SIGINT.
 The caller sets ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST and ROS_DOMAIN_ID.
 """
 from __future__ import annotations
@@ -38,6 +40,7 @@ import rclpy
 import rclpy.executors
 from rclpy.node import Node
 
+from ..ros.messages import stamp_key
 from ..ros.qos import RESULTS_QOS, image_qos
 from ..ros.rep155 import HRI_QOS
 
@@ -61,7 +64,7 @@ def _photo(name: str) -> Any:
 
 def build(step: dict, photos: dict) -> tuple[type, str, Any, Any]:
     """(message type, topic, message, QoS) of one publish step."""
-    kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]))
+    kind, hdr = step['kind'], _header(step.get('stamp', [0, 0]), step.get('frame_id', 'camera'))
     if kind == 'image':
         if step['photo'] not in photos:
             photos[step['photo']] = _photo(step['photo'])
@@ -156,7 +159,7 @@ class Publisher(Node):
             from emotion_perception.msg import PersonEmotionArray
             self._answers_sub = self.create_subscription(
                 PersonEmotionArray, 'emotions',
-                lambda m: self.answered.add((m.header.stamp.sec, m.header.stamp.nanosec)),
+                lambda m: self.answered.add(stamp_key(m.header)),
                 RESULTS_QOS)
         end = time.monotonic() + timeout_s
         while tuple(stamp) not in self.answered and time.monotonic() < end:
@@ -194,7 +197,7 @@ def _num(v: float) -> float | None:
 
 def summary(kind: str, msg: Any) -> dict:
     """JSON-able fields of a received message."""
-    out: dict = {'stamp': [msg.header.stamp.sec, msg.header.stamp.nanosec]}
+    out: dict = {'stamp': list(stamp_key(msg.header)), 'frame_id': msg.header.frame_id}
     if kind == 'emotions':
         out['persons'] = [{'track_id': p.track_id, 'status': int(p.status),
                            'reason': p.status_reason,
@@ -203,6 +206,19 @@ def summary(kind: str, msg: Any) -> dict:
                            'scores': [_num(s) for s in p.scores],
                            'vad': [_num(p.valence), _num(p.arousal), _num(p.dominance)]}
                           for p in msg.persons]
+    elif kind == 'states':
+        out['persons'] = [{'track_id': p.track_id, 'scores': [_num(s) for s in p.scores],
+                           'labels': list(p.labels),
+                           'label_since': [[t.sec, t.nanosec] for t in p.label_since],
+                           'vad': [_num(p.valence), _num(p.arousal), _num(p.dominance)],
+                           'confidence': _num(p.confidence), 'observations': p.observations,
+                           'first_seen': [p.first_seen.sec, p.first_seen.nanosec],
+                           'last_observed': [p.last_observed.sec, p.last_observed.nanosec]}
+                          for p in msg.persons]
+    elif kind == 'events':
+        out['events'] = [{'track_id': e.track_id, 'category': e.category, 'kind': int(e.kind),
+                          'stamp': [e.stamp.sec, e.stamp.nanosec], 'score': _num(e.score),
+                          'reason': e.reason} for e in msg.events]
     elif kind == 'expression':
         out.update(expression=msg.expression, valence=_num(msg.valence),
                    arousal=_num(msg.arousal), confidence=_num(msg.confidence))
@@ -220,9 +236,14 @@ def summary(kind: str, msg: Any) -> dict:
 
 
 def listen(path: str, specs: list[str]) -> None:
-    from emotion_perception.msg import PersonEmotionArray
-    types: dict[str, tuple[Any, Any]] = {'emotions': (PersonEmotionArray, RESULTS_QOS)}
-    if any(not s.endswith('=emotions') for s in specs):
+    from emotion_perception.msg import (EmotionEventArray, PersonEmotionArray,
+                                        PersonEmotionStateArray)
+
+    from ..ros.qos import EVENTS_QOS
+    types: dict[str, tuple[Any, Any]] = {'emotions': (PersonEmotionArray, RESULTS_QOS),
+                                         'states': (PersonEmotionStateArray, RESULTS_QOS),
+                                         'events': (EmotionEventArray, EVENTS_QOS)}
+    if any(s.rsplit('=', 1)[1] not in types for s in specs):
         from hri_msgs.msg import Expression, IdsList, NormalizedRegionOfInterest2D
         types.update(expression=(Expression, HRI_QOS), ids=(IdsList, HRI_QOS),
                      roi=(NormalizedRegionOfInterest2D, HRI_QOS))

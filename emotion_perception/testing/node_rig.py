@@ -18,6 +18,7 @@ from std_msgs.msg import Header
 from emotion_perception.msg import PersonDetection, PersonDetectionArray, PersonEmotionArray
 
 from ..nodes.emotion_node import EmotionNode
+from ..ros.messages import stamp_key
 from ..ros.qos import RESULTS_QOS, image_qos
 from .fake_backends import FakeBackend, spec
 from .ros_harness import RosHarness
@@ -41,7 +42,8 @@ def det_array(hdr: Header, boxes: Iterable[tuple[str, tuple[int, int, int, int]]
 
 
 def key(msg: Any) -> tuple[int, int]:
-    return msg.header.stamp.sec, msg.header.stamp.nanosec
+    """The (sec, nanosec) stamp of a message's header."""
+    return stamp_key(msg.header)
 
 
 class EmotionRig:

@@ -20,6 +20,8 @@ import pathlib
 import subprocess
 import sys
 
+from . import shared
+
 PACKAGES = ('vision_msgs', 'hri_msgs', 'yolo_msgs')
 REPO = pathlib.Path(__file__).resolve().parents[2]
 _done: dict[tuple[str, ...], str | None] = {}
@@ -90,7 +92,7 @@ def build(prefix: pathlib.Path) -> str | None:
 
 def ensure(packages: tuple[str, ...] = PACKAGES) -> str | None:
     """Make ``packages`` importable (installed, built before, or built now). Returns None when
-    they are, else the reason they are not (for ``pytest.skip``)."""
+    they are, else the reason they are not (for ``pytest.skip``; a ``shared.skip_reason``)."""
     packages = tuple(packages)
     if packages in _done:
         return _done[packages]
@@ -106,7 +108,8 @@ def ensure(packages: tuple[str, ...] = PACKAGES) -> str | None:
             if not _importable(packages):
                 reason = f'{packages} not importable after building them in {prefix}'
     if reason is not None:
-        reason = (f'interface packages {list(packages)} are missing ({reason}); on a robot: '
-                  'apt install ros-jazzy-vision-msgs ros-jazzy-hri-msgs (yolo_msgs: yolo_ros)')
+        reason = shared.skip_reason(
+            f'interface packages {list(packages)} are missing ({reason}); on a robot: '
+            'apt install ros-jazzy-vision-msgs ros-jazzy-hri-msgs (yolo_msgs: yolo_ros)')
     _done[packages] = reason
     return reason

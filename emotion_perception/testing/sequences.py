@@ -349,10 +349,6 @@ class Sequence:
     def __len__(self) -> int:
         return int(round(self.duration_s * self.fps))
 
-    @property
-    def slots(self) -> tuple[int, ...]:
-        return tuple(sorted({a.slot for a in self.appearances}))
-
     def stamp(self, index: int) -> float:
         """Seconds of frame ``index`` from the first frame."""
         return index / self.fps

@@ -323,10 +323,16 @@ _IMAGE_SIZE = {'llava': 56, 'llava_next': 56, 'qwen2_vl': 56, 'qwen2_5_vl': 56, 
 
 def make_vlm(family: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4,
              kv_heads: int = 2, intermediate: int | None = None, image_size: int | None = None,
-             tokenizer: str = 'real', chat_template: str | None = None, **vision: Any
+             tokenizer: str = 'real', chat_template: str | None = None,
+             init_std: float | None = None, **vision: Any
              ) -> tuple[Any, Any, list[tuple[str, str]]]:
     """The random model and its processor in memory (``build_tiny_vlm`` saves them); the
     benchmarks build real shapes this way without writing gigabytes to disk.
+
+    ``init_std``: None keeps the builders' weights (the language model drawn with std 0.2,
+    large enough that a tiny model's scores spread over [0, 1], and chaotic: a change in the
+    13th bit moves them by 0.05); else every linear and embedding weight is drawn again with
+    this std (0.02 is the scale of trained checkpoints) and biases zeroed.
 
     Returns:
         (model in eval mode, processor, tensor renames of the hub layout).
@@ -338,6 +344,16 @@ def make_vlm(family: str, seed: int = 0, hidden: int = 32, layers: int = 2, head
         tok, None, seed, hidden, layers, heads, kv_heads, intermediate,
         image_size or _IMAGE_SIZE[family], **vision)
     _finish(model, tok)
+    if init_std is not None:
+        import torch
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for module in model.modules():
+                if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
+                    module.weight.copy_(torch.randn(module.weight.shape, generator=gen)
+                                        * init_std)
+                    if getattr(module, 'bias', None) is not None:
+                        module.bias.zero_()
     return model, processor, renames
 
 
@@ -345,7 +361,8 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
                    hidden: int = 32, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                    intermediate: int | None = None, image_size: int | None = None,
                    tokenizer: str = 'real', chat_template: str | None = None,
-                   pad_vocab: bool = True, **vision: Any) -> Path:
+                   pad_vocab: bool = True, dtype: str = 'float32', init_std: float | None = None,
+                   **vision: Any) -> Path:
     """Save a random model of ``family`` with its processor and tokenizer into ``path``.
 
     Args:
@@ -363,6 +380,9 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
             make it exactly the tokenizer's (vLLM 0.32's output handler crashes when an id
             without a token, a padding row that a random model may rank high, is among the
             top log-probs it returns).
+        init_std: see ``make_vlm`` (None: the builders' weights).
+        dtype: dtype of the saved weights: 'float32', or 'bfloat16' as most hub checkpoints
+            (a float32 load of it then has exactly the weights of a bf16 load).
         vision: family extras: vision_hidden, vision_layers, vision_heads,
             vision_intermediate, sliding_window (llava_next), max_pixels (qwen),
             patch_size/scale_factor/longest_edge (idefics3), rope_theta.
@@ -376,9 +396,12 @@ def build_tiny_vlm(family: str, path: str | os.PathLike | None = None, seed: int
     out = _out_dir(path, f'tiny_{family}_')
     model, processor, renames = make_vlm(family, seed, hidden, layers, heads, kv_heads,
                                          intermediate, image_size, tokenizer, chat_template,
-                                         **vision)
+                                         init_std, **vision)
     if not pad_vocab:
         model.resize_token_embeddings(len(processor.tokenizer))
+    if dtype != 'float32':
+        import torch
+        model = model.to(getattr(torch, dtype))
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if renames:

@@ -203,10 +203,27 @@ class CorruptFrame(ValueError):
     readers that skip such frames)."""
 
 
+class VideoCutShort(CorruptFrame):
+    """Reading a video stopped (``MAX_CONSECUTIVE_BAD_READS`` failed reads in a row) before the
+    last frame its container announces: ``unread`` frames were never read. Yielded last by
+    :func:`iter_video_frames`; not a frame itself."""
+
+    def __init__(self, message: str, unread: int) -> None:
+        super().__init__(message)
+        self.unread = unread
+
+
 def iter_video_frames(path: str | Path) -> Iterator[np.ndarray | CorruptFrame]:
-    """The frames of a video as BGR arrays, in order; a corrupt frame in the middle (a failed
-    read followed by good ones) is yielded as a :class:`CorruptFrame` instead of ending the
-    video there (OpenCV's ``read`` fails on it and goes on with the next frame).
+    """The frames of a video as BGR arrays, in order; a frame that cannot be decoded is
+    yielded as a :class:`CorruptFrame` instead of ending the video there (OpenCV's ``read``
+    fails once per corrupt frame and goes on with the next one).
+
+    Failed reads at the end are the end of the file or corrupt frames: those within the frame
+    count the container announces are yielded as corrupt frames. After
+    ``MAX_CONSECUTIVE_BAD_READS`` failed reads in a row reading stops; when the container
+    announces more frames than that, a :class:`VideoCutShort` saying how many were not read
+    comes last. (A container that announces no count: failed reads at the end are taken as
+    its end.)
 
     Raises:
         BagError: OpenCV cannot open the video.
@@ -215,7 +232,9 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray | CorruptFrame]:
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise BagError(f'OpenCV cannot open the video {path}')
-    failed = 0
+    announced = max(int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0), 0)
+    name = Path(path).name
+    delivered = failed = 0  # frames yielded (good or corrupt); failed reads since the last
     try:
         while failed < MAX_CONSECUTIVE_BAD_READS:
             ok, bgr = cap.read()
@@ -223,12 +242,32 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray | CorruptFrame]:
                 failed += 1
                 continue
             for _ in range(failed):  # they were in the middle: report them
-                yield CorruptFrame(f'{Path(path).name}: a frame could not be decoded (corrupt '
-                                   'or truncated data)')
+                yield CorruptFrame(f'{name}: a frame could not be decoded (corrupt or '
+                                   'truncated data)')
+            delivered += failed + 1
             failed = 0
             yield bgr
     finally:
         cap.release()
+    yield from _video_end(name, announced, delivered, failed)
+
+
+def _video_end(name: str, announced: int, delivered: int, failed: int
+               ) -> Iterator[CorruptFrame]:
+    """What the ``failed`` reads that ended a video were (see :func:`iter_video_frames`):
+    corrupt frames as far as the container's ``announced`` count reaches, then the frames
+    announced beyond them, unread."""
+    missing = announced - delivered
+    bad = min(failed, max(missing, 0))
+    for _ in range(bad):
+        yield CorruptFrame(f'{name}: a frame at the end could not be decoded (corrupt or '
+                           'truncated data)')
+    unread = missing - bad
+    if unread > 0:
+        yield VideoCutShort(
+            f'{name}: reading stopped after {failed} failed reads in a row at frame '
+            f'{delivered}: the container announces {announced} frames, {unread} of them were '
+            'not read', unread)
 
 
 def count_frames(files: Sequence[Path]) -> int:
@@ -533,6 +572,7 @@ def iter_bag_images(path: str | Path, topic: str | None = None,
     """
     from emotion_perception.ros.image_conversion import (DEFAULT_MAX_PIXELS, compressed_to_rgb,
                                                          image_msg_to_rgb)
+    from emotion_perception.ros.messages import stamp_ns
     if corrupt not in ('raise', 'yield'):
         raise ValueError(f"corrupt must be 'raise' or 'yield', got {corrupt!r}")
     cap = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
@@ -565,8 +605,7 @@ def iter_bag_images(path: str | Path, topic: str | None = None,
             stamp, frame_id = int(log_time), ''
             try:
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = (int(msg.header.stamp.sec) * 1_000_000_000
-                         + int(msg.header.stamp.nanosec))
+                stamp = stamp_ns(msg.header)
                 frame_id = msg.header.frame_id
                 if conn.msgtype == IMAGE_MSGTYPE:
                     rgb = image_msg_to_rgb(msg, max_pixels=cap)
@@ -843,10 +882,6 @@ class BagRecorder(Node):
     def total(self) -> int:
         """Messages written so far, all topics."""
         return sum(self.counts.values())
-
-    @property
-    def subscribed_topics(self) -> list[str]:
-        return list(self._subs)
 
     def _adapted_qos(self, topic: str) -> QoSProfile | None:
         infos = self.get_publishers_info_by_topic(topic)

@@ -13,6 +13,7 @@ import yaml
 from ..core.backends import backend_class
 from ..core.detector import DetectorOptions, TrackerOptions
 from ..core.pipeline import ReuseOptions
+from ..core.state import StateOptions
 
 
 def config_dir() -> Path:
@@ -50,12 +51,27 @@ def node_params(path: Path, node: str) -> dict[str, Any]:
     return out
 
 
+def refuse_foreign_options(backend: str, fields: set[str], overrides: dict[str, Any]) -> None:
+    """Raise ValueError for an option given explicitly (``overrides``, e.g. a command-line
+    flag) that backend ``backend`` does not take: it would otherwise be dropped silently (a
+    ``--quantization nf4`` that does not happen can run an 8 GB robot out of memory). The YAML
+    files' ``backend.*`` keys are for all backends and are not checked."""
+    foreign = sorted(k for k, v in overrides.items() if v is not None and k.startswith(
+        'backend.') and k != 'backend.name' and k.split('.', 1)[1] not in fields)
+    if foreign:
+        names = [k.split('.', 1)[1] for k in foreign]
+        flags = ', '.join('--' + n.replace('_', '-') for n in names)
+        raise ValueError(f'backend {backend!r} has no {", ".join(map(repr, names))} option '
+                         f'(drop {flags}); its options: {", ".join(sorted(fields))}')
+
+
 @dataclasses.dataclass
 class PipelineConfig:
     detector: DetectorOptions
     backend_name: str
     backend_options: dict[str, Any]
     reuse: ReuseOptions
+    state: StateOptions = dataclasses.field(default_factory=StateOptions)
 
 
 #: ``--tracker`` choices -> the person_detector's ``tracker`` parameter.
@@ -91,10 +107,11 @@ def ros_param_arg(name: str, value: Any) -> str:
 def load_pipeline_config(path: str | Path | None = None,
                          overrides: dict[str, Any] | None = None,
                          detector_overrides: dict[str, Any] | None = None) -> PipelineConfig:
-    """Detector, backend and reuse settings from the default YAML files, then ``path`` (a file
-    with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides`` (emotion node
-    parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
-    ``detector_overrides`` (person_detector parameter names, e.g. {'tracking.with_reid': True})."""
+    """Detector, backend, reuse and state settings from the default YAML files, then ``path``
+    (a file with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides``
+    (emotion node parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
+    ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch',
+    'tracking.with_reid': True}); None values are ignored."""
     cdir = config_dir()
     det = node_params(cdir / 'person_detector.yaml', 'person_detector')
     emo = node_params(cdir / 'emotion_node.yaml', 'emotion_node')
@@ -109,6 +126,7 @@ def load_pipeline_config(path: str | Path | None = None,
                                tracking=TrackerOptions.from_params(det))
     name = emo.get('backend.name', 'face_baseline')
     fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
+    refuse_foreign_options(name, fields, overrides or {})
     options = {}
     for key, value in emo.items():
         if key.startswith('backend.') and key != 'backend.name':
@@ -117,4 +135,7 @@ def load_pipeline_config(path: str | Path | None = None,
                 options[short] = value
     reuse = ReuseOptions(**{k.split('.', 1)[1]: v for k, v in emo.items()
                             if k.startswith('reuse.')})
-    return PipelineConfig(detector, name, options, reuse)
+    state = StateOptions(**{k.split('.', 1)[1]: v for k, v in emo.items()
+                            if k.startswith('state.')})
+    state.validate()
+    return PipelineConfig(detector, name, options, reuse, state)

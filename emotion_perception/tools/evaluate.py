@@ -104,17 +104,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 # -- backend -----------------------------------------------------------------------------------
 def backend_options(args: argparse.Namespace, backend_cls: type) -> dict[str, Any]:
     """Backend options from the command line; refuses ones the backend does not have."""
+    from .config import refuse_foreign_options
     fields = {f.name for f in dataclasses.fields(backend_cls.Options)}
+    given = {k: v for k, v in backend_overrides(args).items()
+             if k not in ('backend.name', 'backend.device', 'backend.batch_size')}
+    refuse_foreign_options(args.backend, fields, given)
     opts: dict[str, Any] = {'device': args.device}
-    for param, value in backend_overrides(args).items():
-        name = param.split('.', 1)[1]
-        if value is None or name in ('name', 'device', 'batch_size'):
-            continue
-        if name not in fields:
-            flag = '--' + name.replace('_', '-')
-            raise ValueError(f'backend {args.backend!r} has no {name!r} option (drop {flag}); '
-                             f'its options: {sorted(fields)}')
-        opts[name] = value
+    opts.update({k.split('.', 1)[1]: v for k, v in given.items() if v is not None})
     if 'batch_size' in fields:
         opts['batch_size'] = args.batch_size
     return opts

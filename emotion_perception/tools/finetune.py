@@ -299,23 +299,55 @@ def train(config: FinetuneConfig) -> TrainResult:
         EmoticError: the data set is missing or malformed.
         ValueError: bad options (e.g. no layer matches ``lora_targets``).
     """
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from tqdm import tqdm
-
-    from ..core.backends._prefix_scoring import to_device, uses_mrope
     from ..core.backends.base import resolve_device
-    from ..core.backends.vlm import load_image_text_model, release
+    from ..core.backends.vlm import release
 
     out_dir = Path(config.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-
+    rng = _seed_everything(config.seed)
     persons = training_persons(config)
     device = resolve_device(config.device)
+    model, base, processor, targets = _lora_model(config, device)
+    spec = PromptSpec(config.marking, config.definitions)
+    make_batch = _batch_maker(config, processor, base, spec, rng)
+    optim = _Optimisation(model, config, len(persons))
+    t_start = time.perf_counter()
+    losses = _run_steps(model, base, make_batch, optim, persons, config, rng, device,
+                        out_dir / TRAIN_LOG, t_start)
+    seconds = time.perf_counter() - t_start
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    steps = len(losses)
+    result = TrainResult(output=out_dir, losses=losses, steps=steps, seconds=seconds,
+                         seconds_per_step=seconds / max(1, steps), persons=persons,
+                         target_modules=targets)
+    write_config(config, result, prompt_text=spec.question())
+    LOG.info('saved the adapter to %s (%d steps in %.1f s, %.3f s/step; loss %.4f -> %.4f)',
+             out_dir, steps, seconds, result.seconds_per_step, losses[0], losses[-1])
+    del model, base, optim
+    release()
+    return result
+
+
+def _seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python's, NumPy's and torch's generators; returns the generator of the person
+    order and the augmentations."""
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed)
+
+
+def _lora_model(config: FinetuneConfig, device: str) -> tuple[Any, Any, Any, list[str]]:
+    """The base model (4-bit and prepared for QLoRA when ``config.quantization`` asks) with
+    LoRA adapters on its language model's ``config.lora_targets``, in training mode.
+
+    Returns:
+        (the peft model, the base model, its processor, the adapted module names).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    from ..core.backends.vlm import load_image_text_model
     t0 = time.perf_counter()
     base, processor = load_image_text_model(config.model, device,
                                             'bfloat16' if config.bf16 else 'float32',
@@ -343,13 +375,18 @@ def train(config: FinetuneConfig) -> TrainResult:
              config.lora_rank, config.lora_alpha, len(targets), n_train, 100 * n_train / n_all,
              n_all)
     model.train()
+    return model, base, processor, targets
 
-    spec = PromptSpec(config.marking, config.definitions)
+
+def _batch_maker(config: FinetuneConfig, processor: Any, base: Any, spec: PromptSpec,
+                 rng: np.random.Generator):
+    """``make_batch(persons)``: their training examples (the inference prompt + the label
+    list; images augmented with ``rng`` when ``config.augment``), right-padded into one batch
+    (``collate_right``)."""
     prompt = render_prompt(processor, spec.question())
     stop_ids = _stop_ids(base)
     tok = processor.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
-    dtype = base.dtype
     images = ImageCache()
     aug = Augmentation()
 
@@ -363,73 +400,106 @@ def train(config: FinetuneConfig) -> TrainResult:
                 image, box = augment(image, box, rng, aug)
             items.append(encode_example(processor, image, box, p.labels, spec, stop_ids, prompt))
         return collate_right(items, pad_id)
+    return make_batch
 
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
-    micro_per_epoch, total = steps_plan(len(persons), config)
-    warmup = int(round(config.warmup_ratio * total))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total, warmup))
-    LOG.info('%d persons of %s, batch %d x accumulation %d: %d optimiser steps (%d warm-up)',
-             len(persons), config.split, config.batch_size, config.grad_accum, total, warmup)
 
+class _Optimisation:
+    """AdamW over the trainable (LoRA) parameters with a linear warm-up and decay and gradient
+    clipping, and the plan: ``micro_per_epoch`` micro-batches per epoch, ``total`` steps."""
+
+    def __init__(self, model: Any, config: FinetuneConfig, n_persons: int) -> None:
+        import torch
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.micro_per_epoch, self.total = steps_plan(n_persons, config)
+        warmup = int(round(config.warmup_ratio * self.total))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           linear_schedule(self.total, warmup))
+        self.max_grad_norm = config.max_grad_norm
+        LOG.info('%d persons of %s, batch %d x accumulation %d: %d optimiser steps (%d warm-up)',
+                 n_persons, config.split, config.batch_size, config.grad_accum, self.total,
+                 warmup)
+
+    def step(self) -> tuple[float, float]:
+        """Clip, step, schedule, zero the gradients; returns (the lr used, the gradient norm
+        before clipping)."""
+        import torch
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        lr = self.optimizer.param_groups[0]['lr']
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return lr, float(grad_norm)
+
+
+def _run_steps(model: Any, base: Any, make_batch, optim: _Optimisation,
+               persons: Sequence[EmoticPerson], config: FinetuneConfig,
+               rng: np.random.Generator, device: str, log_path: Path, t_start: float
+               ) -> list[float]:
+    """The training loop: each epoch a new order of ``persons`` (``rng``), micro-batches of
+    ``config.batch_size``, an optimiser step every ``config.grad_accum`` micro-batches (and
+    at the end of an epoch), until ``optim.total`` steps. Each step is written to
+    ``log_path`` (one JSON object per line). Returns the loss of each step (the mean over its
+    micro-batches)."""
+    from tqdm import tqdm
     losses: list[float] = []
-    log_path = out_dir / TRAIN_LOG
-    step, epoch = 0, 0
     window: list[float] = []
-    n_micro = 0
-    t_start = time.perf_counter()
-    with log_path.open('w') as log_file, tqdm(total=total, unit='step', desc='finetune',
+    step, epoch = 0, 0
+    with log_path.open('w') as log_file, tqdm(total=optim.total, unit='step', desc='finetune',
                                               disable=not config.progress) as bar:
-        while step < total:
+        while step < optim.total:
             order = list(rng.permutation(len(persons)))
-            for m in range(micro_per_epoch):
+            for m in range(optim.micro_per_epoch):
                 chunk = [persons[i] for i in order[m * config.batch_size:
                                                    (m + 1) * config.batch_size]]
-                batch = to_device(make_batch(chunk), device, dtype)
-                labels = batch.pop('labels')
-                if uses_mrope(base):
-                    base.model.rope_deltas = None
-                logits = model(**batch, use_cache=False).logits
-                loss = answer_loss(logits, labels)
-                (loss / config.grad_accum).backward()
-                window.append(float(loss.detach()))
-                n_micro += 1
-                if len(window) < config.grad_accum and m < micro_per_epoch - 1:
+                window.append(_forward_backward(model, base, make_batch(chunk), config, device))
+                if len(window) < config.grad_accum and m < optim.micro_per_epoch - 1:
                     continue
-                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                lr = optimizer.param_groups[0]['lr']
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step_loss = float(np.mean(window))
+                lr, grad_norm = optim.step()
+                losses.append(float(np.mean(window)))
                 window = []
-                losses.append(step_loss)
                 step += 1
-                record = {'step': step, 'epoch': round(epoch + (m + 1) / micro_per_epoch, 4),
-                          'loss': round(step_loss, 6), 'lr': lr,
-                          'grad_norm': round(float(grad_norm), 6),
+                record = {'step': step,
+                          'epoch': round(epoch + (m + 1) / optim.micro_per_epoch, 4),
+                          'loss': round(losses[-1], 6), 'lr': lr,
+                          'grad_norm': round(grad_norm, 6),
                           'seconds': round(time.perf_counter() - t_start, 3)}
-                log_file.write(json.dumps(record) + '\n')
-                log_file.flush()
-                bar.update(1)
-                bar.set_postfix(loss=f'{step_loss:.4f}', lr=f'{lr:.2e}')
-                if config.log_every and (step % config.log_every == 0 or step == total):
-                    LOG.info('step %d/%d epoch %.2f loss %.4f lr %.2e grad_norm %.3f', step,
-                             total, record['epoch'], step_loss, lr, float(grad_norm))
-                if step >= total:
+                _log_step(log_file, bar, record, losses[-1], grad_norm, optim.total,
+                          config.log_every)
+                if step >= optim.total:
                     break
             epoch += 1
-    seconds = time.perf_counter() - t_start
-    model.save_pretrained(str(out_dir), safe_serialization=True)
-    result = TrainResult(output=out_dir, losses=losses, steps=step, seconds=seconds,
-                         seconds_per_step=seconds / max(1, step), persons=persons,
-                         target_modules=targets)
-    write_config(config, result, prompt_text=spec.question())
-    LOG.info('saved the adapter to %s (%d steps in %.1f s, %.3f s/step; loss %.4f -> %.4f)',
-             out_dir, step, seconds, result.seconds_per_step, losses[0], losses[-1])
-    del model, base, optimizer
-    release()
-    return result
+    return losses
+
+
+def _forward_backward(model: Any, base: Any, batch: dict[str, Any], config: FinetuneConfig,
+                      device: str) -> float:
+    """One micro-batch: forward, the answer tokens' loss, backward (scaled by
+    ``1 / grad_accum``); returns the loss."""
+    from ..core.backends._prefix_scoring import to_device, uses_mrope
+    batch = to_device(batch, device, base.dtype)
+    labels = batch.pop('labels')
+    if uses_mrope(base):
+        base.model.rope_deltas = None
+    logits = model(**batch, use_cache=False).logits
+    loss = answer_loss(logits, labels)
+    (loss / config.grad_accum).backward()
+    return float(loss.detach())
+
+
+def _log_step(log_file, bar, record: dict[str, Any], loss: float, grad_norm: float,
+              total: int, log_every: int) -> None:
+    """A step's record into the log file (flushed), the progress bar, and every
+    ``log_every`` steps (and the last) the log (``loss``, ``grad_norm``: unrounded)."""
+    log_file.write(json.dumps(record) + '\n')
+    log_file.flush()
+    bar.update(1)
+    bar.set_postfix(loss=f'{loss:.4f}', lr=f'{record["lr"]:.2e}')
+    step = record['step']
+    if log_every and (step % log_every == 0 or step == total):
+        LOG.info('step %d/%d epoch %.2f loss %.4f lr %.2e grad_norm %.3f', step, total,
+                 record['epoch'], loss, record['lr'], grad_norm)
 
 
 def write_config(config: FinetuneConfig, result: TrainResult, prompt_text: str,

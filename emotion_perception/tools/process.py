@@ -5,15 +5,25 @@ Writes ``DIR/emotions.jsonl`` (one JSON object per person per frame) and annotat
 ``DIR/annotated/``. Still images are independent scenes: they are processed without tracking
 (``track_id`` is ''); videos and bags are tracked, and per-track reuse applies.
 
+How each person feels over time (``state.*``, ``--no-state`` to leave out): ``DIR/states.jsonl``
+(one object per person per frame), ``DIR/events.jsonl`` (onset / offset / left) and
+``DIR/timelines/<track_id>.png`` (``tools.state_outputs``). On a video or bag the states follow
+the tracks; in a folder of images each file is its own moment: no smoothing across unrelated
+photos (each person's state is that photo's observation alone), no events, no timelines.
+
 JSON object per person: frame (file name for images, index for video/bag), stamp (seconds),
 track_id, bbox_xyxy (pixels), confidence, scores (26 categories by name), labels, vad
 (valence, arousal, dominance on 1-10, null when not given), status, reason, backend, model,
 latency_ms, cache_age_s, text (a generated answer, when any).
 
 Damaged input does not end the run: an image file, a video frame or a bag message that cannot
-be read or decoded (or whose header declares more than 64 Mpx) is skipped and counted
+be read or decoded (or whose header declares more than 40 Mpx, the nodes' ``max_image_pixels``
+default: ``image_conversion.DEFAULT_MAX_PIXELS``) is skipped and counted
 (``bad_frames`` in summary.json, the first ones named with the reason in
-``bad_frame_examples``). The models are unloaded on every exit path.
+``bad_frame_examples``), corrupt frames at the end of a video included. A video whose reading
+stops after ``bags.MAX_CONSECUTIVE_BAD_READS`` bad frames in a row says so: ``stopped_early``
+(the reason; null when the input was read to its end) and ``unread_frames`` (the frames its
+container announces after them). The models are unloaded on every exit path.
 """
 from __future__ import annotations
 
@@ -138,10 +148,13 @@ def person_record(frame, stamp_s, det, res) -> dict:
 def run_process(input_path: Path, output: Path, config: str | None = None,
                 overrides: dict | None = None, save_images: bool = True,
                 max_frames: int | None = None, topic: str | None = None,
-                progress: bool = True, detector_overrides: dict | None = None) -> dict:
+                progress: bool = True, detector_overrides: dict | None = None,
+                timelines: bool = True) -> dict:
     """Process ``input_path`` into ``output``; returns a summary dict (frames, persons, timings).
-    ``overrides``: emotion node parameters; ``detector_overrides``: person_detector parameters
-    (the tracker flags, ``config.tracker_overrides``)."""
+
+    ``overrides``: emotion node parameters (``backend.*``, ``reuse.*``, ``state.*``),
+    ``detector_overrides``: person_detector parameters (``tools.config.load_pipeline_config``).
+    ``timelines``: draw ``timelines/<track>.png`` (with ``state.enabled``)."""
     from ..core.backends import create_backend
     from ..core.detector import PersonDetector
     from ..core.pipeline import EmotionPipeline
@@ -152,7 +165,7 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     det_opts = cfg.detector if kind in ('video', 'bag') else replace(cfg.detector, tracker='')
     detector = PersonDetector(det_opts)
     backend = create_backend(cfg.backend_name, cfg.backend_options)
-    bar = None
+    bar = recorder = None
     try:  # the models are unloaded on every exit path (a remote backend's threads, GPU memory)
         t_load = time.perf_counter()
         detector.load()
@@ -162,10 +175,14 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
         output.mkdir(parents=True, exist_ok=True)
         if save_images:
             (output / 'annotated').mkdir(exist_ok=True)
+        recorder = _state_recorder(cfg.state, backend, output, timelines)
         summary = {'input': str(input_path), 'kind': kind, 'frames': 0, 'persons': 0,
-                   'bad_frames': 0, 'bad_frame_examples': [], 'model_calls': 0,
+                   'bad_frames': 0, 'bad_frame_examples': [], 'unread_frames': 0,
+                   'stopped_early': None, 'model_calls': 0,
                    'cache_hits': 0, 'backend': backend.name, 'model': backend.model_id,
-                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0}
+                   'load_s': round(load_s, 3), 'detector_ms': 0.0, 'emotion_ms': 0.0,
+                   'detector_runtime': detector.runtime.runtime,
+                   'detector_runtime_reason': detector.runtime.reason}
         total = frame_count(input_path, kind)
         if max_frames is not None and total is not None:
             total = min(total, max_frames)
@@ -175,20 +192,21 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
             for n, (frame, stamp_s, rgb) in enumerate(iter_frames(input_path, kind, topic)):
                 if max_frames is not None and n >= max_frames:
                     break
+                if isinstance(rgb, Exception):
+                    _count_unusable(summary, frame, rgb, bar)
+                    continue
                 bar.update(1)
                 summary['frames'] += 1
-                if isinstance(rgb, Exception):
-                    summary['bad_frames'] += 1
-                    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
-                        summary['bad_frame_examples'].append({'frame': frame,
-                                                              'reason': str(rgb)[:300]})
-                    LOG.warning('frame %s skipped: %s', frame, rgb)
-                    continue
                 _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
-                               output / 'annotated' if save_images else None)
+                               output / 'annotated' if save_images else None, recorder)
+        if recorder is not None:
+            summary['states'] = recorder.states.counters()
+            summary['timelines'] = len(recorder.writer.close())
     finally:
         if bar is not None:
             bar.close()
+        if recorder is not None:
+            recorder.writer.close_files()
         for model in (backend, detector):
             try:
                 model.unload()
@@ -201,8 +219,35 @@ def run_process(input_path: Path, output: Path, config: str | None = None,
     return summary
 
 
+def _count_unusable(summary: dict, frame, exc: Exception, bar) -> None:
+    """Count a frame that could not be read (``bad_frames``, the first ones named), or a
+    video's reading cut short (``stopped_early``, ``unread_frames``: not a frame)."""
+    from .bags import VideoCutShort
+    if isinstance(exc, VideoCutShort):
+        summary['unread_frames'] += exc.unread
+        summary['stopped_early'] = str(exc)
+        LOG.warning('%s', exc)
+        return
+    bar.update(1)
+    summary['frames'] += 1
+    summary['bad_frames'] += 1
+    if len(summary['bad_frame_examples']) < MAX_BAD_FRAME_EXAMPLES:
+        summary['bad_frame_examples'].append({'frame': frame, 'reason': str(exc)[:300]})
+    LOG.warning('frame %s skipped: %s', frame, exc)
+
+
+def _state_recorder(options, backend, output: Path, timelines: bool):
+    """The per-person states of the run and their writer (None with ``state.enabled`` false)."""
+    if not options.enabled:
+        return None
+    from ..core.state import EmotionStates
+    from .state_outputs import StateRecorder, StateWriter
+    states = EmotionStates.for_backend(options, backend)
+    return StateRecorder(states, StateWriter(output, backend.thresholds, timelines))
+
+
 def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
-                   annotated_dir: Path | None) -> None:
+                   annotated_dir: Path | None, recorder=None) -> None:
     """Detect, evaluate and write one frame (see :func:`run_process`)."""
     from ..core.drawing import draw_persons
     from ..core.types import EmotionResult, Status
@@ -227,6 +272,8 @@ def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
         out.write(json.dumps(person_record(frame, stamp_s, det, res)) + '\n')
         summary['persons'] += 1
     out.flush()
+    if recorder is not None:
+        recorder.add(frame, stamp_s, detected.detections, results)
     if annotated_dir is not None:
         name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
         drawn = draw_persons(rgb, detected.detections, results)
@@ -301,6 +348,34 @@ BACKEND_FLAGS = ('backend', 'model', 'llm', 'mode', 'adapter', 'parser', 'score_
                  'image_format')
 
 
+def add_state_arguments(p: argparse.ArgumentParser) -> None:
+    """The emotion node's ``state.*`` parameters as flags (not given = the config's value)."""
+    p.add_argument('--no-state', dest='state_enabled', action='store_false', default=None,
+                   help='no per-person state over time (states.jsonl, events.jsonl, timelines)')
+    p.add_argument('--state-half-life-s', type=float, metavar='S',
+                   help="half-life of the smoothing in seconds of stamp time (< 0: by the "
+                        "backend's cost: face_baseline 0.5, VLM backends 2)")
+    p.add_argument('--state-margin', type=float, metavar='M',
+                   help='label hysteresis: on at threshold + M, off below threshold - M')
+    p.add_argument('--state-min-hold-s', type=float, metavar='S',
+                   help='a label stays on (or off) at least this long after a switch')
+    p.add_argument('--state-forget-after-s', type=float, metavar='S',
+                   help="a person in no frame for this long is forgotten ('left' event)")
+    p.add_argument('--state-max-tracks', type=int, metavar='N', help='most states kept')
+
+
+#: CLI option (argparse dest) -> emotion node parameter
+STATE_FLAGS = {'state_enabled': 'state.enabled', 'state_half_life_s': 'state.half_life_s',
+               'state_margin': 'state.margin', 'state_min_hold_s': 'state.min_hold_s',
+               'state_forget_after_s': 'state.forget_after_s',
+               'state_max_tracks': 'state.max_tracks'}
+
+
+def state_overrides(args: argparse.Namespace) -> dict:
+    """CLI state options -> emotion node parameter names (None = not given)."""
+    return {param: getattr(args, dest, None) for dest, param in STATE_FLAGS.items()}
+
+
 def backend_overrides(args: argparse.Namespace) -> dict:
     """CLI options -> emotion node parameter names (None = not given)."""
     return {('backend.name' if dest == 'backend' else f'backend.{dest}'): getattr(args, dest)
@@ -316,6 +391,12 @@ def register(subparsers) -> None:
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
     add_tracker_arguments(p)
+    add_state_arguments(p)
+    p.add_argument('--no-timelines', action='store_true',
+                   help='do not draw timelines/<track_id>.png')
+    p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
+                   help="person detector runtime (default: the config, 'auto': OpenVINO on "
+                        'x86-64 CPUs, torch on CUDA)')
     p.add_argument('--topic', help='bag input: the image topic (default: the first Image topic)')
     p.add_argument('--max-frames', type=int, help='stop after this many frames')
     p.add_argument('--no-images', action='store_true', help='do not write annotated images')
@@ -324,9 +405,12 @@ def register(subparsers) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    summary = run_process(args.input, args.output, args.config, backend_overrides(args),
+    summary = run_process(args.input, args.output, args.config,
+                          {**backend_overrides(args), **state_overrides(args)},
                           save_images=not args.no_images, max_frames=args.max_frames,
                           topic=args.topic, progress=not args.no_progress,
-                          detector_overrides=tracker_overrides(args))
+                          detector_overrides={'runtime': args.detector_runtime,
+                                              **tracker_overrides(args)},
+                          timelines=not args.no_timelines)
     print(json.dumps(summary, indent=2))
     return 0

@@ -18,6 +18,8 @@
 #        EP_ROS2_LAUNCH_DIR   where ../shared/ros2_launch is built (default: $VIRTUAL_ENV/ros2_launch)
 #        EP_ROS2_INTERFACES   where vision_msgs/hri_msgs/yolo_msgs were built (default:
 #                             $VIRTUAL_ENV/ros2-interfaces; used only if built with this venv)
+#        EP_REQUIRE_SHARED=1  (.ci/run, where ../shared exists) no launch/launch_ros is a failure
+#        EP_SKIP_REPORT       a file the launch test's skips are appended to (make test)
 # Exits non-zero on the first failure.
 set -euo pipefail
 
@@ -80,9 +82,11 @@ else
     LAUNCH_SETUP=$LAUNCH_DIR/install/setup.bash
     export EP_REQUIRE_LAUNCH=1
     step "launch/launch_ros from $LAUNCH_SRC in $LAUNCH_DIR, build step took $(( SECONDS - T )) s"
+  elif [[ ${EP_REQUIRE_SHARED:-0} == 1 ]]; then
+    fail "no launch/launch_ros (no apt ROS, no ../shared/ros2_launch) and EP_REQUIRE_SHARED=1"
   else
     echo "run_colcon: no launch/launch_ros (no apt ROS, no ../shared/ros2_launch): the launch" \
-         "test will skip" >&2
+         "test will skip" | tee -a "${EP_SKIP_REPORT:-/dev/null}" >&2
   fi
 fi
 
@@ -243,7 +247,11 @@ if missing or skipped:
     sys.exit(f'run_colcon: launch test cases missing {missing}, skipped {skipped}')
 for name, c in cases.items():
     if c.find('skipped') is not None:
-        print(f"run_colcon: {name} skipped: {c.find('skipped').get('message', '')}")
+        line = f"run_colcon: {name} skipped: {c.find('skipped').get('message', '')}"
+        print(line)
+        if os.environ.get('EP_SKIP_REPORT'):  # make test lists it at its end
+            with open(os.environ['EP_SKIP_REPORT'], 'a') as out:
+                out.write(f'  {line}\n')
 PY
 fi
 step "colcon test took $(( SECONDS - T )) s"

@@ -210,6 +210,50 @@ def _gather(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return logits.index_select(-1, ids) - torch.logsumexp(logits, dim=-1, keepdim=True)
 
 
+class Float32Head(torch.nn.Module):
+    """A model's LM head computed in float32 from its own (bf16 / fp16) weights.
+
+    Score mode reads log-probabilities straight off the logits; a bf16 matmul rounds them to 8
+    significant bits (a logit of 20 to steps of 0.125), a visible error in P(yes) / P(no). This
+    head casts the final hidden states to float32 and multiplies by the weight upcast chunk by
+    chunk (``CHUNK`` vocabulary rows at a time: no float32 copy of the whole head is kept), so
+    the logits are the float32 product of the model's values. It wraps the original module, so
+    tied input embeddings stay shared.
+    """
+
+    #: vocabulary rows upcast at a time (16384 x 1536 x 4 bytes = 100 MB at Qwen2-VL's width)
+    CHUNK = 16384
+
+    def __init__(self, head: torch.nn.Linear) -> None:
+        super().__init__()
+        self.head = head
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.head.weight
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        x = hidden.float()
+        out = torch.cat([torch.nn.functional.linear(x, w.float())
+                         for w in self.head.weight.split(self.CHUNK)], dim=-1)
+        return out if self.head.bias is None else out + self.head.bias.float()
+
+
+def float32_readout(model: Any) -> bool:
+    """Compute ``model``'s LM head in float32 (``Float32Head``) when its weights are bf16 or
+    fp16 and not quantized; returns whether the head is (now) float32."""
+    from .quantization import is_quantized_weight
+    head = model.get_output_embeddings()
+    if isinstance(head, Float32Head):
+        return True
+    if not isinstance(head, torch.nn.Linear) or is_quantized_weight(head.weight):
+        return False
+    if head.weight.dtype not in (torch.bfloat16, torch.float16):
+        return head.weight.dtype == torch.float32
+    model.set_output_embeddings(Float32Head(head))
+    return True
+
+
 def _text_config(model: Any) -> Any:
     cfg = model.config
     return getattr(cfg, 'text_config', None) or cfg
@@ -495,7 +539,8 @@ class ScorePrompts:
         return out
 
 
-__all__ = ['QuestionTree', 'ReadoutError', 'ScorePrompts', 'TreeUnsupported',
-           'check_tree_support', 'common_prefix_len', 'extend_inputs', 'kv_cache_bytes',
-           'naive_sequence_logprobs', 'per_question_logprobs', 'readout_outcomes',
-           'score_batches', 'select_rows', 'seq_len', 'to_device', 'tree_logprobs', 'uses_mrope']
+__all__ = ['Float32Head', 'QuestionTree', 'ReadoutError', 'ScorePrompts', 'TreeUnsupported',
+           'check_tree_support', 'common_prefix_len', 'extend_inputs', 'float32_readout',
+           'kv_cache_bytes', 'naive_sequence_logprobs', 'per_question_logprobs',
+           'readout_outcomes', 'score_batches', 'select_rows', 'seq_len', 'to_device',
+           'tree_logprobs', 'uses_mrope']

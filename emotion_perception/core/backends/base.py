@@ -159,6 +159,12 @@ class EmotionBackend(abc.ABC):
     #: call still uses (a remote client: no weights here). A node then unloads at once; for
     #: the others it waits until a straggling call has returned (nodes.base ``_free_model``).
     unload_cancels_calls: ClassVar[bool] = False
+    #: Defaults by the backend's cost (README "How each person feels over time"): seconds a
+    #: steady track's result is reused (``reuse.max_age_s`` < 0) and the half-life of the
+    #: per-person state (``state.half_life_s`` < 0). Here for expensive models (a VLM: hundreds
+    #: of ms per person on a GPU): re-run a steady person every 2 s, smooth over about as long.
+    reuse_max_age_s: ClassVar[float] = 2.0
+    state_half_life_s: ClassVar[float] = 2.0
 
     def __init__(self, options: BackendOptions | Mapping[str, Any] | None = None) -> None:
         if not isinstance(options, BackendOptions):

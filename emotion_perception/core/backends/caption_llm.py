@@ -36,6 +36,7 @@ from ..categories import NUM_CATEGORIES
 from ..model_files import OFFLINE_TEXT_LLM, ModelFileError, resolve_model_path
 from ..types import BBox, EmotionResult, Status
 from .base import BackendError, EmotionBackend, ModelLoadError, resolve_device
+from .quantization import QuantizationOptions
 from .vlm import (DEFAULT_VLM, PromptModelOptions, VLMBatch, _load_error, answer_result,
                   encode_batch, generate_texts, load_image_text_model, model_device, release,
                   split_chat_prompt, tokenize_fn, torch_dtype)
@@ -75,9 +76,11 @@ def load_text_llm(spec: str, device: str = 'cpu', dtype: str = 'auto',
 
 
 @dataclass
-class CaptionLLMOptions(PromptModelOptions):
+class CaptionLLMOptions(PromptModelOptions, QuantizationOptions):
     """Options of the ``caption_llm`` backend (plus those of ``PromptModelOptions``; its
-    ``device_map`` applies to the captioner, ``definitions``/``num_labels`` to the LLM prompt).
+    ``device_map`` applies to the captioner, ``definitions``/``num_labels`` to the LLM prompt;
+    ``QuantizationOptions``: ``quantization`` quantizes the captioner, the large VLM, as the
+    ``vlm`` backend does; the text LLM, SmolLM2-135M by default, stays in the model dtype).
 
     Attributes:
         model: the captioner: image-text-to-text hub id or folder ('' = ``DEFAULT_VLM``).
@@ -91,6 +94,7 @@ class CaptionLLMOptions(PromptModelOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.check_quantization()
         if int(self.caption_max_new_tokens) < 1:
             raise ValueError('caption_max_new_tokens must be >= 1')
 
@@ -122,7 +126,8 @@ class CaptionLLMBackend(EmotionBackend):
         o = self.options
         self.captioner, self.processor = load_image_text_model(
             o.model or DEFAULT_VLM, o.device, o.dtype, o.device_map, o.trust_remote_code,
-            require_chat_template=False)
+            require_chat_template=False, quantization=o.quantization,
+            quantization_library=o.quantization_library)
         try:
             self.llm, self.tokenizer = load_text_llm(o.llm, o.device, o.dtype,
                                                      o.trust_remote_code)

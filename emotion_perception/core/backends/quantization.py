@@ -32,8 +32,9 @@ Qwen2-VL's ViT 0.67 B); in bf16 they would add about 0.45 GB to LLaVA-1.5-7B's m
 stay. The LM head is 2 % of a 7B model.
 
 Anything the installed libraries or the device cannot do raises ``QuantizationError`` (a
-``ModelLoadError``: configure fails) naming the package to install; a load that quantized no
-layer is refused too, so a model never runs silently unquantized.
+``ModelLoadError``: configure fails) naming the package to install; a load that left any linear
+layer outside ``SKIP_MODULES`` unquantized, or quantized one of them, is refused too
+(``verify_quantized``), so a model never runs silently (partly) unquantized.
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ import importlib.metadata
 import importlib.util
 import logging
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,29 @@ INT4_GROUP_SIZES = (128, 64, 32)
 #: bitsandbytes' 4-bit block size (its CPU kernels need input widths divisible by it)
 NF4_BLOCK = 64
 INSTALL_HINT = 'pip install "emotion_perception[quant]" or pip install -r requirements/quant.txt'
+
+
+@dataclass
+class QuantizationOptions:
+    """The quantization switch of the backends that load a VLM (``vlm``; ``caption_llm``'s
+    captioner), mixed into their options.
+
+    Attributes:
+        quantization: 'none' | 'int8' | 'nf4' | 'int4': weights quantized while loading.
+        quantization_library: 'auto' (per option and device) | 'bitsandbytes' | 'torchao'.
+    """
+
+    quantization: str = 'none'
+    quantization_library: str = 'auto'
+
+    def check_quantization(self) -> None:
+        """Raise ValueError for an unknown option or library."""
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f'quantization must be one of {QUANTIZATIONS}, '
+                             f'got {self.quantization!r}')
+        if self.quantization_library not in LIBRARIES:
+            raise ValueError(f'quantization_library must be one of {LIBRARIES}, '
+                             f'got {self.quantization_library!r}')
 
 
 class QuantizationError(ModelLoadError):
@@ -214,20 +239,38 @@ def is_quantized_weight(weight: Any) -> bool:
         isinstance(weight, torch.Tensor) and not weight.is_floating_point())
 
 
+def _linear_layers(model: Any) -> list[tuple[str, Any]]:
+    """(name, module) of the linear layers of ``model`` (bitsandbytes layers count as linear)."""
+    import torch
+    return [(name, m) for name, m in model.named_modules()
+            if getattr(m, 'weight', None) is not None and (
+                isinstance(m, torch.nn.Linear) or type(m).__module__.startswith('bitsandbytes'))]
+
+
 def quantized_linear_count(model: Any) -> tuple[int, int]:
     """(quantized, all) linear layers of ``model`` (bitsandbytes layers count as linear)."""
-    import torch
-    quantized = total = 0
-    for module in model.modules():
-        weight = getattr(module, 'weight', None)
-        if weight is None:
-            continue
-        linear = isinstance(module, torch.nn.Linear) or type(module).__module__.startswith(
-            'bitsandbytes')
-        if linear:
-            total += 1
-            quantized += int(is_quantized_weight(weight))
-    return quantized, total
+    layers = _linear_layers(model)
+    return sum(is_quantized_weight(m.weight) for _, m in layers), len(layers)
+
+
+def misplaced_layers(model: Any, skip: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Linear layers not where ``SKIP_MODULES`` puts them, matched by transformers' own rule
+    (``should_convert_module``, what the quantizers apply while loading).
+
+    Returns:
+        (layers that should be quantized and are not, layers kept in the model dtype
+        (the LM head, projectors) that are quantized).
+    """
+    from transformers.quantizers.quantizers_utils import should_convert_module
+    skip = SKIP_MODULES if skip is None else skip
+    missing, extra = [], []
+    for name, module in _linear_layers(model):
+        quantized = is_quantized_weight(module.weight)
+        if should_convert_module(name, skip) and not quantized:
+            missing.append(name)
+        elif not should_convert_module(name, skip) and quantized:
+            extra.append(name)
+    return missing, extra
 
 
 def tensor_bytes(t: Any) -> int:
@@ -268,18 +311,30 @@ def weight_bytes(model: Any) -> int:
 
 
 def verify_quantized(model: Any, quantization: str, library: str, src: str) -> str:
-    """Refuse a model that came back with no quantized layer; returns a one-line summary."""
+    """Refuse a model that is not quantized as ``quantization`` says: a linear layer outside
+    ``SKIP_MODULES`` left in floating point (a model with one quantized layer is no 4-bit
+    model), or a layer that must stay in the model dtype quantized (the LM head, whose logits
+    are the scores; the projector). Returns a one-line summary ('none' when unquantized)."""
     if quantization == 'none':
         return 'none'
     quantized, total = quantized_linear_count(model)
-    if quantized == 0:
-        raise QuantizationError(f'{src!r}: quantization={quantization} ({library}) quantized no '
-                                f'linear layer of {total}; refusing to run unquantized')
+    missing, extra = misplaced_layers(model)
+    if missing or extra:
+        what = []
+        if missing:
+            what.append(f'{len(missing)} of {total} linear layers that should be quantized are '
+                        f'not ({", ".join(missing[:3])}{", ..." if len(missing) > 3 else ""})')
+        if extra:
+            what.append(f'layers that must stay in the model dtype are quantized '
+                        f'({", ".join(extra[:3])})')
+        raise QuantizationError(f'{src!r}: quantization={quantization} ({library}): '
+                                f'{"; ".join(what)}; refusing to run it')
     return (f'{quantization} ({library}): {quantized} of {total} linear layers, weights '
             f'{weight_bytes(model) / 1e9:.3f} GB')
 
 
 __all__ = ['INSTALL_HINT', 'LIBRARIES', 'PACKAGES', 'QUANTIZATIONS', 'QuantizationError',
+           'QuantizationOptions',
            'SKIP_MODULES', 'check_available', 'choose_library', 'is_jetson',
-           'quantization_config', 'quantized_linear_count', 'tensor_bytes', 'verify_quantized',
-           'weight_bytes']
+           'misplaced_layers', 'quantization_config', 'quantized_linear_count', 'tensor_bytes',
+           'verify_quantized', 'weight_bytes']

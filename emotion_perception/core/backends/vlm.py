@@ -51,7 +51,7 @@ from ..label_parsing import labels_to_scores, parse_labels, parse_labels_paper
 from ..model_files import ModelFileError, resolve_model_path
 from ..types import NAN_VAD, BBox, EmotionResult, Status
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
-from .quantization import (LIBRARIES, QUANTIZATIONS, check_available, choose_library,
+from .quantization import (QuantizationOptions, check_available, choose_library,
                            quantization_config, verify_quantized)
 
 LOG = logging.getLogger(__name__)
@@ -66,14 +66,42 @@ NO_LABEL_REASON = 'no known label in answer'
 
 
 # -- loading (shared with caption_llm) --------------------------------------------------------
-def torch_dtype(name: str, device: str) -> Any:
-    """'auto' -> float32 on CPU, bfloat16 on CUDA (float16 where bf16 is unsupported)."""
+#: ``dtype: auto`` on a CPU with bf16 matmul instructions takes bfloat16 for language models at
+#: least this wide (hidden size): measured faster there (bench_vlm --dtypes: SmolVLM-256M's
+#: 576 and Qwen2-VL-2B's 1536); tiny models stay float32 (per-op overhead, not matmuls)
+BF16_MIN_HIDDEN = 512
+#: CPU flags (/proc/cpuinfo) of native bf16 matmuls: AVX512-BF16 (Cooper Lake, Zen 4+), AMX
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 matmul instructions (``BF16_CPU_FLAGS``; Linux)."""
+    try:
+        flags = Path('/proc/cpuinfo').read_text()
+    except OSError:
+        return False
+    return any(f' {flag}' in flags for flag in BF16_CPU_FLAGS)
+
+
+def _hidden_size(config: Any) -> int:
+    cfg = getattr(config, 'text_config', None) or config
+    return int(getattr(cfg, 'hidden_size', 0) or 0)
+
+
+def torch_dtype(name: str, device: str, config: Any = None) -> Any:
+    """The torch dtype for ``name`` on ``device``.
+
+    'auto': on CUDA bfloat16 (float16 where bf16 is unsupported); on a CPU bfloat16 when it has
+    native bf16 matmuls (``cpu_has_bf16``) and the language model is at least
+    ``BF16_MIN_HIDDEN`` wide (``config``: the model's config; None = float32), else float32.
+    """
     import torch
     if name not in DTYPES:
         raise ValueError(f'unknown dtype {name!r}; choose one of {", ".join(DTYPES)}')
     if name == 'auto':
         if not str(device).startswith('cuda'):
-            return torch.float32
+            wide = config is not None and _hidden_size(config) >= BF16_MIN_HIDDEN
+            return torch.bfloat16 if wide and cpu_has_bf16() else torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return getattr(torch, name)
 
@@ -109,12 +137,26 @@ def apply_adapter(model: Any, adapter: str) -> Any:
                              ) from exc
 
 
-def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto',
-                          device_map: str = '', trust_remote_code: bool = False,
-                          adapter: str = '', require_chat_template: bool = True,
-                          quantization: str = 'none', quantization_library: str = 'auto'
-                          ) -> tuple[Any, Any]:
-    """Load an image-text-to-text model and its processor.
+@dataclass(frozen=True)
+class LoadedModel:
+    """What ``load_vlm`` loaded.
+
+    Attributes:
+        model: the image-text-to-text model, in eval mode.
+        processor: its processor (with a chat template unless not required).
+        quantization_summary: ``verify_quantized``'s line ('none' when not quantized).
+    """
+
+    model: Any
+    processor: Any
+    quantization_summary: str = 'none'
+
+
+def load_vlm(model_id: str, device: str = 'cpu', dtype: str = 'auto', device_map: str = '',
+             trust_remote_code: bool = False, adapter: str = '',
+             require_chat_template: bool = True, quantization: str = 'none',
+             quantization_library: str = 'auto') -> LoadedModel:
+    """Load an image-text-to-text model and its processor, in named steps.
 
     Args:
         model_id: hub id, local folder or ``pkg://`` path.
@@ -128,24 +170,58 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
             device, what stays in the model dtype).
         quantization_library: 'auto' | 'bitsandbytes' | 'torchao'.
 
-    Returns:
-        (model in eval mode, processor).
-
     Raises:
         ModelLoadError: wrong path or id, hub unreachable, not an image-text model, no chat
-            template, or weights that do not load.
+            template, weights that do not load, or a quantization that did not happen.
     """
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
     try:
         src = resolve_model_path(model_id)
     except ModelFileError as exc:
         raise ModelLoadError(str(exc)) from exc
     dev = resolve_device(device)
+    config = _image_text_config(src, trust_remote_code)
+    torch_type = torch_dtype(dtype, dev, config)
     library = choose_library(quantization, quantization_library, dev)
     if library:
-        check_available(library, quantization, dev, torch_dtype(dtype, dev))
+        check_available(library, quantization, dev, torch_type)
+    processor = _load_processor(src, trust_remote_code, require_chat_template)
+    kwargs: dict[str, Any] = dict(dtype=torch_type, trust_remote_code=trust_remote_code)
+    if device_map:
+        kwargs['device_map'] = device_map
+    if library:  # quantized layers are placed while loading; they cannot be moved after
+        kwargs['quantization_config'] = quantization_config(quantization, library, dev,
+                                                             torch_type, config)
+        kwargs.setdefault('device_map', {'': dev})
+    model = _load_weights(src, kwargs)
+    return_freed_memory()  # what loading (converting, quantizing) freed, back to the system
+    summary = verify_quantized(model, quantization, library, src)  # the one check per load
+    if library:
+        LOG.info('%s: %s', src, summary)
+    if adapter:
+        model = apply_adapter(model, adapter)
+    if not device_map and not library:
+        try:
+            model = model.to(dev)
+        except (RuntimeError, AssertionError) as exc:
+            raise ModelLoadError(f'cannot move {src!r} to {dev}: {exc}') from exc
+    return LoadedModel(model.eval(), processor, summary)
+
+
+def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto',
+                          device_map: str = '', trust_remote_code: bool = False,
+                          adapter: str = '', require_chat_template: bool = True,
+                          quantization: str = 'none', quantization_library: str = 'auto'
+                          ) -> tuple[Any, Any]:
+    """``load_vlm`` returning (model in eval mode, processor)."""
+    loaded = load_vlm(model_id, device, dtype, device_map, trust_remote_code, adapter,
+                      require_chat_template, quantization, quantization_library)
+    return loaded.model, loaded.processor
+
+
+def _image_text_config(src: str, trust_remote_code: bool) -> Any:
+    """The model's config; refuses models without an image-text-to-text class."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
     try:
         config = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001 - OSError, ValueError, HTTP errors
@@ -157,6 +233,12 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
             f'{src!r} is not an image-text model (model_type {config.model_type!r} has no '
             'AutoModelForImageTextToText class); give a vision-language model such as '
             f'{DEFAULT_VLM!r}')
+    return config
+
+
+def _load_processor(src: str, trust_remote_code: bool, require_chat_template: bool) -> Any:
+    """The processor, with the tokenizer's chat template when it has none of its own."""
+    from transformers import AutoProcessor
     try:
         processor = AutoProcessor.from_pretrained(src, trust_remote_code=trust_remote_code)
     except Exception as exc:  # noqa: BLE001
@@ -171,29 +253,15 @@ def load_image_text_model(model_id: str, device: str = 'cpu', dtype: str = 'auto
                 'one); the prompts are built with it: add chat_template.jinja to the folder')
     if not hasattr(processor, 'tokenizer'):
         raise ModelLoadError(f'{src!r}: the processor has no tokenizer')
-    kwargs: dict[str, Any] = dict(dtype=torch_dtype(dtype, dev),
-                                  trust_remote_code=trust_remote_code)
-    if device_map:
-        kwargs['device_map'] = device_map
-    if library:  # quantized layers are placed while loading; they cannot be moved after
-        kwargs['quantization_config'] = quantization_config(quantization, library, dev,
-                                                             kwargs['dtype'], config)
-        kwargs.setdefault('device_map', {'': dev})
+    return processor
+
+
+def _load_weights(src: str, kwargs: dict[str, Any]) -> Any:
+    from transformers import AutoModelForImageTextToText
     try:
-        model = AutoModelForImageTextToText.from_pretrained(src, **kwargs)
+        return AutoModelForImageTextToText.from_pretrained(src, **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise _load_error(src, 'model weights', exc) from exc
-    if library:
-        LOG.info('%s: %s', src, verify_quantized(model, quantization, library, src))
-    if adapter:
-        model = apply_adapter(model, adapter)
-    if not device_map and not library:
-        try:
-            model = model.to(dev)
-        except (RuntimeError, AssertionError) as exc:
-            raise ModelLoadError(f'cannot move {src!r} to {dev}: {exc}') from exc
-    model.eval()
-    return model, processor
 
 
 def model_device(model: Any) -> Any:
@@ -202,6 +270,22 @@ def model_device(model: Any) -> Any:
         return model.get_input_embeddings().weight.device
     except (AttributeError, NotImplementedError):
         return next(model.parameters()).device
+
+
+def return_freed_memory() -> None:
+    """Collect, and give the heap's freed pages back to the system (glibc ``malloc_trim``).
+
+    Loading a bf16 checkpoint into another dtype, or quantizing it layer by layer on the CPU,
+    frees as much as it keeps; glibc holds on to those pages, so the process stays that much
+    larger and inference adds its activations on top (int8 in float32 on SmolVLM-256M's shape:
+    1.73 GB anonymous after loading, 0.65 GB after trimming; bench_vlm --quantization).
+    """
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
 
 
 def release(*objects: Any) -> None:
@@ -349,30 +433,20 @@ class PromptModelOptions(BackendOptions):
 
 
 @dataclass
-class VLMOptions(PromptModelOptions):
-    """Options of the ``vlm`` backend (plus ``PromptModelOptions`` and ``BackendOptions``).
+class VLMOptions(PromptModelOptions, QuantizationOptions):
+    """Options of the ``vlm`` backend (plus ``PromptModelOptions``, ``BackendOptions`` and
+    ``QuantizationOptions``: ``quantization`` 4-bit brings a 7B model to about 4 GB).
 
     Attributes:
         model: hub id or local folder of an image-text-to-text model ('' = ``DEFAULT_VLM``).
         adapter: PEFT/LoRA adapter folder ('' = none), merged into the weights at load.
-        quantization: 'none' | 'int8' | 'nf4' | 'int4': weights quantized while loading
-            (``quantization``: 4-bit brings a 7B model to about 4 GB).
-        quantization_library: 'auto' (per device, see ``quantization``) | 'bitsandbytes' |
-            'torchao'.
     """
 
     adapter: str = ''
-    quantization: str = 'none'
-    quantization_library: str = 'auto'
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f'quantization must be one of {QUANTIZATIONS}, '
-                             f'got {self.quantization!r}')
-        if self.quantization_library not in LIBRARIES:
-            raise ValueError(f'quantization_library must be one of {LIBRARIES}, '
-                             f'got {self.quantization_library!r}')
+        self.check_quantization()
 
 
 @dataclass
@@ -422,24 +496,33 @@ class VLMBackend(EmotionBackend):
         if self._loaded:
             return
         o = self.options
-        model, processor = load_image_text_model(
-            self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code, o.adapter,
-            quantization=o.quantization, quantization_library=o.quantization_library)
-        self.attach(model, processor)
+        loaded = load_vlm(self.model_id, o.device, o.dtype, o.device_map, o.trust_remote_code,
+                          o.adapter, quantization=o.quantization,
+                          quantization_library=o.quantization_library)
+        self._use(loaded)
 
     def attach(self, model: Any, processor: Any) -> None:
         """Use an already loaded model and processor (e.g. one shared by two backends, or a
         model built in memory by a benchmark) instead of ``load``.
 
         Raises:
-            ModelLoadError: the tokenizer cannot be used for this mode (see ``load``).
+            ModelLoadError: the tokenizer cannot be used for this mode (see ``load``), or the
+                model is not quantized as ``quantization`` says (``verify_quantized``).
         """
-        #: what ``verify_quantized`` said about the model ('none' when unquantized); a model
-        #: with no quantized layer for a quantized option is refused (QuantizationError)
-        self.quantization_summary = verify_quantized(
-            model, self.options.quantization,
-            choose_library(self.options.quantization, self.options.quantization_library,
-                           str(model_device(model))), self.model_id)
+        o = self.options
+        library = choose_library(o.quantization, o.quantization_library,
+                                 str(model_device(model)))
+        self._use(LoadedModel(model, processor, verify_quantized(
+            model, o.quantization, library, self.model_id)))
+
+    def _use(self, loaded: LoadedModel) -> None:
+        """Take a verified model: prompts, read-out head, pad id."""
+        model, processor = loaded.model, loaded.processor
+        #: what ``verify_quantized`` said about the model ('none' when unquantized)
+        self.quantization_summary = loaded.quantization_summary
+        if self.options.mode == 'score':
+            from ._prefix_scoring import float32_readout
+            float32_readout(model)
         self.model, self.processor = model, processor
         self._device = model_device(self.model)
         self._dtype = self.model.dtype
@@ -594,7 +677,9 @@ class VLMBackend(EmotionBackend):
         return self._generate(batch.batches, min_new_tokens=min_new_tokens)
 
 
-__all__ = ['DEFAULT_VLM', 'NO_LABEL_REASON', 'PARSERS', 'PromptModelOptions', 'VLMBackend',
-           'VLMBatch', 'VLMOptions', 'answer_result', 'apply_adapter', 'encode_batch',
-           'generate_texts', 'load_image_text_model', 'model_device', 'release',
-           'split_chat_prompt', 'tokenize_fn', 'torch_dtype']
+__all__ = ['BF16_MIN_HIDDEN', 'DEFAULT_VLM', 'LoadedModel', 'NO_LABEL_REASON', 'PARSERS',
+           'PromptModelOptions', 'VLMBackend', 'VLMBatch', 'VLMOptions', 'answer_result',
+           'apply_adapter', 'cpu_has_bf16', 'encode_batch', 'generate_texts',
+           'load_image_text_model', 'load_vlm', 'model_device', 'release',
+           'return_freed_memory', 'split_chat_prompt',
+           'tokenize_fn', 'torch_dtype']

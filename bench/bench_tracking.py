@@ -221,6 +221,13 @@ def print_tables(configs, survival, inheritance, guard_scores, guard_name) -> No
             'observations', 'flags', 'false_flags', 'handovers', 'caught'))
         print(f'| {kind} | {obs} | {flags} | {false} | {false / max(obs, 1):.2%} | {hand} | '
               f'{caught} ({caught / max(hand, 1):.0%}) |')
+    every = [g for v in guard_scores.values() for g in v]
+    for name, key in (('true flags', 'true_distances'), ('false flags', 'false_distances')):
+        values = sorted(d for g in every for d in getattr(g, key))
+        if values:
+            print(f'\nColour distance at the {name}: min {values[0]:.3f}, median '
+                  f'{values[len(values) // 2]:.3f}, max {values[-1]:.3f} (threshold '
+                  f'{IdentityGuard().options.threshold:g})')
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -72,22 +72,6 @@ def test_noisy_frames_of_the_same_people_are_not_flagged():
     assert len(guard) == 3
 
 
-def _visible_part(seq: S.Sequence, person: S.PersonTruth, t: float) -> BBox | None:
-    """What a detector boxes of a partly hidden person: the part the occluder leaves (the
-    occluder's scene position, within the camera's few pixels of the frame's); None when
-    mostly hidden."""
-    if not person.visible:
-        return None
-    x1, x2 = person.box.x1, person.box.x2
-    for o in seq.occluders:
-        left, right = o.left(t), o.left(t) + o.width
-        if left <= x1 < right:
-            x1 = right
-        elif left < x2 <= right:
-            x2 = left
-    return BBox(x1, person.box.y1, x2, person.box.y2) if x2 - x1 > 10 else None
-
-
 def test_a_person_sliding_behind_the_occluder_is_not_flagged():
     """The box of a partly hidden person shrinks frame by frame as the occluder passes (at
     30 fps too), and the person steps aside meanwhile: never a new identity."""
@@ -96,7 +80,7 @@ def test_a_person_sliding_behind_the_occluder_is_not_flagged():
     flags, partial = [], 0
     for frame in seq.frames():
         for person in frame.truth.people:
-            box = _visible_part(seq, person, frame.stamp_s)
+            box = seq.visible_box(person, frame.stamp_s)
             if box is None:
                 continue
             partial += box.width < 0.9 * person.box.width

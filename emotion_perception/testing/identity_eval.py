@@ -121,6 +121,7 @@ class GuardRun:
 
     Attributes:
         flags: (stamp_s, track_id) of each new identity flagged.
+        flag_distances: the colour distance of each flag (``IdentityCheck.distance``).
         owners: per frame, (stamp_s, {track_id: the person it is on}).
     """
 
@@ -128,6 +129,7 @@ class GuardRun:
     detector: str
     observations: int = 0
     flags: list = field(default_factory=list)
+    flag_distances: list = field(default_factory=list)
     owners: list = field(default_factory=list)
 
     def __call__(self, frame: Frame, results: Mapping) -> None:
@@ -140,6 +142,7 @@ class GuardRun:
                 self.observations += 1
             if check.new_identity:
                 self.flags.append((frame.stamp_s, det.track_id))
+                self.flag_distances.append(check.distance)
 
 
 def handovers(per_frame: SequenceType[tuple[float, Mapping[str, str]]], min_s: float = 0.3
@@ -168,13 +171,16 @@ def handovers(per_frame: SequenceType[tuple[float, Mapping[str, str]]], min_s: f
 class GuardScore:
     """The check's verdicts on a sequence: observations checked, flags, flags that match no
     handover (false: the same person), handovers (``handovers``) and those flagged from
-    0.5 s before to ``within_s`` after them (caught)."""
+    0.5 s before to ``within_s`` after them (caught); the colour distances of the true flags and
+    of the false ones (to place ``IdentityOptions.threshold``)."""
 
     observations: int
     flags: int
     false_flags: int
     handovers: int
     caught: int
+    true_distances: tuple = ()
+    false_distances: tuple = ()
 
 
 def score_guard(run: GuardRun, within_s: float, min_s: float = 0.3) -> GuardScore:
@@ -185,8 +191,10 @@ def score_guard(run: GuardRun, within_s: float, min_s: float = 0.3) -> GuardScor
         hits = [f for f in run.flags if f[1] == tid and stamp - 0.5 <= f[0] <= stamp + within_s]
         matched.update(hits)
         caught += bool(hits)
-    return GuardScore(run.observations, len(run.flags),
-                      len([f for f in run.flags if f not in matched]), len(found), caught)
+    true = [d for f, d in zip(run.flags, run.flag_distances) if f in matched]
+    false = [d for f, d in zip(run.flags, run.flag_distances) if f not in matched]
+    return GuardScore(run.observations, len(run.flags), len(false), len(found), caught,
+                      tuple(true), tuple(false))
 
 
 __all__ = ['EventOutcome', 'GuardRun', 'GuardScore', 'WINDOW_S', 'event_outcomes', 'handovers',

@@ -412,6 +412,21 @@ class Sequence:
                                       PERSONS[face].expression))
         return FrameTruth(index, t, tuple(people))
 
+    def visible_box(self, person: PersonTruth, t: float) -> BBox | None:
+        """What a detector boxes of ``person`` (a slot's truth at ``t`` seconds): the part of
+        their box the occluders leave (the occluders' scene position, within the camera's few
+        pixels of the frame's); None when mostly hidden (not ``visible``)."""
+        if not person.visible:
+            return None
+        x1, x2 = person.box.x1, person.box.x2
+        for o in self.occluders:
+            left, right = o.left(t), o.left(t) + o.width
+            if left <= x1 < right:
+                x1 = right
+            elif left < x2 <= right:
+                x2 = left
+        return BBox(x1, person.box.y1, x2, person.box.y2) if x2 - x1 > 10 else None
+
     def render_scene(self, t: float) -> np.ndarray:
         """The scene at ``t`` seconds as the world shows it (no camera): (H, W, 3) uint8 RGB."""
         width, height = self.size

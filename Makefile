@@ -180,6 +180,7 @@ bench: build $(TOKENIZERS)
 	$(PY) bench/bench_vlm.py --dtypes float32,bfloat16 --config smolvlm-256m --init-std 0.02 \
 	  --frames 1 --persons 2 --device cpu
 	$(PY) bench/bench_tracking.py
+	$(PY) bench/bench_temporal.py
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any
 # server: make bench-remote ARGS='--url http://gpu-server:8000/v1 --model llava-hf/llava-1.5-7b-hf'

@@ -25,12 +25,12 @@ included), exactly as ``process`` feeds it.
    labels have switched on every label that appeared and off every one that went (the raw
    stream's times for reference). Goal: all within 1.5 s at 10 fps.
 3. Id survival through occlusion (table 1 of bench/bench_tracking.py, called here:
-   ``--tracking-args`` picks what; by default 10 fps, one pass, the default tracker and
-   ByteTrack; ``--tracking-args ''`` for the full run, false inheritance included, which
-   make bench runs just before).
+   ``--tracking-args`` picks what; by default 10 fps, one pass, hidden 1 s, the default
+   tracker and ByteTrack; ``--tracking-args ''`` for the full run, false inheritance included,
+   which make bench runs just before).
 
-Counts and stamps, not timings (the run time is printed for planning only). About 5 minutes
-on 2 CPU cores by default; run alone or through /work/helpers/bin/ep-time.
+Counts and stamps, not timings (the run time is printed for planning only). About 4 minutes
+on 2 shared CPU cores by default; run alone or through /work/helpers/bin/ep-time.
 
     .venv/bin/python bench/bench_temporal.py [--fps 10 30] [--duration-s 15] [--seeds 0]
         [--param state.half_life_s=1.0 ...] [--variant 'name:state.min_hold_s=1.5,...']
@@ -277,8 +277,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='an emotion node parameter for the whole run (e.g. reuse.max_age_s=0.5)')
     p.add_argument('--variant', action='append', default=[],
                    help="another state column: 'name:state.half_life_s=1,state.min_hold_s=2'")
-    p.add_argument('--tracking-args', default='--fps 10 --passes 1 --skip swaps still '
-                   '--only ByteTrack configured', help="bench_tracking.py's arguments for "
+    p.add_argument('--tracking-args', default='--fps 10 --passes 1 --hide 1 --skip swaps '
+                   'still --only ByteTrack configured', help="bench_tracking.py's arguments for "
                    "table 3 ('' = its full run, as make bench runs it before)")
     p.add_argument('--no-tracking', action='store_true', help='leave out table 3')
     p.add_argument('--json', type=Path, help='also write the tables as JSON')

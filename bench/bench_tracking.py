@@ -199,13 +199,13 @@ def print_tables(configs, survival, inheritance, guard_scores, guard_name) -> No
         print(f'| {fps:g} | all | all | ' + ' | '.join(_frac(*total[n]) for n in names) + ' |')
     print('| | id handed to the other person | | ' + ' | '.join(
         str(_passed(list(survival.values()), n)) for n in names) + ' |')
-    print('\n### 2. False inheritance: a different person in the same place gets the previous '
-          "person's id (inherited / swaps)\n")
-    print('| fps | swap | ' + ' | '.join(names) + ' |')
-    print('|---|---|' + '---|' * len(names))
-    for (fps, mode), cells in inheritance.items():
-        print(f'| {fps:g} | {mode} | ' + ' | '.join(_frac(*cells[n]) for n in names) + ' |')
     if inheritance:
+        print('\n### 2. False inheritance: a different person in the same place gets the '
+              "previous person's id (inherited / swaps)\n")
+        print('| fps | swap | ' + ' | '.join(names) + ' |')
+        print('|---|---|' + '---|' * len(names))
+        for (fps, mode), cells in inheritance.items():
+            print(f'| {fps:g} | {mode} | ' + ' | '.join(_frac(*cells[n]) for n in names) + ' |')
         print('| | id handed from one person to another | ' + ' | '.join(
             str(_passed(list(inheritance.values()), n)) for n in names) + ' |')
     print(f'\n### 3. Identity check (core.identity.IdentityGuard, defaults) on the '
@@ -215,7 +215,8 @@ def print_tables(configs, survival, inheritance, guard_scores, guard_name) -> No
     print('| sequences | observations | flags | false flags | false-flag rate | id handovers | '
           f'flagged within {CATCH_WITHIN_S:g} s |')
     print('|---|---|---|---|---|---|---|')
-    rows = list(guard_scores.items()) + [('all', [g for v in guard_scores.values() for g in v])]
+    rows = [(k, v) for k, v in guard_scores.items() if v]
+    rows += [('all', [g for v in guard_scores.values() for g in v])]
     for kind, scores in rows:
         obs, flags, false, hand, caught = (sum(getattr(g, k) for g in scores) for k in (
             'observations', 'flags', 'false_flags', 'handovers', 'caught'))

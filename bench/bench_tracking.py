@@ -19,7 +19,7 @@ against the ground truth by ``emotion_perception.testing.identity_eval``:
    its mix-ups) flagged within 1.5 s, and flags on the same person (false, per observation).
 
 Counts, not timings (the run time is printed for planning only). Run alone or through
-/work/helpers/bin/ep-test; a full run takes ~10 minutes on 2 CPU cores.
+/work/helpers/bin/ep-time; a full run takes 10-30 minutes on 2 shared CPU cores.
 
     .venv/bin/python bench/bench_tracking.py [--fps 10 30] [--hide 0.5 1 2] [--shift 0 0.6]
         [--variant 'name:tracker=botsort.yaml,with_reid=true,proximity_thresh=0.2'] [--quick]

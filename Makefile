@@ -175,13 +175,16 @@ check-robot-pins: $(STAMP)
 
 # section 0: the person detector per runtime and the default pipeline end to end; then score
 # mode in float32 vs bf16 at SmolVLM-256M's shape (random weights at a trained model's scale);
-# then a 30-minute soak of the emotion node (four configurations at once: the RSS slope of each,
-# every array answered; make bench SOAK_MINUTES=10 for a shorter one)
+# then id survival through occlusion per tracker (bench_tracking, ~30 min), flicker and follow
+# time of the per-person state (bench_temporal), and a 30-minute soak of the emotion node (four
+# configurations at once: the RSS slope of each, every array answered; SOAK_MINUTES=10: shorter)
 SOAK_MINUTES ?= 30
 bench: build $(TOKENIZERS) $(IFACES_STAMP)
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_vlm.py --dtypes float32,bfloat16 --config smolvlm-256m --init-std 0.02 \
 	  --frames 1 --persons 2 --device cpu
+	$(PY) bench/bench_tracking.py
+	$(PY) bench/bench_temporal.py
 	EP_ROS2_INTERFACES=$(ROS2_INTERFACES) $(PY) bench/bench_soak.py --minutes $(SOAK_MINUTES)
 
 # the remote backend against a vLLM server: one started here on a tiny model (default), or any

@@ -246,7 +246,8 @@ def bench_detector(args, frames, core: PersonDetector, report: dict) -> list[str
 
     def run_raw(i: int) -> float:
         t0 = time.perf_counter()
-        raw.track(bgr_frames[i % len(frames)], persist=True, tracker=opts.tracker, **raw_kwargs)
+        raw.track(bgr_frames[i % len(frames)], persist=True, tracker=core.tracker_file,
+                  **raw_kwargs)  # the same tracker settings as the core's
         return (time.perf_counter() - t0) * 1e3
 
     lines = []

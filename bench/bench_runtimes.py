@@ -2,8 +2,10 @@
 """The person detector per runtime and the default pipeline end to end (issue 24), one run.
 
 Section 0 of ``bench_pipeline.py`` (also runnable alone). The project's configuration
-(config/*.yaml: detector confidence 0.4 at 512 px, ByteTrack, the face baseline with per-track
-reuse), on the CPU unless ``--device`` says otherwise:
+(config/*.yaml: detector confidence 0.4 at 512 px, the face baseline with per-track reuse)
+with ByteTrack (the default BoT-SORT + ReID reads the PyTorch model's own features, so it keeps
+the detector on torch: ``detector_runtime.reid_needs_torch``), on the CPU unless ``--device``
+says otherwise:
 
 0a. Detector ms per frame per runtime (torch, openvino, onnxruntime: whichever are installed),
     on the real photos at their own size (tracker off: independent scenes) and on a generated
@@ -112,7 +114,10 @@ def _worker(conn, runtime: str, half: bool, device: str, with_pipeline: bool) ->
     cfg = load_pipeline_config()
     pics = photos()
     sets = {'photos': list(pics.values()), 'video': video(pics)}
-    opts = replace(cfg.detector, device=device, runtime=runtime, half=half)
+    # ByteTrack: the default BoT-SORT's ReID reads the PyTorch model's features, so it would
+    # keep every runtime on torch; the runtimes are compared with the same tracker
+    opts = replace(cfg.detector, device=device, runtime=runtime, half=half,
+                   tracker='bytetrack.yaml')
     still, tracked = PersonDetector(replace(opts, tracker='')), PersonDetector(opts)
     for det in (still, tracked):
         det.load()

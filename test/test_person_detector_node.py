@@ -102,3 +102,27 @@ def test_invalid_parameter_is_refused_on_set(harness):
     result = node.set_parameters([Parameter('confidence', value=1.5)])[0]
     assert not result.successful and 'confidence' in result.reason
     assert node.get_parameter('confidence').value == 0.25
+
+
+def test_tracker_parameters_configure_the_tracker(harness, bus_rgb):
+    """The tracking.* parameters reach ultralytics' tracker through the node; a bad one is
+    refused on set with its reason, the old value kept."""
+    node = start(harness, image_reliability='reliable', tracker='botsort.yaml', **{
+        'tracking.track_buffer': 90, 'tracking.with_reid': True,
+        'tracking.proximity_thresh': 0.0, 'tracking.appearance_thresh': 0.9,
+        'tracking.gmc_method': 'none'})
+    pub = harness.publisher(Image, 'image', image_qos('reliable'))
+    out = harness.collect(PersonDetectionArray, 'detections', RESULTS_QOS)
+    assert harness.wait_matched(pub)
+    run_frames(harness, pub, out, [numpy_to_image_msg(bus_rgb, 'rgb8', header=header(i))
+                                   for i in range(2)])
+    assert len(out[-1].detections) == 4 and all(d.track_id for d in out[-1].detections)
+    tracker = node.detector.model.predictor.trackers[0]
+    assert type(tracker).__name__ == 'BOTSORT' and tracker.max_frames_lost == 90
+    assert tracker.encoder is not None and tracker.proximity_thresh == 0.0
+    assert tracker.appearance_thresh == 0.9 and tracker.gmc.method is None
+    for name, bad in (('tracking.match_thresh', 1.5), ('tracking.gmc_method', 'optical'),
+                      ('tracking.track_buffer', 0)):
+        result = node.set_parameters([Parameter(name, value=bad)])[0]
+        assert not result.successful and name in result.reason, (name, result.reason)
+    assert node.get_parameter('tracking.track_buffer').value == 90

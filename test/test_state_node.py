@@ -37,8 +37,10 @@ def own_domain(monkeypatch):
 #: state settings of these tests: quick to react; persons forgotten after 2.3 s of stamps (no
 #: comparison on a float boundary), several frame intervals: the node's timer, which forgets by
 #: wall time once the input stopped, cannot take a pause of a loaded machine for that
+#: identity check off: the scripted scene moves boxes over a synthetic image, which the check
+#: would take for other people (the check on the node: test_identity_check_restarts_a_state)
 STATE = {'state.half_life_s': 0.3, 'state.min_hold_s': 0.2, 'state.forget_after_s': 2.3,
-         'state.margin': 0.05}
+         'state.margin': 0.05, 'state.identity_check': False}
 #: generous upper bound for waits on DDS (never asserted as timings)
 DDS_TIMEOUT_S = 30.0
 
@@ -307,3 +309,32 @@ def test_node_states_stay_bounded_with_ids_coming_and_going_and_can_be_disabled(
         assert off.node.states is None
         assert h.node.count_publishers('/emotion_states') == 1  # the first node's only
         assert off.node.diagnostics()[2]['state.enabled'] is False
+
+
+def test_identity_check_restarts_a_state(tmp_path):
+    """make demo's case on the node: the astronaut's photo, then Grace Hopper's in the same place
+    under the same track id '6' (as ultralytics' trackers do): the node's identity check (on by
+    default) ends the astronaut's state with reason new_identity, and Grace Hopper's state starts
+    at the swap."""
+    import cv2
+    from emotion_perception.core.model_files import sample_image_paths
+    photos = {n: cv2.cvtColor(cv2.imread(str(sample_image_paths()[n])), cv2.COLOR_BGR2RGB)
+              for n in ('astronaut', 'grace_hopper')}
+    boxes = {'astronaut': (15, 15, 385, 497), 'grace_hopper': (10, 20, 492, 570)}
+    with RosHarness('state_identity') as h:
+        rig = EmotionRig(h, **{**STATE, 'state.identity_check': True,
+                               'state.forget_after_s': 100.0})
+        states, events = collectors(h)
+        for i, name in enumerate(['astronaut'] * 4 + ['grace_hopper'] * 4):
+            rgb = photos[name]
+            hdr = header(300 + i // 2, (i % 2) * 500_000_000, 'identity_scene')
+            rig.send(det_array(hdr, [('6', boxes[name])], rgb.shape[1], rgb.shape[0]),
+                     numpy_to_image_msg(rgb, 'rgb8', header=hdr))
+        assert h.wait_for(lambda: len(states) >= 8, DDS_TIMEOUT_S)
+        time.sleep(0.2)  # the last events array
+        got_states, got_events = as_dicts(states, events)
+    left = [e for e in got_events if e['kind'] == 'left']
+    assert [(e['track_id'], e['reason']) for e in left] == [('6', 'new_identity')]
+    assert 302.0 <= left[0]['stamp'] <= 302.5  # confirmed on Grace Hopper's 2nd frame
+    first_seen = [s[0]['first_seen'] for s in got_states]
+    assert first_seen[:5] == [300.0] * 5 and first_seen[-1] == left[0]['stamp']

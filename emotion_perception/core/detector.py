@@ -6,13 +6,21 @@ while a person is tracked. Note ultralytics' trackers report a new person once t
 confirmed (from its second frame, except on the very first frame of a stream). The model runs
 in PyTorch or, exported from the same weights, in OpenVINO / ONNX Runtime (``runtime``; see
 ``detector_runtime``).
+
+The tracker is configured by ``TrackerOptions`` (how long a lost track is kept, the association
+thresholds, BoT-SORT's re-identification on the detector's own features): ``PersonDetector``
+writes them into the tracker YAML file that ultralytics reads
+(``TrackerOptions.ultralytics_config``: ultralytics' shipped ``bytetrack.yaml`` /
+``botsort.yaml`` with these keys replaced, so every other key keeps ultralytics' default).
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -27,6 +35,104 @@ LOG = logging.getLogger(__name__)
 
 #: Trackers ultralytics ships configurations for; '' disables tracking (ids stay empty).
 TRACKERS = ('bytetrack.yaml', 'botsort.yaml', '')
+#: BoT-SORT's global motion compensation methods ('none': a fixed camera, saves ~5-20 ms).
+GMC_METHODS = ('sparseOptFlow', 'orb', 'sift', 'ecc', 'none')
+#: Prefix of the tracker settings among the person_detector node's parameters.
+TRACKING_PREFIX = 'tracking.'
+
+
+@dataclasses.dataclass
+class TrackerOptions:
+    """The tracker settings that decide whether a person keeps their id (ultralytics' names; the
+    person_detector node's ``tracking.*`` parameters). The defaults are this package's, chosen
+    with bench/bench_tracking.py (README, "Identity through occlusion"); ``ULTRALYTICS_TRACKING``
+    holds ultralytics' own.
+
+    Attributes:
+        track_buffer: frames a lost track is kept for re-finding (frames, not seconds:
+            30 frames are 1 s at 30 fps, 3 s at 10 fps). Longer keeps ids through longer
+            occlusions, and lets a different person who appears where one vanished take the id.
+        match_thresh: association gate on the matching cost (1 - IoU x detection score, or
+            BoT-SORT's appearance distance when lower); pairs costing more are not matched.
+        new_track_thresh: a detection not matched to a track starts one from this score.
+            Detections below the detector's ``confidence`` never reach the tracker.
+        with_reid: BoT-SORT only (ignored by ByteTrack): also match on appearance, from the
+            detector's own features (ultralytics' ``model: auto``: no extra weights, needs a
+            PyTorch ``.pt`` detector with a Detect head; ``reid_auto_supported``).
+        proximity_thresh: BoT-SORT + ReID: appearance is used only for track/detection pairs
+            whose IoU is at least this (0: anywhere in the image, so a person who moved while
+            hidden can be re-found; ultralytics' default 0.5 only re-finds them in place).
+        appearance_thresh: BoT-SORT + ReID: minimum appearance similarity in [0, 1] (ultralytics'
+            ``1 - cosine distance / 2``) for an appearance match.
+        gmc_method: BoT-SORT's camera-motion compensation, one of ``GMC_METHODS``.
+    """
+
+    track_buffer: int = 90
+    match_thresh: float = 0.8
+    new_track_thresh: float = 0.25
+    with_reid: bool = True
+    proximity_thresh: float = 0.0
+    appearance_thresh: float = 0.9
+    gmc_method: str = 'sparseOptFlow'
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending setting."""
+        if not 1 <= self.track_buffer <= 100_000:
+            raise ValueError(f'tracking.track_buffer must be in [1, 100000] frames, '
+                             f'got {self.track_buffer}')
+        for name in ('match_thresh', 'new_track_thresh', 'proximity_thresh', 'appearance_thresh'):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f'tracking.{name} must be in [0, 1], got {value}')
+        if self.gmc_method not in GMC_METHODS:
+            raise ValueError(f'tracking.gmc_method must be one of {GMC_METHODS}, '
+                             f'got {self.gmc_method!r}')
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> 'TrackerOptions':
+        """From node parameters (``tracking.track_buffer``, ...); missing keys keep defaults."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k[len(TRACKING_PREFIX):]: v for k, v in params.items()
+                      if k.startswith(TRACKING_PREFIX) and k[len(TRACKING_PREFIX):] in names})
+
+    def ultralytics_config(self, tracker: str) -> dict[str, Any]:
+        """The tracker YAML for ultralytics: its shipped ``tracker`` file ('bytetrack.yaml' or
+        'botsort.yaml') with these settings (BoT-SORT's own keys only for BoT-SORT)."""
+        from ultralytics.utils import YAML
+        from ultralytics.utils.checks import check_yaml
+        config = dict(YAML.load(check_yaml(tracker)))
+        config.update(track_buffer=int(self.track_buffer), match_thresh=float(self.match_thresh),
+                      new_track_thresh=float(self.new_track_thresh))
+        if config.get('tracker_type') == 'botsort':
+            config.update(with_reid=bool(self.with_reid), model='auto',
+                          proximity_thresh=float(self.proximity_thresh),
+                          appearance_thresh=float(self.appearance_thresh),
+                          gmc_method=None if self.gmc_method == 'none' else self.gmc_method)
+        return config
+
+
+#: ultralytics' defaults (its bytetrack.yaml / botsort.yaml), for comparison.
+ULTRALYTICS_TRACKING = TrackerOptions(track_buffer=30, match_thresh=0.8, new_track_thresh=0.25,
+                                      with_reid=False, proximity_thresh=0.5,
+                                      appearance_thresh=0.8, gmc_method='sparseOptFlow')
+
+
+def reid_auto_supported(model: Any) -> bool:
+    """Whether ultralytics' BoT-SORT re-identification with ``model: auto`` can use the features
+    of this ``YOLO`` model: a PyTorch detection model whose last layer is a Detect head that is
+    not end-to-end (YOLOv8 / YOLO11 ``.pt``). The same test as ultralytics 8.4's
+    ``trackers.track.on_predict_start``: for anything else (an ONNX, OpenVINO, TorchScript or
+    TensorRT export, a YOLO26 on its end-to-end head) ultralytics silently switches to the
+    classifier ``yolo26n-cls.pt``, which it downloads (impossible offline)."""
+    import torch
+    from ultralytics.nn.modules.head import Detect
+    net = getattr(model, 'model', None)
+    try:
+        head = net.model[-1]
+    except (AttributeError, IndexError, TypeError):
+        return False
+    return (isinstance(net, torch.nn.Module) and isinstance(head, Detect)
+            and not getattr(head, 'end2end', False))
 
 
 @dataclasses.dataclass
@@ -48,6 +154,7 @@ class DetectorOptions:
             are 'Normal' and 'Fall').
         tracker: 'bytetrack.yaml', 'botsort.yaml' or '' (no tracking).
         max_detections: at most this many persons per image.
+        tracking: the tracker's settings (``TrackerOptions``).
         runtime: 'auto' | 'torch' | 'openvino' | 'onnxruntime' (``detector_runtime``: auto
             picks OpenVINO on x86-64 CPUs, torch on CUDA).
         runtime_cache_dir: where exported models are cached; '' = beside the weights when
@@ -61,8 +168,9 @@ class DetectorOptions:
     image_size: int = 640
     half: bool = False
     person_class_ids: Sequence[int] = ()
-    tracker: str = 'bytetrack.yaml'
+    tracker: str = 'botsort.yaml'
     max_detections: int = 50
+    tracking: TrackerOptions = dataclasses.field(default_factory=TrackerOptions)
     runtime: str = 'auto'
     runtime_cache_dir: str = ''
 
@@ -78,6 +186,7 @@ class DetectorOptions:
             raise ValueError(f'tracker must be one of {TRACKERS}, got {self.tracker!r}')
         if self.max_detections < 1:
             raise ValueError(f'max_detections must be >= 1, got {self.max_detections}')
+        self.tracking.validate()
         if self.runtime not in RUNTIMES:
             raise ValueError(f'runtime must be one of {RUNTIMES}, got {self.runtime!r}')
 
@@ -97,6 +206,7 @@ class PersonDetector:
         self.model: Any = None
         self.class_ids: list[int] = []
         self.device = ''
+        self.tracker_file = ''  # the tracker YAML written at load() ('' without tracking)
         #: what runs the model and why (set by ``load``)
         self.runtime: RuntimeChoice | None = None
 
@@ -119,20 +229,43 @@ class PersonDetector:
         except ModelFileError as exc:
             raise ModelLoadError(str(exc)) from exc
         dev = resolve_device(opts.device)
-        choice = self._choose_runtime(path, dev)
-        model = self._load_yolo(choice.model_path)
-        if choice.runtime == 'openvino' and not opts.half:
-            xml = Path(choice.model_path)  # an exported folder, or a user's .xml
-            pin_openvino_float32(model, xml if xml.suffix == '.xml' else next(xml.glob('*.xml')))
-        if choice.runtime != 'torch':
-            model, choice = self._check_exported(model, choice, path)
+        self.tracker_file = self._write_tracker_file()
+        try:
+            model, choice = self._load_runtime(path, dev)
+            self._check_reid(model, choice)
+            self.class_ids = self._person_classes(dict(model.names))
+        except ModelLoadError:
+            self._remove_tracker_file()
+            raise
         self.runtime = choice
-        self.class_ids = self._person_classes(dict(model.names))
         self.device = 'cpu' if choice.runtime != 'torch' else ('0' if dev == 'cuda' else dev)
         self.model = model
         LOG.info('person detector %s loaded: classes %s as persons, device %s, runtime %s (%s)',
                  path, {i: model.names[i] for i in self.class_ids}, self.device,
                  choice.runtime, choice.reason)
+
+    def _load_runtime(self, path: str, device: str) -> tuple[Any, RuntimeChoice]:
+        """The ultralytics model in the chosen runtime (an export that does not run: torch)."""
+        choice = self._choose_runtime(path, device)
+        model = self._load_yolo(choice.model_path)
+        if choice.runtime == 'openvino' and not self.options.half:
+            xml = Path(choice.model_path)  # an exported folder, or a user's .xml
+            pin_openvino_float32(model, xml if xml.suffix == '.xml' else next(xml.glob('*.xml')))
+        if choice.runtime != 'torch':
+            model, choice = self._check_exported(model, choice, path)
+        return model, choice
+
+    def _check_reid(self, model: Any, choice: RuntimeChoice) -> None:
+        """BoT-SORT's ReID on the detector's own features needs a PyTorch Detect model (else
+        ultralytics would download a classifier): refused with the reason."""
+        opts = self.options
+        if (opts.tracker == 'botsort.yaml' and opts.tracking.with_reid
+                and (choice.runtime != 'torch' or not reid_auto_supported(model))):
+            raise ModelLoadError(
+                f'tracking.with_reid needs a PyTorch .pt detector with a Detect head (its own '
+                f'features are the appearance); {opts.model!r} in {choice.runtime} is not one, '
+                'and ultralytics would download yolo26n-cls.pt instead. Set tracking.with_reid '
+                'false.')
 
     def _choose_runtime(self, path: str, device: str) -> RuntimeChoice:
         """``detector_runtime.choose_runtime`` for these options; a model that is no .pt file
@@ -147,7 +280,7 @@ class PersonDetector:
             import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
             with keep_torch_threads():  # the tracker's YAML and the exporter import ultralytics
                 return choose_runtime(opts.runtime, device, weights, opts.image_size,
-                                      opts.tracker, opts.runtime_cache_dir,
+                                      self.tracker_file, opts.runtime_cache_dir,
                                       opts.model.startswith(PKG_SCHEME))
         except ValueError as exc:
             raise ModelLoadError(f'person detector: {exc}') from exc
@@ -177,7 +310,7 @@ class PersonDetector:
         # the tracker argument as ``detect`` passes it, so its first call reuses this predictor
         with keep_torch_threads():
             model.predict(np.zeros((size, size, 3), np.uint8), imgsz=size, device=device,
-                          tracker=self.options.tracker or 'bytetrack.yaml', verbose=False)
+                          tracker=self.tracker_file or 'bytetrack.yaml', verbose=False)
 
     def _load_yolo(self, path: str) -> Any:
         try:
@@ -201,9 +334,29 @@ class PersonDetector:
         persons = [i for i, n in names.items() if n.lower() == 'person']
         return persons or sorted(names)
 
+    def _write_tracker_file(self) -> str:
+        """Write the tracker YAML (ultralytics reads a file) into a private temporary folder
+        that ``unload`` removes; '' without tracking."""
+        self._remove_tracker_file()
+        if not self.options.tracker:
+            return ''
+        import torch  # noqa: F401 - first, so ultralytics' OMP_NUM_THREADS=1 cannot reach it
+        import yaml
+        with keep_torch_threads():  # ultralytics_config imports ultralytics
+            config = self.options.tracking.ultralytics_config(self.options.tracker)
+        path = Path(tempfile.mkdtemp(prefix='emotion_perception_tracker_')) / self.options.tracker
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return str(path)
+
+    def _remove_tracker_file(self) -> None:
+        if self.tracker_file:
+            shutil.rmtree(Path(self.tracker_file).parent, ignore_errors=True)
+            self.tracker_file = ''
+
     def unload(self) -> None:
         """Drop the model (and its tracker state); frees GPU memory."""
         self.model = None
+        self._remove_tracker_file()
         try:
             import torch
             if torch.cuda.is_available():
@@ -238,7 +391,8 @@ class PersonDetector:
             kwargs['half'] = True
         with keep_torch_threads():  # ultralytics re-sets torch's threads at its first call
             if opts.tracker:
-                result = self.model.track(bgr, persist=True, tracker=opts.tracker, **kwargs)[0]
+                result = self.model.track(bgr, persist=True, tracker=self.tracker_file,
+                                          **kwargs)[0]
             else:
                 result = self.model.predict(bgr, **kwargs)[0]
         boxes = result.boxes

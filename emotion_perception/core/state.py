@@ -45,10 +45,11 @@ Each switch is one event (``onset`` / ``offset``, with the smoothed score), exac
 **Ending a state**: a track not in any frame for more than ``forget_after_s`` (stamp time) is
 forgotten (checked at each frame before its updates, and by ``tick``), the least recently seen
 is evicted beyond ``max_tracks``, a ``new_identity`` observation (the tracker kept the id but it
-is another person) ends the old state under that id, ``reset`` ends all (stamps going backwards,
-a restarted detector). Ending gives an ``offset`` per active label, then one ``left`` event,
-both with the reason. Untracked persons (empty track id) and ids that occur twice in one frame
-get a state of that observation alone (no history, no events).
+is another person: given, or found by the identity check, ``StateOptions.identity_check``, on the
+frame's image and boxes) ends the old state under that id, ``reset`` ends all (stamps going
+backwards, a restarted detector). Ending gives an ``offset`` per active label, then one
+``left`` event, both with the reason. Untracked persons (empty track id) and ids that occur twice
+in one frame get a state of that observation alone (no history, no events).
 
 Thread safety: ``EmotionStates`` is guarded by a lock (a node answers frames from two threads).
 """
@@ -64,7 +65,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .categories import EMOTIC_CATEGORIES, NUM_CATEGORIES, VAD_NAMES, thresholds_array
-from .types import EmotionResult, Status
+from .identity import IdentityGuard, IdentityOptions
+from .types import BBox, EmotionResult, Status
 
 #: components of a state vector: the 26 scores, then valence, arousal, dominance
 _DIM = NUM_CATEGORIES + len(VAD_NAMES)
@@ -167,6 +169,12 @@ class StateOptions:
         min_hold_s: a label stays on (or off) at least this long after a switch.
         forget_after_s: a track in no frame for longer than this is forgotten (``left``).
         max_tracks: most states kept; beyond, the least recently seen is evicted.
+        identity_check: check, per frame given with its image and boxes, that each track id
+            still shows the same person (``core.identity.IdentityGuard``: the colours of the
+            body); when another person took the id, that id's state restarts (``new_identity``)
+            instead of passing the previous person's emotions on.
+        identity_threshold: the check's colour-signature distance in (0, 1) above which the
+            id shows someone else (``IdentityOptions.threshold``).
     """
 
     enabled: bool = True
@@ -175,6 +183,8 @@ class StateOptions:
     min_hold_s: float = 1.0
     forget_after_s: float = 3.0
     max_tracks: int = 256
+    identity_check: bool = True
+    identity_threshold: float = 0.25
 
     def validate(self) -> None:
         """Raises ValueError naming the bad setting."""
@@ -188,6 +198,9 @@ class StateOptions:
                              f'{self.min_hold_s} and {self.forget_after_s}')
         if self.max_tracks < 1:
             raise ValueError(f'state max_tracks must be >= 1, got {self.max_tracks}')
+        if not 0.0 < self.identity_threshold < 1.0:
+            raise ValueError(f'state identity_threshold must be in (0, 1), got '
+                             f'{self.identity_threshold}')
 
     def resolved(self, default_half_life_s: float) -> 'StateOptions':
         """A copy with ``half_life_s < 0`` replaced by ``default_half_life_s``."""
@@ -309,6 +322,9 @@ class EmotionStates:
         self._lock = threading.Lock()
         self._clock = -math.inf
         self._counts: Counter[str] = Counter()
+        self._identity = (IdentityGuard(IdentityOptions(
+            threshold=options.identity_threshold, max_tracks=options.max_tracks,
+            forget_after_s=options.forget_after_s)) if options.identity_check else None)
 
     @classmethod
     def for_backend(cls, options: StateOptions, backend: Any) -> 'EmotionStates':
@@ -342,7 +358,8 @@ class EmotionStates:
             return track.snapshot(at, self.options.half_life_s)
 
     def update_frame(self, track_ids: Sequence[str], results: Sequence[EmotionResult],
-                     stamp_s: float, new_identity: Sequence[bool] | None = None
+                     stamp_s: float, new_identity: Sequence[bool] | None = None,
+                     image: np.ndarray | None = None, boxes: Sequence[BBox] | None = None
                      ) -> FrameStates:
         """One frame: forget the tracks unseen too long, then update each person.
 
@@ -351,15 +368,21 @@ class EmotionStates:
             results: the persons' results, same order.
             stamp_s: the frame's stamp (seconds of sensor time).
             new_identity: per person, True when the tracker kept the id but it is another
-                person (default: all False).
+                person; None = the identity check decides (``identity_check`` with ``image``
+                and ``boxes``), else all False.
+            image: the frame, (H, W, 3) uint8 RGB, for the identity check (None: not checked).
+            boxes: the persons' boxes (xyxy pixels of ``image``), same order.
         """
-        if len(results) != len(track_ids):
-            raise ValueError(f'{len(results)} results for {len(track_ids)} track ids')
-        fresh = list(new_identity) if new_identity is not None else [False] * len(track_ids)
+        if len(results) != len(track_ids) or (boxes is not None
+                                              and len(boxes) != len(track_ids)):
+            raise ValueError(f'{len(results)} results and {"no" if boxes is None else len(boxes)}'
+                             f' boxes for {len(track_ids)} track ids')
         counts = Counter(t for t in track_ids if t)
         dups = {t for t, n in counts.items() if n > 1}
         with self._lock:
             events = self._forget(stamp_s)
+            fresh = (list(new_identity) if new_identity is not None
+                     else self._identity_changes(track_ids, dups, image, boxes, stamp_s))
             self._counts['duplicate_ids'] += len(dups)
             states = []
             for tid, res, new in zip(track_ids, results, fresh):
@@ -375,6 +398,16 @@ class EmotionStates:
         with self._lock:
             return self._update(track_id, result, stamp_s, new_identity)
 
+    def _identity_changes(self, track_ids: Sequence[str], skip: set[str],
+                          image: np.ndarray | None, boxes: Sequence[BBox] | None,
+                          stamp_s: float) -> list[bool]:
+        """Per person: does the id now show another person? (the identity check; all False
+        without it, an image or boxes; ids in ``skip`` are not checked). Under the lock."""
+        if self._identity is None or image is None or boxes is None:
+            return [False] * len(track_ids)
+        return [self._identity.observe(tid if tid not in skip else '', image, box, stamp_s)
+                for tid, box in zip(track_ids, boxes)]
+
     def tick(self, stamp_s: float) -> list[StateEvent]:
         """Forget the tracks in no frame for more than ``forget_after_s`` before ``stamp_s``
         (for a node whose input stopped: see README); returns their events."""
@@ -389,6 +422,8 @@ class EmotionStates:
             for track in list(self._tracks.values()):
                 events += self._end(track, at, 'reset')
             self._tracks.clear()
+            if self._identity is not None:
+                self._identity.clear()
             self._clock = -math.inf
             return events
 
@@ -458,6 +493,8 @@ class EmotionStates:
         events: list[StateEvent] = []
         for track in [t for t in self._tracks.values() if t.last_seen < limit]:
             del self._tracks[track.track_id]
+            if self._identity is not None:
+                self._identity.forget(track.track_id)
             self._counts['forgotten'] += 1
             events += self._end(track, stamp_s, 'forgotten')
         return events

@@ -196,6 +196,13 @@ STATE_PARAMS = [
               in_range(0.01, 3600.0)),
     ParamSpec('state.max_tracks', 256, 'most person states kept; beyond, the least recently '
               'seen is evicted (counted state.evicted)', in_range(1, 100000)),
+    ParamSpec('state.identity_check', True, 'check on each frame that a track id still shows '
+              'the same person (colours of the body); when another person took the id (one '
+              'replaced by another in the same place), its state restarts (a left event with '
+              'reason new_identity) instead of passing on the previous person\'s emotions'),
+    ParamSpec('state.identity_threshold', 0.25, 'identity check: colour-signature distance '
+              '(0, 1) above which the id shows someone else (same person under camera noise '
+              '<= ~0.16)', in_range(0.01, 0.99)),
 ]
 
 PARAMS = [
@@ -817,7 +824,7 @@ class EmotionNode(PerceptionNode):
         if self._pub is not None:
             self._pub.publish(out)
         self.stats.count('emotions_out')
-        self._publish_states(job, results)
+        self._publish_states(job, results, rgb)
         self.stats.latency(latency_ms)
         if self._rep155_out is not None:
             if rgb is not None:
@@ -843,29 +850,36 @@ class EmotionNode(PerceptionNode):
         opts = StateOptions(enabled=p['state.enabled'], half_life_s=p['state.half_life_s'],
                             margin=p['state.margin'], min_hold_s=p['state.min_hold_s'],
                             forget_after_s=p['state.forget_after_s'],
-                            max_tracks=p['state.max_tracks'])
+                            max_tracks=p['state.max_tracks'],
+                            identity_check=p['state.identity_check'],
+                            identity_threshold=p['state.identity_threshold'])
         self.states = EmotionStates.for_backend(opts, backend) if opts.enabled else None
         self._state_last = None
         if self.states is not None:
             o = self.states.options
+            identity = f'at {o.identity_threshold:g}' if o.identity_check else 'off'
             self.get_logger().info(
                 f'per-person state: half-life {o.half_life_s:g} s, margin {o.margin:g}, hold '
-                f'{o.min_hold_s:g} s, forget after {o.forget_after_s:g} s; results reused for '
-                f'{self.pipeline.reuse.max_age_s:g} s')
+                f'{o.min_hold_s:g} s, forget after {o.forget_after_s:g} s, identity check '
+                f'{identity}; results reused for {self.pipeline.reuse.max_age_s:g} s')
 
-    def _publish_states(self, job: _Pending, results: list[EmotionResult]
+    def _publish_states(self, job: _Pending, results: list[EmotionResult], rgb
                         ) -> FrameStates | None:
-        """Update the states with one answered frame; publish them and the events. Returns
-        the frame's states (in the persons' order: what the REP-155 outputs can use), or None.
-        Never raises (the emotions array is out already): a failure is counted and logged."""
+        """Update the states with one answered frame (``rgb``: its image, (H, W, 3) uint8,
+        for the identity check; None when the frame was not decoded); publish them and the
+        events. Returns the frame's states (in the persons' order: what the REP-155 outputs can
+        use), or None. Never raises (the emotions array is out already): a failure is counted
+        and logged."""
         states = self.states
         if states is None:
             return None
         try:
             header = job.msg.header
             stamp_s = stamp_seconds(header)
+            boxes = (None if rgb is None
+                     else [d.bbox for d in detections_from_msg(job.msg)])
             frame = states.update_frame([d.track_id for d in job.msg.detections], results,
-                                        stamp_s)
+                                        stamp_s, image=rgb, boxes=boxes)
             last = self._state_last
             if last is None or stamp_s >= last[0]:
                 self._state_last = (stamp_s, time.monotonic(), header.frame_id)

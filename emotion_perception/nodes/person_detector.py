@@ -46,7 +46,8 @@ from sensor_msgs.msg import Image
 from emotion_perception.msg import PersonDetectionArray
 
 from ..core.backends.base import ImageError
-from ..core.detector import TRACKERS, DetectorOptions, PersonDetector
+from ..core.detector import (GMC_METHODS, TRACKERS, DetectorOptions, PersonDetector,
+                             TrackerOptions)
 from ..core.detector_runtime import RUNTIMES
 from ..core.drawing import draw_persons
 from ..core.model_files import OFFLINE_PERSON_DETECTOR
@@ -59,6 +60,34 @@ from ..ros.params import ParamSpec, in_range, one_of
 from ..ros.qos import RESULTS_QOS
 from .base import PerceptionNode
 from .lifecycle import run_node_process
+
+_TRACKING = TrackerOptions()  # the defaults, one source (config/person_detector.yaml repeats them)
+#: The tracker's settings (``core.detector.TrackerOptions``, ultralytics' names).
+TRACKING_PARAMS = [
+    ParamSpec('tracking.track_buffer', _TRACKING.track_buffer,
+              'frames a lost track is kept to be re-found (frames, not seconds: 30 = 1 s at '
+              '30 fps, 3 s at 10 fps); longer keeps ids through longer occlusions',
+              in_range(1, 100_000)),
+    ParamSpec('tracking.match_thresh', _TRACKING.match_thresh,
+              'association gate [0, 1] on the cost 1 - IoU x score (or the ReID distance): '
+              'pairs costing more are not matched', in_range(0.0, 1.0)),
+    ParamSpec('tracking.new_track_thresh', _TRACKING.new_track_thresh,
+              'an unmatched detection starts a track from this score [0, 1] (detections below '
+              '`confidence` never reach the tracker)', in_range(0.0, 1.0)),
+    ParamSpec('tracking.with_reid', _TRACKING.with_reid,
+              "botsort.yaml only: also match on appearance from the detector's own features "
+              "(ultralytics' model: auto; no extra weights; needs a PyTorch .pt detector)"),
+    ParamSpec('tracking.proximity_thresh', _TRACKING.proximity_thresh,
+              'botsort.yaml + ReID: appearance counts only for pairs with at least this IoU '
+              '[0, 1] (0: anywhere, so a person who moved while hidden is re-found)',
+              in_range(0.0, 1.0)),
+    ParamSpec('tracking.appearance_thresh', _TRACKING.appearance_thresh,
+              'botsort.yaml + ReID: minimum appearance similarity [0, 1] for a match',
+              in_range(0.0, 1.0)),
+    ParamSpec('tracking.gmc_method', _TRACKING.gmc_method,
+              f"botsort.yaml: camera-motion compensation, one of {list(GMC_METHODS)} ('none' "
+              'for a fixed camera)', one_of(*GMC_METHODS)),
+]
 
 PARAMS = [
     ParamSpec('model', OFFLINE_PERSON_DETECTOR,
@@ -74,9 +103,10 @@ PARAMS = [
               'bf16 on CPUs with AVX512-BF16/AMX (faster, boxes no longer exactly torch\'s)'),
     ParamSpec('person_class_ids', [], "class ids counted as persons; empty = auto ('person' "
               'class, or all classes of a person-only model)', list_of=int),
-    ParamSpec('tracker', 'bytetrack.yaml', "ultralytics tracker: 'bytetrack.yaml', "
+    ParamSpec('tracker', 'botsort.yaml', "ultralytics tracker: 'bytetrack.yaml', "
               "'botsort.yaml', or '' for no tracking (empty track ids)", one_of(*TRACKERS)),
     ParamSpec('max_detections', 50, 'at most this many persons per image', in_range(1, 1000)),
+    *TRACKING_PARAMS,
     ParamSpec('runtime', 'auto', "inference runtime: 'torch', 'openvino' or 'onnxruntime' (the "
               'weights exported once and cached; CPU), or \'auto\' (OpenVINO on x86-64 CPUs, '
               'torch on CUDA or when a ReID tracker reads the detector features); a failing '
@@ -106,6 +136,14 @@ PARAMS = [
 ]
 
 
+def _describe_tracker(p: dict) -> str:
+    """'off', or the tracker, its buffer and (BoT-SORT) ReID, for the configure log line."""
+    if not p['tracker']:
+        return 'off'
+    reid = ', ReID' if p['tracker'] == 'botsort.yaml' and p['tracking.with_reid'] else ''
+    return f'{p["tracker"]} (track_buffer {p["tracking.track_buffer"]} frames{reid})'
+
+
 class PersonDetectorNode(PerceptionNode):
     """See the module docstring; lifecycle plumbing in ``PerceptionNode``."""
 
@@ -130,6 +168,7 @@ class PersonDetectorNode(PerceptionNode):
             model=p['model'], device=p['device'], confidence=p['confidence'], iou=p['iou'],
             image_size=p['image_size'], half=p['half'],
             person_class_ids=tuple(p['person_class_ids']), tracker=p['tracker'],
+            tracking=TrackerOptions.from_params(p),
             max_detections=p['max_detections'], runtime=p['runtime'],
             runtime_cache_dir=p['runtime_cache_dir'])
         self.detector = PersonDetector(options)
@@ -138,7 +177,7 @@ class PersonDetectorNode(PerceptionNode):
         warm_s = self._warm_up()
         rt = self.detector.runtime
         return (f'model {p["model"]} on {self.detector.device}, runtime {rt.runtime} '
-                f'({rt.reason}), tracker {p["tracker"] or "off"}, warm-up inference {warm_s:.1f} s')
+                f'({rt.reason}), tracker {_describe_tracker(p)}, warm-up inference {warm_s:.1f} s')
 
     def _load_model(self) -> None:
         if not self.detector.loaded:

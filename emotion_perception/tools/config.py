@@ -1,7 +1,9 @@
 """Reading the nodes' YAML parameter files for the offline tools (same files as on a robot)."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..core.backends import backend_class
-from ..core.detector import DetectorOptions
+from ..core.detector import DetectorOptions, TrackerOptions
 from ..core.pipeline import ReuseOptions
 from ..core.state import StateOptions
 
@@ -72,14 +74,44 @@ class PipelineConfig:
     state: StateOptions = dataclasses.field(default_factory=StateOptions)
 
 
+#: ``--tracker`` choices -> the person_detector's ``tracker`` parameter.
+TRACKER_CHOICES = {'bytetrack': 'bytetrack.yaml', 'botsort': 'botsort.yaml', 'none': ''}
+
+
+def add_tracker_arguments(p: argparse.ArgumentParser) -> None:
+    """The tracker flags of ``process`` and ``demo`` (the person_detector's ``tracker`` and
+    ``tracking.*`` parameters; the other ``tracking.*`` thresholds via ``--config``). Not given
+    = config/person_detector.yaml's value."""
+    p.add_argument('--tracker', choices=sorted(TRACKER_CHOICES),
+                   help='person tracker (botsort: BoT-SORT, with --reid its re-identification)')
+    p.add_argument('--track-buffer', type=int, metavar='FRAMES',
+                   help='frames a lost track is kept to be re-found (30 = 1 s at 30 fps)')
+    p.add_argument('--reid', action=argparse.BooleanOptionalAction, default=None,
+                   help="BoT-SORT: match on appearance from the detector's own features")
+
+
+def tracker_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The tracker flags given -> person_detector parameter names and values."""
+    out = {'tracker': TRACKER_CHOICES.get(getattr(args, 'tracker', None)),
+           'tracking.track_buffer': getattr(args, 'track_buffer', None),
+           'tracking.with_reid': getattr(args, 'reid', None)}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def ros_param_arg(name: str, value: Any) -> str:
+    """``name:=value`` for a node's ``--ros-args -p``, the value written as YAML (JSON is YAML),
+    so '' stays an empty string and True a bool."""
+    return f'{name}:={json.dumps(value)}'
+
+
 def load_pipeline_config(path: str | Path | None = None,
                          overrides: dict[str, Any] | None = None,
                          detector_overrides: dict[str, Any] | None = None) -> PipelineConfig:
     """Detector, backend, reuse and state settings from the default YAML files, then ``path``
     (a file with ``person_detector`` and/or ``emotion_node`` sections), then ``overrides``
     (emotion node parameter names, e.g. {'backend.name': 'vlm', 'backend.model': '...'}) and
-    ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch'}); None
-    values are ignored."""
+    ``detector_overrides`` (person_detector parameter names, e.g. {'runtime': 'torch',
+    'tracking.with_reid': True}); None values are ignored."""
     cdir = config_dir()
     det = node_params(cdir / 'person_detector.yaml', 'person_detector')
     emo = node_params(cdir / 'emotion_node.yaml', 'emotion_node')
@@ -88,9 +120,10 @@ def load_pipeline_config(path: str | Path | None = None,
         emo.update(node_params(Path(path), 'emotion_node'))
     emo.update({k: v for k, v in (overrides or {}).items() if v is not None})
     det.update({k: v for k, v in (detector_overrides or {}).items() if v is not None})
-    det_fields = {f.name for f in dataclasses.fields(DetectorOptions)}
+    det_fields = {f.name for f in dataclasses.fields(DetectorOptions)} - {'tracking'}
     detector = DetectorOptions(**{k: (tuple(v) if isinstance(v, list) else v)
-                                  for k, v in det.items() if k in det_fields})
+                                  for k, v in det.items() if k in det_fields},
+                               tracking=TrackerOptions.from_params(det))
     name = emo.get('backend.name', 'face_baseline')
     fields = {f.name for f in dataclasses.fields(backend_class(name).Options)}
     refuse_foreign_options(name, fields, overrides or {})

@@ -35,6 +35,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .config import add_tracker_arguments, ros_param_arg, tracker_overrides
+
 DEMO_IMAGES = ('bus', 'zidane', 'astronaut', 'grace_hopper')
 CAMERA_TOPIC = '/camera/image_raw'
 START_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z, fixed so runs are comparable
@@ -157,8 +159,8 @@ def _start_nodes(output: Path, env: dict, backend_params: dict | None,
     user = ['--params-file', str(config)] if config is not None else []
     emo_extra = user + [item for k, v in (backend_params or {}).items() if v not in (None, '')
                         for item in ('-p', f'{k}:={v}')]
-    det_extra = user + [item for k, v in (detector_params or {}).items()
-                        if v not in (None, '') for item in ('-p', f'{k}:={v}')]
+    det_extra = user + [item for k, v in (detector_params or {}).items() if v is not None
+                        for item in ('-p', ros_param_arg(k, v))]
     procs, logs = {}, {}
     for module, config, extra in (('person_detector', cfg / 'person_detector.yaml', det_extra),
                                   ('emotion_node', cfg / 'emotion_node.yaml', emo_extra)):
@@ -473,6 +475,7 @@ def register(subparsers) -> None:
     p.add_argument('--model', help='emotion model id or path')
     p.add_argument('--detector-runtime', choices=['auto', 'torch', 'openvino', 'onnxruntime'],
                    help="person detector runtime (default: the config, 'auto')")
+    add_tracker_arguments(p)
     p.add_argument('--config', type=Path, help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections, applied after the package config/')
     from .process import add_state_arguments
@@ -484,5 +487,6 @@ def _main(args: argparse.Namespace) -> int:
     from .process import state_overrides
     return run_demo(args.output, repeat=args.repeat, rate_hz=args.rate,
                     backend_params={'backend.name': args.backend, 'backend.model': args.model},
-                    detector_params={'runtime': args.detector_runtime},
+                    detector_params={'runtime': args.detector_runtime,
+                                     **tracker_overrides(args)},
                     state_params=state_overrides(args), config=args.config)

@@ -38,6 +38,8 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from .config import add_tracker_arguments, tracker_overrides
+
 LOG = logging.getLogger('emotion_perception.process')
 
 IMAGE_EXTS = {'.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp'}
@@ -271,7 +273,7 @@ def _process_frame(frame, stamp_s, rgb, detector, pipeline, summary, out,
         summary['persons'] += 1
     out.flush()
     if recorder is not None:
-        recorder.add(frame, stamp_s, detected.detections, results)
+        recorder.add(frame, stamp_s, detected.detections, results, rgb)
     if annotated_dir is not None:
         name = Path(frame).stem if isinstance(frame, str) else f'frame_{frame:06d}'
         drawn = draw_persons(rgb, detected.detections, results)
@@ -366,13 +368,22 @@ def add_state_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument('--state-forget-after-s', type=float, metavar='S',
                    help="a person in no frame for this long is forgotten ('left' event)")
     p.add_argument('--state-max-tracks', type=int, metavar='N', help='most states kept')
+    p.add_argument('--identity-check', dest='state_identity_check',
+                   action=argparse.BooleanOptionalAction, default=None,
+                   help="check that a track id still shows the same person (colours of the "
+                        "body); another person in the same place starts a new state")
+    p.add_argument('--state-identity-threshold', type=float, metavar='D',
+                   help='identity check: colour distance (0, 1) above which the id shows '
+                        'someone else')
 
 
 #: CLI option (argparse dest) -> emotion node parameter
 STATE_FLAGS = {'state_enabled': 'state.enabled', 'state_half_life_s': 'state.half_life_s',
                'state_margin': 'state.margin', 'state_min_hold_s': 'state.min_hold_s',
                'state_forget_after_s': 'state.forget_after_s',
-               'state_max_tracks': 'state.max_tracks'}
+               'state_max_tracks': 'state.max_tracks',
+               'state_identity_check': 'state.identity_check',
+               'state_identity_threshold': 'state.identity_threshold'}
 
 
 def state_overrides(args: argparse.Namespace) -> dict:
@@ -394,6 +405,7 @@ def register(subparsers) -> None:
     p.add_argument('--config', help='ROS 2 parameter YAML with person_detector and/or '
                    'emotion_node sections (defaults: the package config/)')
     add_backend_arguments(p)
+    add_tracker_arguments(p)
     add_state_arguments(p)
     p.add_argument('--no-timelines', action='store_true',
                    help='do not draw timelines/<track_id>.png')
@@ -412,7 +424,8 @@ def _main(args: argparse.Namespace) -> int:
                           {**backend_overrides(args), **state_overrides(args)},
                           save_images=not args.no_images, max_frames=args.max_frames,
                           topic=args.topic, progress=not args.no_progress,
-                          detector_overrides={'runtime': args.detector_runtime},
+                          detector_overrides={'runtime': args.detector_runtime,
+                                              **tracker_overrides(args)},
                           timelines=not args.no_timelines)
     print(json.dumps(summary, indent=2))
     return 0

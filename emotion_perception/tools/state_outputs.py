@@ -129,8 +129,11 @@ class StateRecorder:
         self.writer = writer
 
     def add(self, frame: Any, stamp_s: float, detections: Sequence[PersonDetection],
-            results: Sequence[EmotionResult]) -> FrameStates:
-        out = self.states.update_frame([d.track_id for d in detections], results, stamp_s)
+            results: Sequence[EmotionResult], rgb: np.ndarray | None = None) -> FrameStates:
+        """One frame's persons (``rgb``: its image, (H, W, 3) uint8, for the identity check
+        of ``StateOptions.identity_check``; None: not checked)."""
+        out = self.states.update_frame([d.track_id for d in detections], results, stamp_s,
+                                       image=rgb, boxes=[d.bbox for d in detections])
         self.writer.write_frame(frame, results, out.states, out.events)
         return out
 

@@ -131,6 +131,29 @@ class Consumer:
         self.proc.wait(timeout=20)
 
 
+def test_expression_comes_from_the_state_else_the_frame():
+    """ROS-free: the state's smoothed scores when it holds evidence, else the frame's OK /
+    CACHED result, else nothing; compared with the expression table computed directly."""
+    import numpy as np
+
+    from emotion_perception.core.categories import CATEGORY_INDEX
+    from emotion_perception.core.expressions import to_expression
+    from emotion_perception.core.types import EmotionResult, Status
+    from emotion_perception.ros.rep155_output import expression_of
+    sad, happy = np.zeros(26, np.float32), np.zeros(26, np.float32)
+    sad[CATEGORY_INDEX['Sadness']], happy[CATEGORY_INDEX['Happiness']] = 0.9, 0.9
+    nan3 = (float('nan'),) * 3
+    frame = EmotionResult(scores=happy, vad=nan3, status=Status.OK)
+    state = type('State', (), {'scores': sad, 'vad': nan3})()
+    assert expression_of(frame, state) == to_expression(sad, nan3)
+    assert expression_of(frame, state).expression == 'sad'
+    empty = type('State', (), {'scores': np.full(26, np.nan, np.float32), 'vad': nan3})()
+    assert expression_of(frame, empty).expression == 'happy'
+    assert expression_of(frame, None).expression == 'happy'
+    failed = EmotionResult.failed(Status.SKIPPED, 'no face found in person box')
+    assert expression_of(failed, empty) is None and expression_of(failed, state) is not None
+
+
 def _expressions() -> set[str]:
     from hri_msgs.msg import Expression
     return {v for k, v in vars(Expression).items() if k.isupper() and isinstance(v, str)}

@@ -246,8 +246,9 @@ def test_a_libhri_consumer_sees_our_faces_bodies_and_matches(harness, tmp_path, 
         assert faces == {r['id'] for r in consumer.rows('removed', kind='face')}
         # the bus people left when zidane's came (forget_after_s), before the frames stopped
         rows = consumer.rows()
-        first_zidane = min(i for i, r in enumerate(rows) if r.get('id') == 'fb11')
-        assert {r['id'] for r in rows[first_zidane:] if r['ev'] == 'removed'} >= {'fb1', 'fb2'}
+        last_zidane = max(i for i, r in enumerate(rows) if r['ev'] == 'roi'
+                          and r['id'] == 'fb11')
+        assert {r['id'] for r in rows[:last_zidane] if r['ev'] == 'removed'} >= {'fb1', 'fb2'}
         # a face that leaves is 'not associated' any more (IdsMatch: confidence 0)
         assert {m['id1'] for m in consumer.rows('match') if m['confidence'] == 0} == faces
         # bodies: roi and cropped of the body's size, the image's header

@@ -65,8 +65,8 @@ ARGUMENTS = {  # name: (default, description)
                             "(vision_msgs/Detection2DArray); '' = from the parameter files"),
     'start_detector': ('true', "'false': do not start the project's person_detector (another "
                        'stack publishes the detections)'),
-    'rep155': ('', "'true': emotion_node publishes REP-155 (ROS4HRI) emotions and expressions; "
-               "'' = from the parameter files"),
+    'rep155': ('', "'true': emotion_node publishes REP-155 (ROS4HRI) bodies, faces, "
+               "expressions, emotions and face-body matches; '' = from the parameter files"),
 }
 BOOLS = ('', 'true', 'false')
 

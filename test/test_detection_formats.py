@@ -415,7 +415,7 @@ def test_rep155_out_received_by_another_process(harness, tmp_path):
     node, out = start_node(harness, **{'rep155.publish': True, 'rep155.forget_after_s': 0.5})
     topics = {'/humans/bodies/b1/emotion': 'emotions', '/humans/bodies/b2/emotion': 'emotions',
               '/humans/faces/f1/expression': 'expression', '/humans/bodies/tracked': 'ids',
-              '/humans/bodies/b1/roi': 'roi'}
+              '/humans/bodies/b1/roi': 'roi', '/emotion_states': 'states'}
     listener = Listener(tmp_path, topics)
     try:
         face = [BEIGE_FACE[0] / BUS_W, BEIGE_FACE[1] / BUS_H, BEIGE_FACE[2] / BUS_W,
@@ -445,16 +445,21 @@ def test_rep155_out_received_by_another_process(harness, tmp_path):
         emotions = listener.records('/humans/bodies/b1/emotion')
         assert emotions and all(len(r['persons']) == 1 and r['persons'][0]['track_id'] == '1'
                                 for r in emotions)
-        by_stamp = {tuple(r['stamp']): r['persons'][0] for r in emotions}
+        # the expression comes from the person's smoothed state (issue 23), same stamp
+        states = {tuple(r['stamp']): p for r in listener.records('/emotion_states')
+                  for p in r['persons'] if p['track_id'] == '1'}
+        checked = 0
         for expr in listener.records('/humans/faces/f1/expression'):
-            person = by_stamp.get(tuple(expr['stamp']))
+            person = states.get(tuple(expr['stamp']))
             if person is None:
                 continue
+            checked += 1
             ref = to_expression(person['scores'], person['vad'])  # independent recomputation
             assert expr['expression'] == ref.expression
             assert expr['valence'] == pytest.approx(ref.valence, abs=1e-6)
             assert expr['confidence'] == pytest.approx(ref.confidence, abs=1e-6)
             assert -1 <= expr['valence'] <= 1 and 0 <= expr['confidence'] <= 1
+        assert checked, 'no expression with the state of its stamp'
         # the face is the beige-coat man's (person 1): person 2 got no expression topic
         assert harness.node.count_publishers('/humans/faces/f2/expression') == 0
         rois = listener.records('/humans/bodies/b1/roi')

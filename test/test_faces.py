@@ -217,7 +217,7 @@ def test_zidane_and_ancelotti_each_get_their_own_face(backend, images):
     anc_box, zid_box = _person('zidane', 0), _person('zidane', 1)
     # Zidane's box (his arm stretched over Ancelotti) holds both faces
     assert sum(face_on(f, p) for p in (ancelotti, zidane)
-               for f in [d.box for d in backend.find_faces(image, [zid_box]) if d]) == 1
+               for f in [d.box for d in backend.face_finder.find(image, [zid_box]) if d]) == 1
     for boxes, context in (([zid_box, anc_box], []), ([zid_box], [anc_box]), ([zid_box], [])):
         (face, *rest) = backend.preprocess(image, boxes, context).face_boxes
         assert face_on(face, zidane), (boxes, context, face)
@@ -249,15 +249,78 @@ def test_haar_is_the_fallback_where_mtcnn_finds_nothing(images):
     b.load()
     box = [_person('astronaut', 0)]
     assert b.preprocess(images['astronaut'], box).detections[0].source == 'mtcnn'
-    b._mtcnn.detect = lambda crops, sizes=None: [[] for _ in crops]  # MTCNN sees nothing
+    b.face_finder._mtcnn.detect = lambda crops, sizes=None: [[] for _ in crops]  # sees nothing
     (face,) = b.preprocess(images['astronaut'], box).detections
     assert face is not None and face.source == 'haar'
     assert face_on(face.box, PEOPLE['astronaut'][0])
     # the Haar cascade alone: no MTCNN loaded, misses Zidane's shouting profile
     haar = create_backend('face_baseline', {'device': 'cpu', 'face_detector': 'haar'})
     haar.load()
-    assert haar._mtcnn is None
+    assert haar.face_finder._mtcnn is None
     (res,) = haar.predict(images['zidane'], [_person('zidane', 1)])
     assert res.status == Status.SKIPPED
     (res,) = b.predict(images['astronaut'], box)
     assert res.status == Status.OK and res.top(1)[0][0] == 'Happiness'
+
+
+# -- one face stage for the backend and the REP-155 output (issue 23) ----------------------------
+def _detections(photo: str) -> list:
+    from emotion_perception.core.types import PersonDetection
+    return [PersonDetection(_person(photo, i), 0.9, str(i)) for i in range(len(PEOPLE[photo]))]
+
+
+def test_the_pipeline_face_stage_finds_every_persons_face_once_a_frame(backend, images):
+    """with_faces: every person's face, the cached persons' too, from one MTCNN pass a frame;
+    the face baseline answers from those faces as from its own search (same scores); without
+    with_faces no face stage runs for the output."""
+    from emotion_perception.core.pipeline import EmotionPipeline, ReuseOptions
+    finder = backend.face_finder
+    calls = []
+    detect = finder._mtcnn.detect
+    finder._mtcnn.detect = lambda *a, **k: calls.append(1) or detect(*a, **k)
+    try:
+        image, dets = images['bus'], _detections('bus')
+        pipe = EmotionPipeline(backend, ReuseOptions(max_age_s=10.0))
+        first = pipe.process(image, dets, 0.0, with_faces=True)
+        assert len(calls) == 1
+        own = backend.predict(image, [d.bbox for d in dets])   # the backend's own search
+        assert len(calls) == 2
+        for person, face, res, ref in zip(PEOPLE['bus'], first.faces, first.results, own):
+            assert (face is not None) == (person.face is not None), person.name
+            if face is not None:
+                assert face_on(face.box, person), (person.name, face.box)
+            assert res.status == ref.status
+            np.testing.assert_array_equal(res.scores, ref.scores)
+        cached = pipe.process(image, dets, 0.5, with_faces=True)
+        assert {r.status for r in cached.results} <= {Status.CACHED, Status.SKIPPED}
+        assert [f is None for f in cached.faces] == [f is None for f in first.faces]
+        # one search for all: the cached persons' faces and those of the persons without a
+        # face (not cached: evaluated again, from the stage's faces, no second search)
+        assert len(calls) == 3
+        # without with_faces: the backend searches its evaluated persons' faces itself
+        assert pipe.process(image, dets, 1.0).faces is None and len(calls) == 4
+    finally:
+        finder._mtcnn.detect = detect
+
+
+def test_a_backend_without_faces_gets_them_from_the_pipelines_face_stage(images):
+    """A backend that finds no faces (the VLMs: here the fake one): the pipeline's own face
+    stage (the defaults, MTCNN) gives the same faces as the face baseline's; without a stage,
+    asking for faces is a clear error."""
+    from emotion_perception.core.backends.base import BackendError
+    from emotion_perception.core.faces import FaceFinder
+    from emotion_perception.core.pipeline import EmotionPipeline
+    from emotion_perception.testing.fake_backends import FakeBackend
+    fake = FakeBackend()
+    fake.load()
+    finder = FaceFinder()
+    finder.load('cpu')
+    image, dets = images['zidane'], _detections('zidane')
+    frame = EmotionPipeline(fake, face_finder=finder).process(image, dets, 0.0, with_faces=True)
+    ref = create_backend('face_baseline', {'device': 'cpu'})
+    ref.load()
+    assert [f.box for f in frame.faces] == [f.box for f in ref.face_finder.find(
+        image, [d.bbox for d in dets])]
+    assert all(face_on(f.box, p) for f, p in zip(frame.faces, PEOPLE['zidane']))
+    with pytest.raises(BackendError, match='no face finder'):
+        EmotionPipeline(fake).process(image, dets, 0.0, with_faces=True)

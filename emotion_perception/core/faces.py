@@ -10,6 +10,12 @@ Two face detectors:
   and refine them; O-Net also gives five landmarks (eyes, nose, mouth corners).
 * ``HaarFaces``: OpenCV's frontal-face Haar cascade (fast, frontal faces only).
 
+``FaceFinder`` is the one face-detection stage of the package: the face of each person box of a
+frame (MTCNN, Haar where MTCNN finds none, then ``assign_faces``). The face baseline runs it for
+the persons it evaluates; the emotion pipeline runs it for every person of a frame when the
+REP-155 output needs faces (``EmotionPipeline.process(..., with_faces=True)``, any backend),
+and hands the faces of the evaluated persons to a backend that takes them (one search a frame).
+
 ``assign_faces`` decides, for all person boxes of a frame together, which face is whose: a face
 goes to the box whose person it fits best (horizontally centred in the box, high in it, of a
 plausible size), and each face to one person only. That matters when boxes overlap (two people
@@ -24,7 +30,7 @@ import math
 import os
 import pickle
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -32,7 +38,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .types import BBox
+from .model_files import ModelFileError, resolve_model_path
+from .types import BBox, BoxError
 
 #: Folder (``pkg://``) holding MTCNN's pnet.pt, rnet.pt and onet.pt (facenet-pytorch 2.6.0, MIT).
 OFFLINE_MTCNN_WEIGHTS = 'pkg://facenet_pytorch/data'
@@ -530,6 +537,218 @@ def assign_faces(persons: Sequence[BBox], faces: Sequence[Face], search_fraction
     return [faces[chosen[p]] if p in chosen else None for p in range(n)]
 
 
-__all__ = ['Face', 'FaceModelError', 'HAAR_SCORE', 'HaarFaces', 'MTCNN', 'MTCNN_FILES',
+# -- the face-detection stage ---------------------------------------------------------------------
+#: Side of the Haar frontal-face cascade's detection window in pixels (its smallest face).
+HAAR_WINDOW = 24
+#: Face detectors of the ``face_detector`` option.
+FACE_DETECTORS = ('mtcnn', 'haar')
+
+
+@dataclass
+class FaceFinderOptions:
+    """How faces are searched in person boxes (also the face baseline's options).
+
+    Attributes:
+        face_detector: 'mtcnn' (default: MTCNN, and the Haar cascade for a person box in which
+            MTCNN finds no face) or 'haar' (the Haar cascade alone; frontal faces only).
+        mtcnn_weights: folder with MTCNN's pnet.pt, rnet.pt, onet.pt (a path or ``pkg://``);
+            default: the weights in facenet-pytorch.
+        face_cascade: OpenCV Haar cascade XML; '' = OpenCV's haarcascade_frontalface_default.
+        face_search_fraction: the face is searched in the top fraction of the person box height
+            (full width). A standing person's head lies in the top ~1/6 of the box, a seated or
+            upper-body box has it in the top half; 0.6 covers both and keeps the search off the
+            lower body (fewer false faces, less time). 1.0 searches the whole box.
+        min_face_size: smallest face side in image pixels that is searched for (MTCNN: at
+            least its 12-pixel window in the possibly shrunk search region).
+        max_search_side: the search region is shrunk (never enlarged) so that its longer side
+            is at most this many pixels before a face detector runs, which bounds its cost per
+            person whatever the camera resolution. The smallest face found is then about
+            12 / max_search_side (MTCNN) or 24 / max_search_side (Haar) of the region's longer
+            side; a standing person's face is ~15 % of the searched height. 0 = full resolution.
+        scale_factor: Haar cascade image-pyramid step (``scaleFactor``, > 1; smaller finds more,
+            slower).
+        min_neighbors: overlapping Haar detections a face needs (``minNeighbors``; higher =
+            fewer false faces, more missed ones).
+    """
+
+    face_detector: str = 'mtcnn'
+    mtcnn_weights: str = OFFLINE_MTCNN_WEIGHTS
+    face_cascade: str = ''
+    face_search_fraction: float = 0.6
+    min_face_size: int = 20
+    max_search_side: int = 320
+    scale_factor: float = 1.1
+    min_neighbors: int = 5
+
+    def __post_init__(self) -> None:
+        if self.face_detector not in FACE_DETECTORS:
+            raise ValueError(f'face_detector must be one of {FACE_DETECTORS}, got '
+                             f'{self.face_detector!r}')
+        if not 0.0 < self.face_search_fraction <= 1.0:
+            raise ValueError(f'face_search_fraction must be in (0, 1], got '
+                             f'{self.face_search_fraction}')
+        if int(self.min_face_size) < 1:
+            raise ValueError(f'min_face_size must be >= 1 pixel, got {self.min_face_size}')
+        if int(self.max_search_side) != 0 and int(self.max_search_side) < HAAR_WINDOW:
+            raise ValueError(f'max_search_side must be 0 (off) or >= {HAAR_WINDOW} (the '
+                             f'cascade window), got {self.max_search_side}')
+        if not self.scale_factor > 1.0:
+            raise ValueError(f'scale_factor must be > 1 (e.g. 1.1), got {self.scale_factor}')
+        if int(self.min_neighbors) < 0:
+            raise ValueError(f'min_neighbors must be >= 0, got {self.min_neighbors}')
+
+
+class FaceFinder:
+    """The face of each person box of a frame (see the module docstring).
+
+    Args:
+        options: a ``FaceFinderOptions`` (or any object with its fields, e.g. the face
+            baseline's options); default: the defaults (MTCNN from facenet-pytorch's weights).
+    """
+
+    def __init__(self, options: Any = None) -> None:
+        self.options = options if options is not None else FaceFinderOptions()
+        self._mtcnn: MTCNN | None = None
+        self._haar: HaarFaces | None = None
+        self.device = 'cpu'
+
+    @property
+    def loaded(self) -> bool:
+        return self._haar is not None
+
+    def load(self, device: str = 'cpu') -> None:
+        """Read the Haar cascade and (``face_detector: mtcnn``) the MTCNN weights onto
+        ``device``. Idempotent.
+
+        Raises:
+            FaceModelError: weights or cascade missing or of another kind (the message says
+                which; with MTCNN it suggests ``face_detector: 'haar'``).
+            RuntimeError: the networks cannot be moved to ``device``.
+        """
+        if self.loaded:
+            return
+        opt = self.options
+        try:
+            haar = HaarFaces(opt.face_cascade, opt.scale_factor, opt.min_neighbors)
+            mtcnn = None
+            if opt.face_detector == 'mtcnn':
+                folder = resolve_model_path(opt.mtcnn_weights or OFFLINE_MTCNN_WEIGHTS,
+                                            directory=True)
+                mtcnn = MTCNN(load_mtcnn_nets(folder), device=device)
+        except (FaceModelError, ModelFileError) as exc:
+            raise FaceModelError(f"{exc} (or set the option face_detector: 'haar')"
+                                 if opt.face_detector == 'mtcnn' else str(exc)) from exc
+        self._haar, self._mtcnn, self.device = haar, mtcnn, device
+
+    def unload(self) -> None:
+        """Free the networks and the cascade. Safe when not loaded."""
+        self._haar = self._mtcnn = None
+
+    def _search_region(self, box: BBox) -> tuple[int, int, int, int, float]:
+        """Integer (x1, y1, x2, y2) of the top ``face_search_fraction`` of ``box`` and the factor
+        it is shrunk by (<= 1) so that its longer side is at most ``max_search_side``."""
+        opt = self.options
+        x1, y1, x2 = int(box.x1), int(box.y1), int(box.x2)
+        y2 = y1 + max(1, int(round(box.height * opt.face_search_fraction)))
+        longer = max(x2 - x1, y2 - y1)
+        scale = 1.0
+        if opt.max_search_side and longer > opt.max_search_side:
+            scale = opt.max_search_side / longer
+        return x1, y1, x2, y2, scale
+
+    @staticmethod
+    def _shrunk(image: np.ndarray, scale: float) -> np.ndarray:
+        if scale >= 1.0:
+            return image
+        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    @staticmethod
+    def _to_image(face: Face, x1: int, y1: int, scale: float) -> Face:
+        """A face found in a (shrunk) search region, in full-image pixels."""
+        b = face.box
+        marks = None if face.landmarks is None else face.landmarks / scale + (x1, y1)
+        return Face(BBox(x1 + b.x1 / scale, y1 + b.y1 / scale, x1 + b.x2 / scale,
+                         y1 + b.y2 / scale), face.score, face.source, marks)
+
+    def _search(self, image: np.ndarray, boxes: Sequence[BBox]) -> list[list[Face]]:
+        """The faces found in the search region of each box (full-image pixels): MTCNN on all
+        regions in one batched R-Net/O-Net pass, the Haar cascade where it found none."""
+        opt = self.options
+        regions = [self._search_region(b) for b in boxes]
+        found: list[list[Face]] = [[] for _ in boxes]
+        usable = [i for i, (x1, y1, x2, y2, _) in enumerate(regions)
+                  if min(x2 - x1, y2 - y1) >= int(opt.min_face_size)]
+        if self._mtcnn is not None and usable:
+            crops, mins = [], []
+            for i in usable:
+                x1, y1, x2, y2, scale = regions[i]
+                crops.append(self._shrunk(image[y1:y2, x1:x2], scale))
+                mins.append(max(float(PNET_CELL), int(opt.min_face_size) * scale))
+            for k, faces in enumerate(self._mtcnn.detect(crops, mins)):
+                x1, y1, _, _, scale = regions[usable[k]]
+                found[usable[k]] = [self._to_image(f, x1, y1, scale) for f in faces]
+        grey = None
+        for i in usable:
+            if found[i]:
+                continue
+            if grey is None:
+                grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            x1, y1, x2, y2, scale = regions[i]
+            min_size = max(1, round(int(opt.min_face_size) * scale))
+            faces = self._haar.detect(self._shrunk(grey[y1:y2, x1:x2], scale), min_size)
+            found[i] = [self._to_image(f, x1, y1, scale) for f in faces]
+        return found
+
+    def find(self, image: np.ndarray, boxes: Sequence[BBox], context: Sequence[BBox] = ()
+             ) -> list[Face | None]:
+        """The face of each person box.
+
+        The top part of every usable box is searched (``_search``); the faces found are
+        merged (one entry per face), then given to the persons they fit, each face to one
+        person, the ``context`` boxes competing for them too (``assign_faces``).
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+            boxes: the persons, xyxy pixels; boxes partly outside the image are clipped,
+                unusable ones (empty, outside, NaN) get None.
+            context: the frame's other person boxes (not answered, e.g. cached); they only claim
+                the faces that are theirs.
+
+        Returns:
+            Per box in ``boxes``, its face detection (full-image pixels) or None.
+
+        Raises:
+            RuntimeError: not loaded.
+        """
+        if self._haar is None:
+            raise RuntimeError('the face finder is not loaded; call load() first')
+        h, w = image.shape[:2]
+        usable: list[int] = []
+        clipped: list[BBox] = []
+        for i, box in enumerate(boxes):
+            try:
+                clipped.append(box.clipped(w, h))
+                usable.append(i)
+            except BoxError:
+                pass
+        others = []
+        for box in context:
+            try:
+                others.append(box.clipped(w, h))
+            except BoxError:
+                pass
+        found = self._search(image, clipped)
+        pool = merge_faces([f for faces in found for f in faces])
+        chosen = assign_faces(clipped + others, pool, self.options.face_search_fraction,
+                              evaluated=len(clipped))
+        out: list[Face | None] = [None] * len(boxes)
+        for i, face in zip(usable, chosen):
+            out[i] = face
+        return out
+
+
+__all__ = ['FACE_DETECTORS', 'Face', 'FaceFinder', 'FaceFinderOptions', 'FaceModelError',
+           'HAAR_WINDOW', 'HAAR_SCORE', 'HaarFaces', 'MTCNN', 'MTCNN_FILES',
            'OFFLINE_MTCNN_WEIGHTS', 'ONet', 'PNet', 'RNet', 'assign_faces', 'face_fit',
            'load_mtcnn_nets', 'merge_faces', 'nms']

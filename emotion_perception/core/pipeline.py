@@ -6,6 +6,12 @@ threshold, or when the last result is older than ``max_age_s``; otherwise the la
 returned with ``Status.CACHED`` and its age. Times are the frames' stamps (sensor time), so
 replaying a bag behaves as the live camera did.
 
+Faces (``with_faces``, for the REP-155 face output): one face-detection stage
+(``core.faces.FaceFinder``: the backend's own when it has one, ``face_baseline``; else one of
+the defaults) finds the face of every person of the frame, cached or not, once; a backend that
+takes faces (``uses_faces``) gets those of the persons it evaluates instead of searching again.
+Without ``with_faces`` nothing of this runs.
+
 Duplicate track ids within one frame (a confused tracker, or two detectors on one topic): the
 cache cannot tell the persons apart, so those persons are evaluated without the cache, their
 results are not stored, and the id's cached entry is forgotten.
@@ -22,11 +28,11 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from .backends.base import EmotionBackend
+from .backends.base import BackendError, EmotionBackend, validate_image
 from .types import BBox, EmotionResult, PersonDetection, Status
 
 
@@ -135,6 +141,9 @@ class FrameEmotions:
     cache_hits: int = 0       # persons answered from the track cache
     latency_ms: float = 0.0   # wall time of process()
     duplicate_ids: int = 0    # track ids that occurred more than once in the frame
+    #: with ``with_faces``: per detection, its ``core.faces.Face`` (full-image xyxy pixels)
+    #: or None; else None
+    faces: list[Any] | None = None
 
 
 def duplicate_track_ids(detections: Sequence[PersonDetection]) -> set[str]:
@@ -144,10 +153,16 @@ def duplicate_track_ids(detections: Sequence[PersonDetection]) -> set[str]:
 
 
 class EmotionPipeline:
-    """Backend + track cache: ``process(image, detections, stamp_s)`` -> ``FrameEmotions``."""
+    """Backend + track cache: ``process(image, detections, stamp_s)`` -> ``FrameEmotions``.
 
-    def __init__(self, backend: EmotionBackend, reuse: ReuseOptions | None = None) -> None:
+    ``face_finder``: the face stage for ``process(..., with_faces=True)`` (loaded; None: the
+    backend's ``face_finder`` if it has one, found at the first such call, else none).
+    """
+
+    def __init__(self, backend: EmotionBackend, reuse: ReuseOptions | None = None,
+                 face_finder: Any = None) -> None:
         self.backend = backend
+        self.face_finder = face_finder
         reuse = reuse or ReuseOptions()
         reuse.validate()
         if reuse.max_age_s < 0:  # by the backend's cost
@@ -156,14 +171,29 @@ class EmotionPipeline:
         self.reuse = reuse
         self.cache = TrackCache(self.reuse)
 
+    def find_faces(self, image: np.ndarray, detections: Sequence[PersonDetection]
+                   ) -> list[Any]:
+        """The face stage on every person of the frame: per detection, its face or None.
+
+        Raises:
+            BackendError: no face stage (the backend has none and none was given).
+        """
+        finder = self.face_finder or getattr(self.backend, 'face_finder', None)
+        if finder is None:
+            raise BackendError(f'no face finder: backend {self.backend.name!r} has none and '
+                               'the pipeline was given none')
+        return finder.find(image, [d.bbox for d in detections])
+
     def process(self, image: np.ndarray, detections: Sequence[PersonDetection],
-                stamp_s: float) -> FrameEmotions:
-        """Emotions of ``detections`` on ``image`` ((H, W, 3) uint8 RGB) taken at ``stamp_s``.
+                stamp_s: float, with_faces: bool = False) -> FrameEmotions:
+        """Emotions of ``detections`` on ``image`` ((H, W, 3) uint8 RGB) taken at ``stamp_s``;
+        ``with_faces``: also the face of every person (``FrameEmotions.faces``).
 
         Raises what ``EmotionBackend.predict`` raises (ImageError, BackendError); per-person
         problems (bad box, no face) come back as results with status ERROR/SKIPPED.
         """
         t0 = time.perf_counter()
+        faces = self.find_faces(validate_image(image), detections) if with_faces else None
         dups = duplicate_track_ids(detections)
         for tid in dups:
             self.cache.forget(tid)
@@ -180,7 +210,9 @@ class EmotionPipeline:
             # the persons answered from the cache are still in the picture (their faces, say)
             answered = set(todo)
             context = [d.bbox for i, d in enumerate(detections) if i not in answered]
-            fresh = self.backend.predict(image, [detections[i].bbox for i in todo], context)
+            given = [faces[i] for i in todo] if faces is not None else None
+            fresh = self.backend.predict(image, [detections[i].bbox for i in todo], context,
+                                         given)
             for i, res in zip(todo, fresh):
                 results[i] = res
                 if detections[i].track_id not in dups:
@@ -188,7 +220,7 @@ class EmotionPipeline:
         return FrameEmotions([r for r in results if r is not None], model_calls=len(todo),
                              cache_hits=len(detections) - len(todo),
                              latency_ms=(time.perf_counter() - t0) * 1e3,
-                             duplicate_ids=len(dups))
+                             duplicate_ids=len(dups), faces=faces)
 
     def answer_unprocessed(self, detections: Sequence[PersonDetection], stamp_s: float,
                            status: Status, reason: str) -> list[EmotionResult]:

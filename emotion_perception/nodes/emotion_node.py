@@ -16,9 +16,11 @@ non-person classes and scores below ``min_confidence`` left out of the answer (c
 is a body frame, answered when the rois of all ids of its stamp's tracked list are here or
 after ``pair_timeout_s`` (missing bodies ERROR 'no roi for this stamp'); frames waiting for
 rois hold their image (at most ``image_cache_size`` / ``image_cache_mb``, older ones answered
-SKIPPED). ``rep155.publish`` adds the REP-155 outputs (``ros.rep155.Rep155Output``; a timer
-forgets ids that left also when no frame comes). The message packages are imported only for
-the format chosen; a missing one fails configure naming the apt package.
+SKIPPED). ``rep155.publish`` adds the REP-155 outputs (``ros.rep155_output.Rep155Output``:
+bodies, faces found by the pipeline's face stage, expressions from the per-person states,
+face-body matches; a timer forgets ids that left also when no frame comes). The message
+packages are imported only for the format chosen; a missing one fails configure naming the apt
+package.
 
 Guarantee: exactly one ``emotions`` array for every ``detections`` array received while
 active, in arrival order of processing, also when it is empty, late or failed; then each person
@@ -85,7 +87,7 @@ from ..core.pipeline import EmotionPipeline, FrameEmotions, ReuseOptions
 from ..core.state import EmotionStates, EventKind, FrameStates, StateEvent, StateOptions
 from ..core.types import EmotionResult, Status
 from ..ros import detection_formats as formats
-from ..ros import rep155
+from ..ros import rep155, rep155_output
 from ..ros.diagnostics import ERROR, OK, WARN
 from ..ros.image_conversion import DEFAULT_MAX_PIXELS, ImageConversionError, numpy_to_image_msg
 from ..ros.messages import (detections_from_msg, emotions_to_msg, events_to_msg, stamp_key,
@@ -255,11 +257,18 @@ PARAMS = [
     ParamSpec('min_confidence', 0.0, 'vision_msgs / yolo: persons with a lower score are left '
               'out of the answer', in_range(0.0, 1.0)),
     *STATE_PARAMS,
-    ParamSpec('rep155.publish', False, 'also publish REP-155: /humans/bodies/<id>/emotion per '
-              'person and /humans/faces/<id>/expression for the faces in /humans/faces/tracked; '
-              'with a non-rep155 input also /humans/bodies/tracked and each body roi'),
-    ParamSpec('rep155.forget_after_s', 2.0, 'body source: an id unseen this long leaves '
-              '/humans/bodies/tracked (its topics are removed)', in_range(0.0, 3600.0)),
+    ParamSpec('rep155.publish', False, 'also publish REP-155 (README "ROS4HRI"): '
+              '/humans/bodies/<id>/emotion per person; faces (see rep155.faces) with roi, '
+              'cropped and expression, /humans/candidate_matches; with a non-rep155 input also '
+              '/humans/bodies/tracked and each body roi and cropped'),
+    ParamSpec('rep155.faces', 'auto', "who publishes the REP-155 faces: 'auto' (this node "
+              '(MTCNN, face ids f<body id>) while no other node publishes /humans/faces/tracked, '
+              "else expressions for that stack's faces), 'detect' (always this node), 'input' "
+              "(never: expressions for another stack's faces only; no face detection)",
+              one_of(*rep155_output.FACE_MODES)),
+    ParamSpec('rep155.forget_after_s', 2.0, 'body (face) source: a body (face) unseen this '
+              'long leaves /humans/bodies/tracked (/humans/faces/tracked) and its topics are '
+              'removed', in_range(0.0, 3600.0)),
     ParamSpec('rep155.max_ids', 64, 'most body (and face) ids followed or published at once; '
               'ids beyond are ignored and counted (rep155.ids_over_cap)', in_range(1, 10000)),
 ]
@@ -306,14 +315,14 @@ class EmotionNode(PerceptionNode):
         self._bodies = None  # rep155.BodyInput with detections_format rep155
         self._waiting: collections.deque[_Pending] = collections.deque()  # body frames
         self._waiting_bytes = 0  # of the images of _waiting
-        self._rep155_out = None  # rep155.Rep155Output with rep155.publish
+        self._rep155_out = None  # rep155_output.Rep155Output with rep155.publish
         self.states: EmotionStates | None = None  # with state.enabled (configured)
         self._states_pub = self._events_pub = None
         self._state_last: tuple[float, float, str] | None = None  # stamp, monotonic, frame_id
         super().__init__(node_name, **kwargs)
         # forgets REP-155 ids also when no frame comes; made once (no timer is created or
         # destroyed while the node spins: ros.rclpy_compat.destroy_entity)
-        self._rep155_timer = self.create_timer(rep155.PRUNE_PERIOD_S, self._prune_rep155,
+        self._rep155_timer = self.create_timer(rep155_output.PRUNE_PERIOD_S, self._prune_rep155,
                                                callback_group=MutuallyExclusiveCallbackGroup())
         self._state_timer = self.create_timer(STATE_TIMER_PERIOD_S, self._on_state_timer)
 
@@ -345,24 +354,44 @@ class EmotionNode(PerceptionNode):
                              max_size_change=p['reuse.max_size_change'])
         backend.load()
         self.pipeline = EmotionPipeline(backend, reuse)
+        self._load_face_finder()
         self._configure_state(p, backend)
         return f'backend {backend.name} model {backend.model_id}'
 
+    def _load_face_finder(self) -> None:
+        """The face stage of the REP-155 face output (``rep155.publish``, ``rep155.faces`` not
+        'input'): the backend's own (face_baseline), else one with the defaults (MTCNN) on the
+        backend's device, loaded here (not at all when the output is off)."""
+        p, pipe = self.params, self.pipeline
+        if (pipe is None or not p['rep155.publish'] or p['rep155.faces'] == 'input'
+                or getattr(pipe.backend, 'face_finder', None) is not None):
+            return
+        from ..core.backends.base import ModelLoadError, resolve_device
+        from ..core.faces import FaceFinder, FaceModelError
+        if pipe.face_finder is None:
+            pipe.face_finder = FaceFinder()
+        try:
+            pipe.face_finder.load(resolve_device(p['backend.device']))
+        except (FaceModelError, RuntimeError) as exc:
+            raise ModelLoadError(f'REP-155 face detection: {exc}') from exc
+
     def _load_model(self) -> None:
         self.pipeline.backend.load()
+        self._load_face_finder()
 
     def _unload_model(self) -> None:
         if self.pipeline is not None:
             self.pipeline.backend.unload()
+            if self.pipeline.face_finder is not None:
+                self.pipeline.face_finder.unload()
 
     def _unload_cancels_calls(self) -> bool:
         return bool(self.pipeline is not None
                     and getattr(self.pipeline.backend, 'unload_cancels_calls', False))
 
     def _release_model(self) -> None:
-        if self.pipeline is not None:
-            self.pipeline.backend.unload()
-            self.pipeline = None
+        self._unload_model()
+        self.pipeline = None
         self.states = self._state_last = None
 
     def _create_outputs(self) -> None:
@@ -397,11 +426,12 @@ class EmotionNode(PerceptionNode):
             subs.append(det_sub)
             self._det_topic = det_sub.topic_name
         if p['rep155.publish']:
-            self._rep155_out = rep155.Rep155Output(
+            self._rep155_out = rep155_output.Rep155Output(
                 self, p['rep155.max_ids'], p['rep155.forget_after_s'],
-                body_source=fmt != 'rep155',
+                body_source=fmt != 'rep155', faces=p['rep155.faces'],
                 tracked=self._bodies.tracked_ids if fmt == 'rep155' else None)
-            subs.append(self._rep155_out.faces.tracked_sub)
+            if self._rep155_out.faces is not None:
+                subs.append(self._rep155_out.faces.tracked_sub)
         self.get_logger().info(f'subscribed {image_sub.topic_name} ({p["image_transport"]}) and '
                                f'{self._det_topic} ({fmt})')
         return subs
@@ -701,10 +731,11 @@ class EmotionNode(PerceptionNode):
             self._fit_body_frame(job, rgb)
         elif not self._size_matches(job, rgb):
             return
-        results = self._evaluate(job, rgb, stamp_s)
-        if results is not None:
+        evaluated = self._evaluate(job, rgb, stamp_s)
+        if evaluated is not None:
+            results, faces = evaluated
             self._count_results(results)
-            self._publish(job, results, rgb)
+            self._publish(job, results, rgb, image_msg.header, faces)
 
     def _answer_without_image(self, job: _Pending, stamp_s: float) -> None:
         """No image with the array's stamp: evicted from the cache, or never received."""
@@ -760,13 +791,17 @@ class EmotionNode(PerceptionNode):
         return False
 
     def _evaluate(self, job: _Pending, rgb: np.ndarray, stamp_s: float
-                  ) -> list[EmotionResult] | None:
-        """Every person's result: the pipeline's for the usable boxes, ERROR for the others;
-        None when the backend failed (answered)."""
+                  ) -> tuple[list[EmotionResult], list | None] | None:
+        """Every person's result: the pipeline's for the usable boxes, ERROR for the others,
+        and, when this node publishes the REP-155 faces, every person's face (or None); None
+        when the backend failed (answered)."""
         detections = detections_from_msg(job.msg)
         todo = [i for i in range(len(detections)) if i not in job.errors]
+        out = self._rep155_out
+        with_faces = out is not None and out.face_source()
         try:
-            frame = (self.pipeline.process(rgb, [detections[i] for i in todo], stamp_s) if todo
+            frame = (self.pipeline.process(rgb, [detections[i] for i in todo], stamp_s,
+                                           with_faces=with_faces) if todo
                      else FrameEmotions([]))
         except (BackendError, ImageError, RuntimeError, ValueError) as exc:
             self.stats.count('errors.backend')
@@ -781,7 +816,12 @@ class EmotionNode(PerceptionNode):
             self.kind_log.warn('duplicate_track_ids', f'{frame.duplicate_ids} track id(s) occur '
                                'more than once in one detections array: those persons are '
                                'evaluated without the track cache')
-        return self._with_errors(job, frame.results, todo)
+        faces = None
+        if frame.faces is not None:
+            faces = [None] * len(detections)
+            for i, face in zip(todo, frame.faces):
+                faces[i] = face
+        return self._with_errors(job, frame.results, todo), faces
 
     def _count_results(self, results: list[EmotionResult]) -> None:
         """Count (and log, throttled) the persons answered ERROR / SKIPPED or with a reason."""
@@ -818,13 +858,17 @@ class EmotionNode(PerceptionNode):
             results[i] = EmotionResult.failed(Status.ERROR, why)
         self._publish(job, results, None)
 
-    def _publish(self, job: _Pending, results: list[EmotionResult], rgb) -> None:
+    def _publish(self, job: _Pending, results: list[EmotionResult], rgb,
+                 image_header: Header | None = None, faces: list | None = None) -> None:
+        """Answer ``job``: ``emotions``, the states and events, the REP-155 outputs (with the
+        image's header, ``rgb`` for the cropped images and ``faces``, every person's face or
+        None: see ``_evaluate``) and the debug image."""
         latency_ms = (time.monotonic() - job.received) * 1e3
         out = emotions_to_msg(job.msg, results, latency_ms)
         if self._pub is not None:
             self._pub.publish(out)
         self.stats.count('emotions_out')
-        self._publish_states(job, results, rgb)
+        frame = self._publish_states(job, results, rgb)
         self.stats.latency(latency_ms)
         if self._rep155_out is not None:
             if rgb is not None:
@@ -832,8 +876,9 @@ class EmotionNode(PerceptionNode):
             else:
                 width, height = int(job.msg.image_width), int(job.msg.image_height)
             try:
-                self._rep155_out.publish(job.msg.header, width, height, job.msg.detections,
-                                         results)
+                self._rep155_out.publish(
+                    image_header or job.msg.header, width, height, job.msg.detections,
+                    results, frame.states if frame is not None else None, rgb, faces)
             except Exception as exc:  # noqa: BLE001 - the emotions array is out already
                 self.stats.count('errors.rep155_publish')
                 self.kind_log.warn('rep155_publish', f'REP-155 publishing failed: '

@@ -1,4 +1,5 @@
-"""REP-155 (ROS4HRI) plumbing of the emotion node: bodies and faces in, emotions out.
+"""REP-155 (ROS4HRI) input of the emotion node: bodies and faces in (the output:
+``ros.rep155_output``), and what both share (topics, QoS, the face id rule).
 
 Topics (REP-155): ``/humans/bodies/tracked`` and ``/humans/faces/tracked`` (hri_msgs/IdsList),
 ``/humans/bodies/<id>/roi`` and ``/humans/faces/<id>/roi`` (hri_msgs/
@@ -19,7 +20,7 @@ beyond are refused with a counter (``rep155.ids_over_cap``) and a throttled warn
 are not valid ROS name tokens are refused (``rep155.invalid_ids``). Subscriptions follow the
 newest tracked list; publishers of ids gone from it (or, where this node is the body source,
 unseen for ``forget_after_s``: checked on every frame and by the node's timer calling
-:meth:`Rep155Output.prune`, so also when no frame comes) are destroyed.
+:meth:`~.rep155_output.Rep155Output.prune`, so also when no frame comes) are destroyed.
 
 Threads and ROS entities. The per-id subscriptions are created and destroyed in the tracked-list
 callbacks (an executor thread) and at deactivate (the transition thread); the per-id publishers
@@ -50,18 +51,13 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-import time
-from typing import Any, Callable, Collection, Sequence
+from typing import Any, Callable, Sequence
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from emotion_perception.msg import PersonEmotionArray
-
-from ..core.expressions import to_expression
-from ..core.types import Status
-from .detection_formats import is_name_token, message_module, rep155_id, roi_box
-from .messages import emotion_to_msg, roi_to_bbox, stamp_key, stamp_seconds
-from .rclpy_compat import destroy_entity, no_publisher_events, no_subscription_events
+from .detection_formats import is_name_token, message_module, roi_box
+from .messages import stamp_key, stamp_seconds
+from .rclpy_compat import destroy_entity, no_subscription_events
 
 #: libhri subscribes with rclcpp::SystemDefaultsQoS: reliable, volatile
 HRI_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
@@ -75,8 +71,6 @@ FACE_SEARCH_FRACTION = 0.6
 #: the roi of a face is used for frames up to this long after its stamp (faces may come from a
 #: slower detector than the bodies)
 FACE_ROI_MAX_AGE_S = 1.0
-#: how often the emotion node's timer calls :meth:`Rep155Output.prune` (seconds)
-PRUNE_PERIOD_S = 0.5
 
 Stamp = tuple[int, int]  # (sec, nanosec) of a header stamp
 
@@ -84,6 +78,15 @@ Stamp = tuple[int, int]  # (sec, nanosec) of a header stamp
 def load() -> Any:
     """``hri_msgs.msg`` (FormatUnavailable with the apt package when missing)."""
     return message_module('hri_msgs')
+
+
+def face_id(body_id: str) -> str:
+    """The REP-155 id of the face this node finds on body ``body_id``: ``'f' + body_id``
+    (track 7 -> body ``b7`` -> face ``fb7``; body ``alice`` -> face ``falice``). Stable for as
+    long as the track is, a valid name token whenever the body id is one, never equal to a body
+    id of the same frame's face (ROS4HRI's person manager refuses a match of an id with
+    itself), and one face per body."""
+    return 'f' + body_id
 
 
 class IdSubscriptions:
@@ -248,10 +251,15 @@ class BodyInput:
 
 
 class FaceInput:
-    """``/humans/faces/tracked`` and each face's roi (newest kept), for the expressions."""
+    """``/humans/faces/tracked`` and each face's roi (newest kept), for the expressions.
 
-    def __init__(self, node: Any, hri: Any, max_ids: int) -> None:
-        self.node, self.lock = node, threading.Lock()
+    ``ignore``: while it returns True (this node is the face source itself: the lists on the
+    topic are its own), the lists are ignored and no roi is subscribed.
+    """
+
+    def __init__(self, node: Any, hri: Any, max_ids: int,
+                 ignore: Callable[[], bool] | None = None) -> None:
+        self.node, self.lock, self.ignore = node, threading.Lock(), ignore
         self.ids: list[str] = []
         self.rois: dict[str, Any] = {}
         self.subs = IdSubscriptions(node, FACES, 'roi', hri.NormalizedRegionOfInterest2D,
@@ -260,7 +268,7 @@ class FaceInput:
                                                     self._on_tracked, HRI_QOS)
 
     def _on_tracked(self, msg: Any) -> None:
-        ids = self.subs.accept(list(msg.ids))
+        ids = [] if self.ignore is not None and self.ignore() else self.subs.accept(list(msg.ids))
         self.subs.follow(ids)
         with self.lock:
             self.ids = ids
@@ -295,167 +303,3 @@ class FaceInput:
     def close(self) -> None:
         """Unsubscribe the per-id rois (the tracked-list subscription is the node's)."""
         self.subs.close()
-
-
-class Rep155Output:
-    """Publishes per-body emotions, face expressions and (as body source) bodies.
-
-    Thread-safe: :meth:`publish` runs in whichever thread answers a frame, :meth:`prune` in
-    the node's timer, :meth:`close` on the transition thread; nothing is published or created
-    after ``close``.
-    """
-
-    def __init__(self, node: Any, max_ids: int, forget_after_s: float, body_source: bool,
-                 tracked: Callable[[], Collection[str]] | None = None) -> None:
-        """``tracked``: with the rep155 input, the body ids tracked now (its newest list)."""
-        self.hri = load()
-        self.tracked = tracked
-        self.node, self.max_ids = node, max_ids
-        self.forget_after_s, self.body_source = forget_after_s, body_source
-        self.pubs: dict[tuple[str, str], Any] = {}   # (kind, id) -> publisher
-        self.last_seen: dict[str, float] = {}        # body id -> monotonic (body source)
-        self._lock = threading.Lock()
-        self._closed = False
-        self._frame_id = ''
-        self.faces = FaceInput(node, self.hri, max_ids)
-        self.tracked_pub = (node.create_publisher(self.hri.IdsList, f'{BODIES}/tracked', HRI_QOS)
-                            if body_source else None)
-
-    def _pub(self, kind: str, ident: str, msg_type: type, topic: str) -> Any:
-        key = (kind, ident)
-        pub = self.pubs.get(key)
-        if pub is None:
-            if sum(1 for k, _ in self.pubs if k == kind) >= self.max_ids:
-                self.node.stats.count('rep155.ids_over_cap')
-                self.node.kind_log.warn('rep155.pubs_over_cap', f'more than rep155.max_ids='
-                                        f'{self.max_ids} {kind} publishers: {topic} not published')
-                return None
-            pub = self.pubs[key] = self.node.create_publisher(
-                msg_type, topic, HRI_QOS, event_callbacks=no_publisher_events())
-        return pub
-
-    def _drop_gone(self) -> None:
-        """Destroy the publishers of bodies no longer tracked (body source: unseen for
-        ``forget_after_s``; else: not in the input's newest list) and of faces no longer in
-        ``/humans/faces/tracked``."""
-        bodies = (set(self.last_seen) if self.body_source else
-                  set(self.tracked()) if self.tracked is not None else None)
-        faces = set(self.faces.tracked_ids())
-        for kind, ident in list(self.pubs):
-            gone = ident not in faces if kind == 'expression' else (
-                bodies is not None and ident not in bodies)
-            if gone:
-                destroy_entity(self.node, self.pubs.pop((kind, ident)))
-                self.node.stats.count('rep155.publishers_removed')
-
-    def _forget(self, now: float) -> bool:
-        """Forget the bodies unseen for ``forget_after_s``; whether there were any."""
-        gone = [b for b, t in self.last_seen.items() if now - t > self.forget_after_s]
-        for b in gone:
-            del self.last_seen[b]
-        return bool(gone)
-
-    def publish(self, header: Any, width: int, height: int, persons: Sequence[Any],
-                results: Sequence[Any]) -> None:
-        """One answered frame: ``persons`` (PersonDetection msgs), ``results`` (EmotionResult)
-        and the image size in pixels (0 = unknown: no rois nor faces then)."""
-        with self._lock:
-            if self._closed:
-                return
-            now = time.monotonic()
-            answered = []  # (body id, person msg, result) of OK / CACHED persons with an id
-            for det, res in zip(persons, results):
-                bid = rep155_id(det.track_id)
-                if not bid:
-                    continue
-                if self.body_source:
-                    self.last_seen[bid] = now
-                if res.status in (Status.OK, Status.CACHED):
-                    answered.append((bid, det, res))
-            if self.body_source:
-                self._forget(now)
-                self._frame_id = header.frame_id
-                self._publish_bodies(header, width, height, persons)
-            self._drop_gone()
-            for bid, det, res in answered:
-                pub = self._pub('emotion', bid, PersonEmotionArray, f'{BODIES}/{bid}/emotion')
-                if pub is not None:
-                    pub.publish(PersonEmotionArray(header=header,
-                                                   persons=[emotion_to_msg(det, res)]))
-                    self.node.stats.count('rep155.emotions_out')
-            if answered and width > 0 and height > 0:
-                self._publish_expressions(header, width, height, answered)
-
-    def _tracked_list(self, header: Any) -> None:
-        ids = list(self.last_seen)[:self.max_ids]
-        self.tracked_pub.publish(self.hri.IdsList(header=header, ids=ids))
-
-    def _publish_bodies(self, header: Any, width: int, height: int, persons: Sequence[Any]
-                        ) -> None:
-        self._tracked_list(header)
-        if width <= 0 or height <= 0:
-            return
-        for det in persons:
-            bid = rep155_id(det.track_id)
-            if not bid or bid not in self.last_seen:
-                continue
-            box = roi_to_bbox(det.bbox)
-            if box.area <= 0:
-                continue
-            pub = self._pub('roi', bid, self.hri.NormalizedRegionOfInterest2D,
-                            f'{BODIES}/{bid}/roi')
-            if pub is not None:
-                pub.publish(self.hri.NormalizedRegionOfInterest2D(
-                    header=header, xmin=min(1.0, box.x1 / width),
-                    ymin=min(1.0, box.y1 / height), xmax=min(1.0, box.x2 / width),
-                    ymax=min(1.0, box.y2 / height), c=float(det.confidence)))
-
-    def _publish_expressions(self, header: Any, width: int, height: int, answered: list
-                             ) -> None:
-        faces = self.faces.faces(stamp_seconds(header), width, height)
-        if not faces:
-            return
-        from ..core.faces import assign_faces
-        boxes = [roi_to_bbox(det.bbox) for _, det, _ in answered]
-        chosen = assign_faces(boxes, [f for _, f in faces], FACE_SEARCH_FRACTION)
-        by_face = {id(f): i for i, f in faces}
-        for (_, _, res), face in zip(answered, chosen):
-            if face is None:
-                continue
-            face_id = by_face[id(face)]
-            try:
-                est = to_expression(res.scores, res.vad)
-            except ValueError:
-                continue
-            pub = self._pub('expression', face_id, self.hri.Expression,
-                            f'{FACES}/{face_id}/expression')
-            if pub is not None:
-                pub.publish(self.hri.Expression(
-                    header=header, expression=est.expression, valence=est.valence,
-                    arousal=est.arousal, confidence=est.confidence))
-                self.node.stats.count('rep155.expressions_out')
-
-    def prune(self) -> None:
-        """Forget what left also when no frame comes (the emotion node's timer, every
-        ``PRUNE_PERIOD_S``): bodies unseen for ``forget_after_s`` (body source: the shorter
-        tracked list is published, stamped with the node's clock), bodies the input no longer
-        tracks, faces no longer tracked; their publishers are destroyed."""
-        with self._lock:
-            if self._closed:
-                return
-            if self.body_source and self._forget(time.monotonic()):
-                from std_msgs.msg import Header
-                self._tracked_list(Header(stamp=self.node.get_clock().now().to_msg(),
-                                          frame_id=self._frame_id))
-            self._drop_gone()
-
-    def close(self) -> None:
-        """Destroy every publisher and the face subscriptions, for good."""
-        with self._lock:
-            self._closed = True
-            for key in list(self.pubs):
-                destroy_entity(self.node, self.pubs.pop(key))
-            if self.tracked_pub is not None:
-                destroy_entity(self.node, self.tracked_pub)
-                self.tracked_pub = None
-        self.faces.close()

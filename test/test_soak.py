@@ -21,7 +21,7 @@ needs_hri = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 #: the C heap of a node fed raw frames grew by 5-10 MiB/min once its caches were full (issue 25;
 #: 6.0 and 9.1 by testing.soak.rss_slope; core.heap trims it now); a growth above this fails.
-#: With the trim, a ten-minute run on this 2-core machine read -1.3 to +2.7 MiB/min (the saw-tooth
+#: With the trim, two ten-minute runs on this 2-core machine read -3.1 to +2.7 MiB/min (saw-tooth
 #: of the trimmed heap; README "Running for hours (soak)")
 MAX_SLOPE_MIB_PER_MIN = 4.0
 

@@ -240,18 +240,11 @@ def _region(photo: str, xyxy: SequenceType[float]) -> np.ndarray:
     return _photo(photo)[y1:y2, x1:x2]
 
 
-@functools.lru_cache(maxsize=8)
-def _background(width: int, height: int) -> np.ndarray:
-    out = cv2.resize(_region('bus', BACKGROUND_REGION), (width, height),
-                     interpolation=cv2.INTER_CUBIC)
-    out.setflags(write=False)
-    return out
-
-
-@functools.lru_cache(maxsize=16)
-def _occluder_texture(width: int, height: int) -> np.ndarray:
-    out = cv2.resize(_region('bus', OCCLUDER_REGION), (width, height),
-                     interpolation=cv2.INTER_CUBIC)
+@functools.lru_cache(maxsize=24)
+def _bus_region(region: tuple[int, int, int, int], width: int, height: int) -> np.ndarray:
+    """A region of bus.jpg (the wall: BACKGROUND_REGION, the occluder: OCCLUDER_REGION)
+    resized to ``width`` x ``height``, read-only (cached)."""
+    out = cv2.resize(_region('bus', region), (width, height), interpolation=cv2.INTER_CUBIC)
     out.setflags(write=False)
     return out
 
@@ -430,7 +423,7 @@ class Sequence:
     def render_scene(self, t: float) -> np.ndarray:
         """The scene at ``t`` seconds as the world shows it (no camera): (H, W, 3) uint8 RGB."""
         width, height = self.size
-        canvas = _background(width, height).copy()
+        canvas = _bus_region(BACKGROUND_REGION, width, height).copy()
         for a in self._active(t):
             x1, y1 = int(round(a.box[0])), int(round(a.box[1]))
             w, h = int(round(a.box[2])) - x1, int(round(a.box[3])) - y1
@@ -442,7 +435,8 @@ class Sequence:
             left, w = int(round(o.left(t))), int(round(o.width))
             cx1, cx2 = max(left, 0), min(left + w, width)
             if cx2 > cx1:
-                canvas[:, cx1:cx2] = _occluder_texture(w, height)[:, cx1 - left:cx2 - left]
+                texture = _bus_region(OCCLUDER_REGION, w, height)
+                canvas[:, cx1:cx2] = texture[:, cx1 - left:cx2 - left]
         return canvas
 
     def frame(self, index: int) -> np.ndarray:

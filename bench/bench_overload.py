@@ -83,7 +83,10 @@ def run(seconds: float = 60.0, rate_hz: float = 30.0, persons: int = 5, delay_s:
     with RosHarness('overload_bench', threads=4) as harness:
         rig = EmotionRig(harness, fb.SlowBackend, diagnostics_period_s=1.0, keep=Answer,
                          **{'backend.model': f'delay={delay_s}', 'reuse.enabled': True,
-                            'pair_timeout_s': 1.0})
+                            'pair_timeout_s': 1.0,
+                            # frames lost in the middleware under a stalled executor are not the
+                            # node's drops (they would be answered ERROR 'no image'): 1 s of them
+                            'image_queue_depth': int(rate_hz)})
         node = rig.node
         rng = np.random.default_rng(0)
         rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)

@@ -1,10 +1,13 @@
 """In-process tests of the emotion node: publish real Image + PersonDetectionArray messages,
 assert on the PersonEmotionArray messages that come out."""
 import math
+import pathlib
 
 import numpy as np
 import pytest
+import yaml
 from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy
 from sensor_msgs.msg import Image
 
 from emotion_perception.core.categories import EMOTIC_CATEGORIES
@@ -15,6 +18,8 @@ from emotion_perception.ros.image_conversion import numpy_to_image_msg
 from emotion_perception.ros.qos import RESULTS_QOS, image_qos
 from emotion_perception.testing.node_rig import det_array, header
 from emotion_perception.testing.ros_harness import RosHarness
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.ros
 
@@ -120,14 +125,19 @@ def test_missing_model_leaves_node_unconfigured(harness):
 
 def test_burst_latest_wins_every_array_answered(harness):
     """A burst of detections arrays faster than the backend: every array gets exactly one answer;
-    those not evaluated are SKIPPED as dropped (or CACHED for a known track), never lost."""
-    node = start_node(harness, **{'reuse.enabled': False})
-    img_pub = harness.publisher(Image, 'image', image_qos('reliable'))
+    those not evaluated are SKIPPED as dropped (or CACHED for a known track), never lost.
+    The images travel reliable with queues deeper than the burst: what is under test is the
+    node's dropping, not the middleware's (a frame the subscription's keep-last queue pushes out
+    never arrives; CI's loaded runner lost one at the default depth: ERROR 'no image'), and
+    the pairing waits long enough for a loaded executor."""
+    n = 20
+    node = start_node(harness, **{'reuse.enabled': False, 'image_reliability': 'reliable',
+                                  'image_queue_depth': n, 'pair_timeout_s': 10.0})
+    img_pub = harness.publisher(Image, 'image', image_qos('reliable', n))
     det_pub = harness.publisher(PersonDetectionArray, 'detections', RESULTS_QOS)
     out = harness.collect(PersonEmotionArray, 'emotions', RESULTS_QOS)
     assert harness.wait_matched(img_pub) and harness.wait_matched(det_pub)
     rgb = load_rgb('astronaut')
-    n = 20
     for i in range(n):
         hdr = header(50, i * 1000)
         img_pub.publish(numpy_to_image_msg(rgb, 'rgb8', header=hdr))
@@ -141,3 +151,20 @@ def test_burst_latest_wins_every_array_answered(harness):
     skipped = statuses.count(PersonEmotion.STATUS_SKIPPED)
     assert ok >= 1 and ok + skipped == n
     assert node.stats.snapshot().get('drops.stale_frame', 0) == skipped
+
+
+def test_image_queue_depth_sets_the_image_subscriptions_history(harness):
+    """image_queue_depth is the keep-last depth the node's image subscription is created with
+    (raw and compressed), and the default is the YAML's."""
+    node = start_node(harness, image_queue_depth=7)
+    subs = {s.topic_name: s.qos_profile for s in node.subscriptions}
+    assert subs['/image'].depth == 7 and subs['/image'].history == HistoryPolicy.KEEP_LAST
+    node2 = harness.add(EmotionNode('emotion_node_c', context=harness.context,
+                                    parameter_overrides=[Parameter('image_transport',
+                                                                   value='compressed')]))
+    assert node2.trigger_configure().name == 'SUCCESS'
+    assert node2.trigger_activate().name == 'SUCCESS'
+    subs = {s.topic_name: s.qos_profile for s in node2.subscriptions}
+    yaml_params = yaml.safe_load((REPO / 'config' / 'emotion_node.yaml').read_text())
+    default = yaml_params['/**/emotion_node']['ros__parameters']['image_queue_depth']
+    assert subs['/image/compressed'].depth == default == 10

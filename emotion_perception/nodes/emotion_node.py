@@ -225,6 +225,10 @@ PARAMS = [
     ParamSpec('image_reliability', 'best_effort', "image subscription reliability "
               "('best_effort' or 'reliable'); must be compatible with the camera",
               one_of('best_effort', 'reliable')),
+    ParamSpec('image_queue_depth', 10, 'keep-last depth of the image subscription: frames the '
+              'middleware holds while the node is busy (the node then drops stale ones itself and '
+              'counts them); a frame pushed out of it never arrives, and its detections are '
+              "answered ERROR 'no image'", in_range(1, 1000)),
     ParamSpec('image_cache_size', 30, 'images kept for pairing with detections by stamp '
               '(rep155: camera frames waiting for their body rois)', in_range(1, 1000)),
     ParamSpec('image_cache_mb', 512.0, 'most megabytes of images kept for pairing (the image '
@@ -406,7 +410,7 @@ class EmotionNode(PerceptionNode):
     def _subscribe(self) -> list:
         p = self.params
         image_sub = subscribe_image(self, 'image', p['image_transport'], p['image_reliability'],
-                                    5, self._on_image,
+                                    p['image_queue_depth'], self._on_image,
                                     on_incompatible_qos=self._on_incompatible_qos)
         subs = [image_sub]
         fmt = p['detections_format']

@@ -69,11 +69,12 @@ class EmotionRig:
                                                                   '/diagnostics')
         transport = params.get('image_transport', 'raw')
         reliability = 'reliable' if params['image_reliability'] == 'reliable' else 'best_effort'
+        depth = max(10, params.get('image_queue_depth', 10))  # the camera keeps as many
         if transport == 'compressed':
             self.img_pub = harness.publisher(CompressedImage, 'image/compressed',
-                                             image_qos(reliability, 10))
+                                             image_qos(reliability, depth))
         else:
-            self.img_pub = harness.publisher(Image, 'image', image_qos(reliability, 10))
+            self.img_pub = harness.publisher(Image, 'image', image_qos(reliability, depth))
         self.det_pub = harness.publisher(PersonDetectionArray, 'detections', RESULTS_QOS)
         if activate:
             self.activate()
